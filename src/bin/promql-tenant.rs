@@ -1,0 +1,2 @@
+//! `promql-tenant`: preview what the filter does to a query.
+fn main() {}

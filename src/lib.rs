@@ -1,0 +1,11 @@
+//! `promql-tenant-filter`: confine PromQL queries to one tenant.
+//!
+//! The crate is a sans-IO core (everything that decides) plus one thin module,
+//! [`filter`], that binds the core to the proxy-wasm host inside Envoy.
+//!
+//! - [`promql`]: lexer, chumsky parser, AST with spans, type checks, tenant injection.
+
+pub mod promql;
+
+pub use promql::inject::{rewrite, ConflictPolicy, InvalidTenant, RewriteError, TenantMatcher};
+pub use promql::{parse, Dialect, ParseError};
