@@ -1,0 +1,202 @@
+//! Helpers shared by the integration tests: reading `../shared/corpus` in place,
+//! printing counts past libtest's output capture, and the `promql-parser` oracle
+//! (walk an AST, check and strip the tenant matcher of every selector).
+
+#![allow(dead_code)] // each test crate uses a different subset
+
+use promql_parser::parser::{Expr, VectorSelector};
+use std::io::Write;
+use std::path::PathBuf;
+
+/// `../shared/corpus`, next to the worktree; the data is never copied.
+pub fn corpus_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus")
+}
+
+/// One line of `promql_corpus.jsonl`.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct CorpusRecord {
+    pub expr: String,
+    pub source: String,
+    pub kind: String,
+}
+
+/// Every record of `promql_corpus.jsonl`, with its 1-based line number.
+pub fn load_corpus() -> Vec<(usize, CorpusRecord)> {
+    let path = corpus_dir().join("promql_corpus.jsonl");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let records: Vec<(usize, CorpusRecord)> = text
+        .lines()
+        .enumerate()
+        .filter(|(_, line)| !line.trim().is_empty())
+        .map(|(i, line)| {
+            let record = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("{}:{}: {e}", path.display(), i + 1));
+            (i + 1, record)
+        })
+        .collect();
+    assert!(
+        records.len() > 10_000,
+        "corpus looks truncated: {} records",
+        records.len()
+    );
+    records
+}
+
+/// A MetricsQL `WITH (...)` template: the first token, after blanks and `#` comment
+/// lines, is the keyword `WITH` followed by `(`.
+pub fn is_with_template(expr: &str) -> bool {
+    let mut rest = expr.trim_start();
+    while let Some(comment) = rest.strip_prefix('#') {
+        rest = comment
+            .split_once('\n')
+            .map_or("", |(_, after)| after)
+            .trim_start();
+    }
+    rest.get(..4)
+        .is_some_and(|keyword| keyword.eq_ignore_ascii_case("with"))
+        && rest[4..].trim_start().starts_with('(')
+}
+
+/// The one record the corpus README names as invalid in every dialect: ceph's radosgw
+/// dashboard with an unrendered jsonnet placeholder `{%(matchers)s}`.
+pub fn is_invalid_ceph_record(record: &CorpusRecord) -> bool {
+    record.expr.contains("{%(matchers)s}")
+        && record.source.contains("ceph")
+        && record.source.contains("radosgw")
+}
+
+/// Prints a line to the real stderr, bypassing libtest's capture, so that counts show
+/// up in `make test` without `--nocapture`.
+pub fn report(line: &str) {
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+/// Visits every vector selector, including the one inside each matrix selector.
+pub fn for_each_selector_mut(expr: &mut Expr, f: &mut dyn FnMut(&mut VectorSelector)) {
+    match expr {
+        Expr::Aggregate(a) => {
+            for_each_selector_mut(&mut a.expr, f);
+            if let Some(param) = &mut a.param {
+                for_each_selector_mut(param, f);
+            }
+        }
+        Expr::Unary(u) => for_each_selector_mut(&mut u.expr, f),
+        Expr::Binary(b) => {
+            for_each_selector_mut(&mut b.lhs, f);
+            for_each_selector_mut(&mut b.rhs, f);
+        }
+        Expr::Paren(p) => for_each_selector_mut(&mut p.expr, f),
+        Expr::Subquery(s) => for_each_selector_mut(&mut s.expr, f),
+        Expr::NumberLiteral(_) | Expr::StringLiteral(_) => {}
+        Expr::VectorSelector(vs) => f(vs),
+        Expr::MatrixSelector(ms) => f(&mut ms.vs),
+        Expr::Call(c) => {
+            for arg in &mut c.args.args {
+                for_each_selector_mut(arg, f);
+            }
+        }
+        Expr::Extension(_) => panic!("promql-parser never produces Extension nodes"),
+    }
+}
+
+/// The tenant matcher as promql-parser should read it back from our output.
+#[derive(Debug, Clone)]
+pub struct ExpectedMatcher {
+    pub label: String,
+    /// `=` for one value, `=~` for several.
+    pub op: &'static str,
+    /// The unescaped string value.
+    pub value: String,
+}
+
+impl ExpectedMatcher {
+    /// Derived independently of the engine: one value → `=`, several → `=~` with each
+    /// value escaped like Go's `regexp.QuoteMeta` and joined with `|`.
+    pub fn new(label: &str, values: &[&str]) -> Self {
+        match values {
+            [one] => ExpectedMatcher {
+                label: label.into(),
+                op: "=",
+                value: (*one).into(),
+            },
+            many => ExpectedMatcher {
+                label: label.into(),
+                op: "=~",
+                value: many
+                    .iter()
+                    .map(|v| quote_meta(v))
+                    .collect::<Vec<_>>()
+                    .join("|"),
+            },
+        }
+    }
+
+    fn is(&self, m: &promql_parser::label::Matcher) -> bool {
+        m.name == self.label && m.op.to_string() == self.op && m.value == self.value
+    }
+}
+
+/// Go's `regexp.QuoteMeta`: a backslash before each of `\.+*?()|[]{}^$`.
+pub fn quote_meta(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if r"\.+*?()|[]{}^$".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The oracle. `output` is our rewrite of `original`; both are parsed by promql-parser.
+/// Every selector of the output must end with the tenant matcher (in each or-branch);
+/// removing exactly that one matcher from each must give the original's AST.
+/// Returns the number of selectors checked.
+pub fn check_rewrite(
+    original: &str,
+    output: &str,
+    tenant: &ExpectedMatcher,
+) -> Result<usize, String> {
+    let original_ast = promql_parser::parser::parse(original)
+        .map_err(|e| format!("promql-parser rejects the original: {e}"))?;
+    let mut output_ast = promql_parser::parser::parse(output)
+        .map_err(|e| format!("promql-parser rejects our output: {e}"))?;
+    let mut selectors = 0;
+    let mut problems = Vec::new();
+    for_each_selector_mut(&mut output_ast, &mut |vs| {
+        selectors += 1;
+        let shown = vs.to_string();
+        let m = &mut vs.matchers;
+        let groups: Vec<&mut Vec<promql_parser::label::Matcher>> = if m.or_matchers.is_empty() {
+            vec![&mut m.matchers]
+        } else {
+            if !m.matchers.is_empty() {
+                problems.push(format!(
+                    "selector {shown}: matchers outside the or-branches"
+                ));
+            }
+            m.or_matchers.iter_mut().collect()
+        };
+        for group in groups {
+            match group.last() {
+                Some(last) if tenant.is(last) => {
+                    group.pop();
+                }
+                _ => problems.push(format!(
+                    "selector {shown}: a branch does not end with the tenant matcher"
+                )),
+            }
+        }
+    });
+    if !problems.is_empty() {
+        return Err(problems.join("; "));
+    }
+    if output_ast != original_ast {
+        return Err(format!(
+            "removing the tenant matcher does not give the original AST:\n  original: {original_ast}\n  stripped: {output_ast}"
+        ));
+    }
+    Ok(selectors)
+}
