@@ -133,7 +133,8 @@ impl ExpectedMatcher {
         }
     }
 
-    fn is(&self, m: &promql_parser::label::Matcher) -> bool {
+    /// Whether `m` is exactly this matcher (label, operator and unescaped value).
+    pub fn is(&self, m: &promql_parser::label::Matcher) -> bool {
         m.name == self.label && m.op.to_string() == self.op && m.value == self.value
     }
 }
@@ -161,6 +162,16 @@ pub fn check_rewrite(
 ) -> Result<usize, String> {
     let original_ast = promql_parser::parser::parse(original)
         .map_err(|e| format!("promql-parser rejects the original: {e}"))?;
+    check_output(original_ast, output, tenant)
+}
+
+/// Like [`check_rewrite`], against an already parsed (and possibly transformed, see
+/// [`drop_label_matchers`]) original AST.
+pub fn check_output(
+    original_ast: Expr,
+    output: &str,
+    tenant: &ExpectedMatcher,
+) -> Result<usize, String> {
     let mut output_ast = promql_parser::parser::parse(output)
         .map_err(|e| format!("promql-parser rejects our output: {e}"))?;
     let mut selectors = 0;
@@ -194,9 +205,39 @@ pub fn check_rewrite(
         return Err(problems.join("; "));
     }
     if output_ast != original_ast {
-        return Err(format!(
-            "removing the tenant matcher does not give the original AST:\n  original: {original_ast}\n  stripped: {output_ast}"
-        ));
+        let (want, got) = (original_ast.to_string(), output_ast.to_string());
+        return Err(if want != got {
+            format!("removing the tenant matcher does not give the original AST:\n  original: {want}\n  stripped: {got}")
+        } else {
+            format!("removing the tenant matcher does not give the original AST:\n  original: {original_ast:?}\n  stripped: {output_ast:?}")
+        });
     }
     Ok(selectors)
+}
+
+/// Removes every matcher on `label` from every selector (what policy `replace` does
+/// before adding ours).
+pub fn drop_label_matchers(expr: &mut Expr, label: &str) {
+    for_each_selector_mut(expr, &mut |vs| {
+        vs.matchers.matchers.retain(|m| m.name != label);
+        for group in &mut vs.matchers.or_matchers {
+            group.retain(|m| m.name != label);
+        }
+    });
+}
+
+/// Whether some selector has a matcher on the tenant label that is not exactly ours
+/// (what policy `reject` refuses).
+pub fn has_conflicting_matcher(expr: &Expr, tenant: &ExpectedMatcher) -> bool {
+    let mut expr = expr.clone();
+    let mut conflict = false;
+    for_each_selector_mut(&mut expr, &mut |vs| {
+        let m = &vs.matchers;
+        conflict |= m
+            .matchers
+            .iter()
+            .chain(m.or_matchers.iter().flatten())
+            .any(|m| m.name == tenant.label && !tenant.is(m));
+    });
+    conflict
 }
