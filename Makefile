@@ -22,7 +22,7 @@ lint:
 	$(CARGO) clippy --all-targets -- -D warnings
 
 unit:
-	$(CARGO) test --profile release-tests --no-fail-fast
+	$(CARGO) test --release --no-fail-fast
 
 ## THE test command: installs, builds, lints, runs every test.
 test: deps wasm lint unit
