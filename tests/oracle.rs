@@ -1,13 +1,14 @@
 //! Differential oracle against `promql-parser` 0.11 over the real-world corpus: for every
 //! record promql-parser parses, our `rewrite(.., Dialect::Promql)` output must parse with
 //! promql-parser too, every vector and matrix selector of it must end with the tenant
-//! matcher, and removing that matcher must give back the original's AST (`==`).
+//! matcher, removing that matcher must give back the original's AST (`==`), and the
+//! output must be the input with only the matcher text inserted (one per selector).
 //! Run for one value (`client_id="1999"`), two values (`client_id=~"1999|2000"`) and
 //! the quoted UTF-8 label `"tenant.id"` (promql-parser reads quoted label names).
 
 mod common;
 
-use common::{check_rewrite, load_corpus, report, ExpectedMatcher};
+use common::{check_only_insertions, check_rewrite, load_corpus, report, ExpectedMatcher};
 use promql_tenant_filter::{rewrite, ConflictPolicy, Dialect, TenantMatcher};
 
 fn oracle(label: &str, values: &[&str]) {
@@ -15,7 +16,7 @@ fn oracle(label: &str, values: &[&str]) {
     let expected = ExpectedMatcher::new(label, values);
     let mut reference_parses = 0;
     let mut checked = 0;
-    let mut selectors = 0;
+    let mut matchers = 0;
     let mut failures = Vec::new();
     for (line, record) in load_corpus() {
         let expr = record.expr.as_str();
@@ -26,20 +27,26 @@ fn oracle(label: &str, values: &[&str]) {
         let result = rewrite(expr, &tenant, ConflictPolicy::And, Dialect::Promql)
             .map_err(|e| format!("rewrite refused: {e}"))
             .and_then(|output| {
-                check_rewrite(expr, &output, &expected)
-                    .map_err(|e| format!("{e}\n    output: {output:?}"))
+                let checked = check_rewrite(expr, &output, &expected).and_then(|found| {
+                    let inserted = check_only_insertions(expr, &output, tenant.matcher_text())?;
+                    if inserted != found {
+                        return Err(format!("{inserted} insertions for {found} tenant matchers"));
+                    }
+                    Ok(found)
+                });
+                checked.map_err(|e| format!("{e}\n    output: {output:?}"))
             });
         match result {
             Ok(n) => {
                 checked += 1;
-                selectors += n;
+                matchers += n;
             }
             Err(e) => failures.push(format!("  line {line}: {expr:?}\n    -> {e}")),
         }
     }
     report(&format!(
         "oracle [{}]: {checked}/{reference_parses} corpus records that promql-parser parses pass, \
-         {selectors} selectors checked, {} failing",
+         {matchers} tenant matchers checked, {} failing",
         tenant.matcher_text(),
         failures.len()
     ));
@@ -108,6 +115,24 @@ fn oracle_catches_mistakes() {
         Ok(1)
     );
     assert!(check_rewrite("foo", r#"foo{client_id=~"1999|a.b"}"#, &two).is_err());
+
+    // Output that changes anything but the inserted text is caught.
+    let m = r#"client_id="1999""#;
+    assert_eq!(
+        check_only_insertions("foo", r#"foo{client_id="1999"}"#, m),
+        Ok(1)
+    );
+    assert_eq!(
+        check_only_insertions(
+            r#"a{b="c"} + d{}"#,
+            r#"a{b="c",client_id="1999"} + d{client_id="1999"}"#,
+            m
+        ),
+        Ok(2)
+    );
+    assert!(check_only_insertions("foo ", r#"foo{client_id="1999"}"#, m).is_err());
+    assert!(check_only_insertions("foo{a='b'}", r#"foo{a="b",client_id="1999"}"#, m).is_err());
+    assert!(check_only_insertions("foo", r#"foo{ client_id="1999"}"#, m).is_err());
 
     let quoted = ExpectedMatcher::new("tenant.id", &["x"]);
     assert_eq!(

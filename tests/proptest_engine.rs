@@ -12,7 +12,10 @@
 
 mod common;
 
-use common::{check_output, drop_label_matchers, has_conflicting_matcher, ExpectedMatcher};
+use common::{
+    check_only_insertions, check_output, drop_label_matchers, has_conflicting_matcher,
+    ExpectedMatcher,
+};
 use promql_tenant_filter::{parse, rewrite, ConflictPolicy, Dialect, RewriteError, TenantMatcher};
 use proptest::prelude::*;
 use proptest::sample::select;
@@ -442,9 +445,19 @@ fn check_case(
         }
     };
     let output = promql.map_err(|e| format!("rewrite refused: {e}"))?;
-    check_output(want, &output, &expected)
-        .map(|_| ())
-        .map_err(|e| format!("{e}\n  output: {output:?}"))
+    let found =
+        check_output(want, &output, &expected).map_err(|e| format!("{e}\n  output: {output:?}"))?;
+    if policy != ConflictPolicy::Replace {
+        // Nothing removed, so the output is the input plus one insertion per matcher.
+        let inserted = check_only_insertions(q, &output, tenant.matcher_text())
+            .map_err(|e| format!("{e}\n  output: {output:?}"))?;
+        if inserted != found {
+            return Err(format!(
+                "{inserted} insertions for {found} tenant matchers\n  output: {output:?}"
+            ));
+        }
+    }
+    Ok(())
 }
 
 proptest! {

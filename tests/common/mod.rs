@@ -154,7 +154,7 @@ pub fn quote_meta(s: &str) -> String {
 /// The oracle. `output` is our rewrite of `original`; both are parsed by promql-parser.
 /// Every selector of the output must end with the tenant matcher (in each or-branch);
 /// removing exactly that one matcher from each must give the original's AST.
-/// Returns the number of selectors checked.
+/// Returns the number of tenant matchers found (one per selector, or per or-branch).
 pub fn check_rewrite(
     original: &str,
     output: &str,
@@ -174,10 +174,9 @@ pub fn check_output(
 ) -> Result<usize, String> {
     let mut output_ast = promql_parser::parser::parse(output)
         .map_err(|e| format!("promql-parser rejects our output: {e}"))?;
-    let mut selectors = 0;
+    let mut found = 0;
     let mut problems = Vec::new();
     for_each_selector_mut(&mut output_ast, &mut |vs| {
-        selectors += 1;
         let shown = vs.to_string();
         let m = &mut vs.matchers;
         let groups: Vec<&mut Vec<promql_parser::label::Matcher>> = if m.or_matchers.is_empty() {
@@ -194,6 +193,7 @@ pub fn check_output(
             match group.last() {
                 Some(last) if tenant.is(last) => {
                     group.pop();
+                    found += 1;
                 }
                 _ => problems.push(format!(
                     "selector {shown}: a branch does not end with the tenant matcher"
@@ -212,7 +212,53 @@ pub fn check_output(
             format!("removing the tenant matcher does not give the original AST:\n  original: {original_ast:?}\n  stripped: {output_ast:?}")
         });
     }
-    Ok(selectors)
+    Ok(found)
+}
+
+/// The output rule: the output equals the input byte for byte except for the
+/// inserted matcher text, which is `M`, `,M` or (after a bare name) `{M}`. Returns the
+/// number of insertions. Greedy alignment is exact here: an insertion never starts with
+/// the input character it is inserted before (`}` or a character that cannot start a
+/// brace after a bare name).
+pub fn check_only_insertions(input: &str, output: &str, matcher: &str) -> Result<usize, String> {
+    let insertions = [
+        format!("{{{matcher}}}"),
+        format!(",{matcher}"),
+        matcher.to_string(),
+    ];
+    let (mut i, mut o, mut count) = (0, 0, 0);
+    while o < output.len() {
+        if input[i..]
+            .chars()
+            .next()
+            .is_some_and(|c| output[o..].starts_with(c))
+        {
+            let c = input[i..].chars().next().unwrap();
+            i += c.len_utf8();
+            o += c.len_utf8();
+            continue;
+        }
+        match insertions
+            .iter()
+            .find(|ins| output[o..].starts_with(ins.as_str()))
+        {
+            Some(ins) => {
+                o += ins.len();
+                count += 1;
+            }
+            None => {
+                return Err(format!(
+                "output differs from the input at input byte {i}, output byte {o}: {:?} vs {:?}",
+                &input[i..].chars().take(30).collect::<String>(),
+                &output[o..].chars().take(30).collect::<String>()
+            ))
+            }
+        }
+    }
+    if i < input.len() {
+        return Err(format!("output lacks the input's tail {:?}", &input[i..]));
+    }
+    Ok(count)
 }
 
 /// Removes every matcher on `label` from every selector (what policy `replace` does
