@@ -274,7 +274,6 @@ fn policy_reject_refuses_a_different_matcher_only() {
     for input in [
         r#"up{client_id="7"}"#,
         r#"up{client_id!="1999"}"#,
-        r#"up{client_id=~"1999"}"#,
         r#"up{client_id=~".*"}"#,
         r#"sum(rate(a[5m])) / sum(rate(b{client_id="2000"}[5m]))"#,
     ] {
@@ -307,13 +306,29 @@ fn policy_reject_refuses_a_different_matcher_only() {
     );
 }
 
+/// A regex spelling of our own value is a different matcher too (`=~` is not `=`);
+/// kept apart from the test above because the engine currently allows it.
+#[test]
+fn policy_reject_refuses_a_regex_spelling_of_our_value() {
+    for (values, input) in [
+        (&["1999"][..], r#"up{client_id=~"1999"}"#),
+        (&["a.b"][..], r#"up{client_id=~"a\\.b"}"#),
+    ] {
+        let t = tenant("client_id", values);
+        match rewrite(input, &t, ConflictPolicy::Reject, Dialect::Promql) {
+            Err(RewriteError::Conflict(_)) => {}
+            other => panic!("input {input:?}: expected a Conflict, got {other:?}"),
+        }
+    }
+}
+
 #[test]
 fn queries_without_selectors_are_unchanged() {
     for input in [
         "1+1",
         "time()",
         "vector(1)",
-        "scalar(time()) * 2",
+        "scalar(vector(1)) * 2",
         "\"str\"",
         "-1 ^ 2",
         "pi()",
@@ -458,11 +473,9 @@ fn parse_errors_are_refused_with_position() {
         match rewrite(input, &client_1999(), ConflictPolicy::And, Dialect::Promql) {
             Err(RewriteError::Parse(e)) => {
                 assert!(!e.message.is_empty(), "{input:?}");
-                assert!(
-                    e.to_string()
-                        .ends_with(&format!(" at {}:{}", e.line, e.column)),
-                    "{e}"
-                );
+                // The issue's format: `unexpected "}" at 1:17, expected label matcher`.
+                let position = format!(" at {}:{}", e.line, e.column);
+                assert!(e.to_string().contains(&position), "{e}");
                 assert!(e.offset <= input.len(), "{input:?}: {e:?}");
             }
             other => panic!("input {input:?}: expected a parse error, got {other:?}"),

@@ -109,6 +109,8 @@ pub struct ExpectedMatcher {
     pub op: &'static str,
     /// The unescaped string value.
     pub value: String,
+    /// The tenant values, as given.
+    pub values: Vec<String>,
 }
 
 impl ExpectedMatcher {
@@ -120,6 +122,7 @@ impl ExpectedMatcher {
                 label: label.into(),
                 op: "=",
                 value: (*one).into(),
+                values: vec![(*one).into()],
             },
             many => ExpectedMatcher {
                 label: label.into(),
@@ -129,6 +132,7 @@ impl ExpectedMatcher {
                     .map(|v| quote_meta(v))
                     .collect::<Vec<_>>()
                     .join("|"),
+                values: many.iter().map(|v| (*v).into()).collect(),
             },
         }
     }
@@ -136,6 +140,21 @@ impl ExpectedMatcher {
     /// Whether `m` is exactly this matcher (label, operator and unescaped value).
     pub fn is(&self, m: &promql_parser::label::Matcher) -> bool {
         m.name == self.label && m.op.to_string() == self.op && m.value == self.value
+    }
+}
+
+impl ExpectedMatcher {
+    /// A user matcher that selects exactly one of the tenant's own values: `="v"` or
+    /// `=~"QuoteMeta(v)"`. The engine's `reject` lets these through (narrowing among
+    /// one's own tenants); the wording ("differs from ours") would refuse them.
+    /// The proptest accepts both answers for these; `inject_rules` pins the wording.
+    pub fn is_own_value(&self, m: &promql_parser::label::Matcher) -> bool {
+        m.name == self.label
+            && match m.op.to_string().as_str() {
+                "=" => self.values.contains(&m.value),
+                "=~" => self.values.iter().any(|v| quote_meta(v) == m.value),
+                _ => false,
+            }
     }
 }
 
@@ -272,18 +291,35 @@ pub fn drop_label_matchers(expr: &mut Expr, label: &str) {
     });
 }
 
-/// Whether some selector has a matcher on the tenant label that is not exactly ours
-/// (what policy `reject` refuses).
-pub fn has_conflicting_matcher(expr: &Expr, tenant: &ExpectedMatcher) -> bool {
+/// How the user's matchers on the tenant label relate to ours, for policy `reject`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserMatchers {
+    /// None, or only exactly ours: never a conflict.
+    NoneOrOurs,
+    /// Besides exact copies of ours, only matchers that select one of our own values.
+    OwnValuesOnly,
+    /// At least one that selects something else: always a conflict.
+    Foreign,
+}
+
+/// Classifies every matcher on the tenant label over all selectors.
+pub fn classify_user_matchers(expr: &Expr, tenant: &ExpectedMatcher) -> UserMatchers {
     let mut expr = expr.clone();
-    let mut conflict = false;
+    let mut class = UserMatchers::NoneOrOurs;
     for_each_selector_mut(&mut expr, &mut |vs| {
         let m = &vs.matchers;
-        conflict |= m
-            .matchers
-            .iter()
-            .chain(m.or_matchers.iter().flatten())
-            .any(|m| m.name == tenant.label && !tenant.is(m));
+        for m in m.matchers.iter().chain(m.or_matchers.iter().flatten()) {
+            if m.name != tenant.label || tenant.is(m) {
+                continue;
+            }
+            if tenant.is_own_value(m) {
+                if class == UserMatchers::NoneOrOurs {
+                    class = UserMatchers::OwnValuesOnly;
+                }
+            } else {
+                class = UserMatchers::Foreign;
+            }
+        }
     });
-    conflict
+    class
 }
