@@ -386,6 +386,92 @@ fn metricsql_or_filters_get_the_matcher_in_every_branch() {
 }
 
 #[test]
+fn metricsql_extensions_rewrite_every_selector() {
+    let cases = [
+        ("x default 0", r#"x{client_id="1999"} default 0"#),
+        ("x if y", r#"x{client_id="1999"} if y{client_id="1999"}"#),
+        (
+            "x ifnot y",
+            r#"x{client_id="1999"} ifnot y{client_id="1999"}"#,
+        ),
+        (
+            "sum(x) by (a) limit 10",
+            r#"sum(x{client_id="1999"}) by (a) limit 10"#,
+        ),
+        (
+            "rate(x) keep_metric_names",
+            r#"rate(x{client_id="1999"}) keep_metric_names"#,
+        ),
+        (
+            "topk_max(1, rollup_rate(x[5m]))",
+            r#"topk_max(1, rollup_rate(x{client_id="1999"}[5m]))"#,
+        ),
+        (
+            "limitk(y, x)",
+            r#"limitk(y{client_id="1999"}, x{client_id="1999"})"#,
+        ),
+    ];
+    for (input, expected) in cases {
+        assert_rewrite_with(
+            &client_1999(),
+            ConflictPolicy::And,
+            Dialect::Metricsql,
+            input,
+            expected,
+        );
+    }
+}
+
+/// The issue lists the number suffixes `Ki`, `Mi`, `K` and `M` for MetricsQL.
+#[test]
+fn metricsql_number_suffixes() {
+    for number in ["1Ki", "1K", "2Mi", "3M", "1.5K", "1.5Mi"] {
+        assert_rewrite_with(
+            &client_1999(),
+            ConflictPolicy::And,
+            Dialect::Metricsql,
+            &format!("x > {number}"),
+            &format!(r#"x{{client_id="1999"}} > {number}"#),
+        );
+    }
+}
+
+#[test]
+fn with_templates_are_refused_clearly() {
+    let input = r#"WITH (f = {a="b"}) x{f}"#;
+    for dialect in [Dialect::Metricsql, Dialect::Promql] {
+        match rewrite(input, &client_1999(), ConflictPolicy::And, dialect) {
+            Err(RewriteError::Parse(e)) if dialect == Dialect::Metricsql => {
+                assert!(e.message.contains("WITH"), "unclear: {e}")
+            }
+            Err(RewriteError::Parse(_)) => {}
+            other => panic!("{dialect:?}: expected a parse error, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn braces_and_hashes_inside_strings_are_not_structure() {
+    assert_rewrite(r##"foo{a="#"}"##, r##"foo{a="#",client_id="1999"}"##);
+    assert_rewrite(r#"foo{a="}"}"#, r#"foo{a="}",client_id="1999"}"#);
+    assert_rewrite("foo{a='{', b=`}`}", "foo{a='{', b=`}`,client_id=\"1999\"}");
+    assert_rewrite(r#"foo{a="\"}"}"#, r#"foo{a="\"}",client_id="1999"}"#);
+    // `or` is a label name here, not an or-filter.
+    assert_rewrite(r#"{or="x"}"#, r#"{or="x",client_id="1999"}"#);
+    assert_rewrite(r#"{a="b", or="c"}"#, r#"{a="b", or="c",client_id="1999"}"#);
+}
+
+#[test]
+fn info_data_label_selector_is_confined_too() {
+    // info()'s second argument selects info series; unconfined, it would join in
+    // labels from other tenants' series.
+    assert_rewrite(
+        r#"info(up, {k8s_cluster_name=~".+"})"#,
+        r#"info(up{client_id="1999"}, {k8s_cluster_name=~".+",client_id="1999"})"#,
+    );
+}
+
+#[test]
 fn selectors_nested_anywhere() {
     let cases = [
         (

@@ -22,6 +22,14 @@ use proptest::sample::select;
 
 type Gen = BoxedStrategy<String>;
 
+/// Cases per property: `default`, or `PROPTEST_CASES` for a longer campaign.
+fn cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 // ---------------------------------------------------------------- lexical pieces
 
 /// Blank between tokens: nothing, spaces, newlines, or a comment with hostile text.
@@ -473,7 +481,7 @@ fn check_case(
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 1024, max_global_rejects: 4096, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(1024), max_global_rejects: 4096, ..ProptestConfig::default() })]
 
     #[test]
     fn generated_queries_keep_the_invariants(q in query(), (label, values) in tenant(), policy in policy()) {
@@ -591,7 +599,7 @@ fn must_not_panic(input: &str) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 2048, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(2048), ..ProptestConfig::default() })]
 
     #[test]
     fn no_panic_on_arbitrary_strings(s in any::<String>()) {
