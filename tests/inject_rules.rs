@@ -553,6 +553,29 @@ fn keywords_as_metric_names_are_selectors() {
     );
 }
 
+/// Prometheus lexes only `inf` and `nan` (any case) as numbers; every other word is a
+/// metric name, so a number-looking name left unrewritten would select all tenants.
+#[test]
+fn number_like_names_are_selectors() {
+    for name in [
+        "infinity",
+        "Infinity",
+        "infx",
+        "nanx",
+        "Inf_total",
+        "e3",
+        "x1e3",
+        "sum",
+        "start",
+        "step",
+    ] {
+        assert_rewrite(name, &format!(r#"{name}{{client_id="1999"}}"#));
+    }
+    for number in ["inf", "iNf", "+Inf", "nan", "NaN", "-NaN"] {
+        assert_rewrite(number, number);
+    }
+}
+
 #[test]
 fn parse_errors_are_refused_with_position() {
     for input in ["foo{", "sum(", "foo{a=}", "rate(x[5m]", "", ")"] {

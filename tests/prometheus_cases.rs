@@ -137,3 +137,26 @@ fn prometheus_parse_cases() {
         "the README names two invalid UTF-8 inputs"
     );
 }
+
+/// Prometheus' checkAST refuses range vectors as binary operands ("binary expression
+/// must contain only scalar and instant vector types"); parse_test.go happens not to
+/// list such a case, and the corpus has one (`avg({...}[5m] > 1) by (instance)`).
+#[test]
+fn range_vector_operands_are_refused_like_prometheus() {
+    for input in [
+        "x[5m] > 1",
+        "x[5m] + 1",
+        "1 + x[5m]",
+        "x[5m] and y",
+        "x and y[5m]",
+        "x[5m:] * 2",
+        "avg(x[5m] > 1)",
+    ] {
+        if let Ok(ast) = parse(input, Dialect::Promql) {
+            panic!(
+                "{input:?} accepted in dialect promql ({} bytes of AST)",
+                format!("{ast:?}").len()
+            );
+        }
+    }
+}
