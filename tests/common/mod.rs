@@ -8,9 +8,13 @@ use promql_parser::parser::{Expr, VectorSelector};
 use std::io::Write;
 use std::path::PathBuf;
 
-/// `../shared/corpus`, next to the worktree; the data is never copied.
+/// `../shared/corpus` next to the checkout, read in place (never copied); a checkout
+/// elsewhere (e.g. `git clone . /tmp/x`) points `PROMQL_CORPUS_DIR` at it instead.
 pub fn corpus_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus")
+    match std::env::var_os("PROMQL_CORPUS_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus"),
+    }
 }
 
 /// One line of `promql_corpus.jsonl`.
