@@ -77,3 +77,10 @@ pub(crate) fn parse_lexed<'a>(
     check::check(input, &expr, dialect)?;
     Ok(expr)
 }
+
+#[doc(hidden)]
+pub fn __lex_only(input: &str) -> usize {
+    lexer::lex(input, Dialect::Promql)
+        .map(|t| t.len())
+        .unwrap_or(0)
+}
