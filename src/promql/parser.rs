@@ -240,7 +240,7 @@ fn expr_parser<'s, 'a: 's>(
                 span: span_of(e.span()),
             });
         let term = choice((
-            number.clone(),
+            number,
             duration.clone(),
             paren,
             empty_call(Kw::Step),
@@ -267,7 +267,7 @@ fn expr_parser<'s, 'a: 's>(
 
     // `offset` takes one signed term; `foo offset 5s - 8` subtracts 8 from the selector.
     let offset_term = choice((
-        number.clone(),
+        number,
         duration.clone(),
         duration_expr
             .clone()
@@ -297,7 +297,7 @@ fn expr_parser<'s, 'a: 's>(
     let offset_value = signed(offset_term.boxed())
         .labelled("number, duration, step(), or range()")
         .boxed();
-    let at_value = signed(choice((number.clone(), duration.clone())))
+    let at_value = signed(choice((number, duration.clone())))
         .or(empty_call(Kw::Start))
         .or(empty_call(Kw::End))
         .labelled("timestamp")
@@ -351,12 +351,12 @@ fn expr_parser<'s, 'a: 's>(
         // ordinary functions), a preprocessor, or a selector. The word is read once and the
         // next token decides, so a selector costs no failed attempts at being a call.
         let limit = select! { Tok::Ident(Kw::Limit) if metricsql => () }
-            .ignore_then(number.clone())
+            .ignore_then(number)
             .or_not();
         let after_word = choice((
             args.clone()
                 .then(grouping.clone().or_not())
-                .then(limit.clone())
+                .then(limit)
                 .map(|((args, grouping), limit)| AfterWord::Call(args, grouping, limit)),
             grouping
                 .clone()
@@ -436,7 +436,7 @@ fn expr_parser<'s, 'a: 's>(
 
         let atom = choice((
             word_led,
-            number.clone(),
+            number,
             paren,
             string_literal,
             brace_selector.clone(),
