@@ -222,7 +222,22 @@ impl Checker<'_> {
                 }
                 Ok(t)
             }
-            ExprKind::Binary(b) => self.check_binary(b, &expr.span),
+            ExprKind::Binary(_) => {
+                // Walk the left spine of `a + b + c ...` in a loop: a long chain makes a
+                // tree as deep as it is long, and recursing down it could exhaust the stack.
+                let mut spine = Vec::new();
+                let mut leftmost = expr;
+                while let ExprKind::Binary(b) = &leftmost.kind {
+                    spine.push((b, &leftmost.span));
+                    leftmost = &b.lhs;
+                }
+                let mut lt = self.check(leftmost)?;
+                for (b, span) in spine.into_iter().rev() {
+                    let rt = self.check(&b.rhs)?;
+                    lt = self.check_binary(b, lt, rt, span)?;
+                }
+                Ok(lt)
+            }
             ExprKind::Call(c) => self.check_call(c, &expr.span),
             ExprKind::Range(r) => self.check_range(r, &expr.span),
             ExprKind::Offset {
@@ -285,9 +300,13 @@ impl Checker<'_> {
         Ok(())
     }
 
-    fn check_binary(&self, b: &Binary<'_>, span: &Span) -> Result<ValueType, ParseError> {
-        let lt = self.check(&b.lhs)?;
-        let rt = self.check(&b.rhs)?;
+    fn check_binary(
+        &self,
+        b: &Binary<'_>,
+        lt: ValueType,
+        rt: ValueType,
+        span: &Span,
+    ) -> Result<ValueType, ParseError> {
         if !self.promql() {
             return Ok(if lt == S && rt == S { S } else { V });
         }
