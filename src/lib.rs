@@ -9,3 +9,5 @@ pub mod promql;
 
 pub use promql::inject::{rewrite, ConflictPolicy, InvalidTenant, RewriteError, TenantMatcher};
 pub use promql::{parse, Dialect, ParseError};
+pub mod config;
+pub mod form;
