@@ -9,6 +9,7 @@ pub mod promql;
 
 pub use promql::inject::{rewrite, ConflictPolicy, InvalidTenant, RewriteError, TenantMatcher};
 pub use promql::{parse, Dialect, ParseError};
+pub mod api;
 pub mod cache;
 pub mod config;
 pub mod form;
