@@ -12,5 +12,6 @@ pub use promql::{parse, Dialect, ParseError};
 pub mod api;
 pub mod cache;
 pub mod config;
+pub mod filter;
 pub mod form;
 pub mod identity;
