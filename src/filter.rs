@@ -544,16 +544,7 @@ impl Request {
         let Some(plan) = self.plan.take() else {
             return self.refuse(worker, &Refusal::bad_request("request was not planned"));
         };
-        let config = &worker.config;
-        let matcher = match TenantMatcher::new(&config.tenant_label, tenants.as_slice()) {
-            Ok(matcher) => matcher,
-            Err(e) => {
-                return self.refuse(
-                    worker,
-                    &Refusal::forbidden(format!("unusable tenant claim: {e}")),
-                );
-            }
-        };
+        // Metadata, rules and alerts are answered for any authenticated tenant.
         if let ApiAction::Answer(body) = plan.action {
             worker.metrics.bump(worker.metrics.requests_allowed);
             let _ = hostcalls::send_http_response(
@@ -564,6 +555,16 @@ impl Request {
             self.stage = Stage::Answered;
             return Action::Pause;
         }
+        let config = &worker.config;
+        let matcher = match TenantMatcher::new(&config.tenant_label, tenants.as_slice()) {
+            Ok(matcher) => matcher,
+            Err(e) => {
+                return self.refuse(
+                    worker,
+                    &Refusal::forbidden(format!("unusable tenant claim: {e}")),
+                );
+            }
+        };
         let rewriter = |query: &str| {
             rewrite(query, &matcher, config.on_conflict, config.dialect).map_err(|e| match e {
                 RewriteError::Parse(p) => QueryRejection::BadQuery(p.to_string()),
@@ -767,3 +768,7 @@ impl HttpContext for FilterHttp {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "filter_host_tests.rs"]
+mod host_tests;
