@@ -459,6 +459,10 @@ impl Request {
         }
         self.content_type = request_header("content-type");
         if !end_of_stream {
+            let encoding = request_header("content-encoding");
+            if let Err(refusal) = api::check_content_encoding(encoding.as_deref()) {
+                return self.refuse(worker, &refusal);
+            }
             let length = request_header("content-length");
             if let Err(refusal) = api::check_body_headers(
                 self.content_type.as_deref(),
