@@ -41,6 +41,9 @@ proxy_wasm::main! {{
 
 /// How often the root context looks for orphaned or stuck identity lookups.
 const TICK: Duration = Duration::from_secs(1);
+/// How long a held request may wait for its first body callback. Without
+/// `allow_on_headers_stop_iteration` Envoy never delivers it; refusing beats hanging.
+const BODY_WAIT_S: u64 = 10;
 
 /// The Envoy counters, by id.
 struct Metrics {
@@ -123,13 +126,18 @@ struct Userinfo {
     flights: RefCell<Flights>,
 }
 
+/// A request's shared state, as the worker holds it while the request waits.
+type SharedRequest = Rc<RefCell<Request>>;
+
 /// Everything one plugin configuration shares between its contexts on one worker.
 struct Worker {
     config: Config,
     metrics: Metrics,
     userinfo: Option<Userinfo>,
     /// Requests paused while another context's callout runs, by context id.
-    parked: RefCell<HashMap<u32, Rc<RefCell<Request>>>>,
+    parked: RefCell<HashMap<u32, SharedRequest>>,
+    /// Requests whose headers are held until their body arrives: id → (since, state).
+    awaiting_body: RefCell<HashMap<u32, (u64, SharedRequest)>>,
 }
 
 fn now_s() -> u64 {
@@ -264,6 +272,38 @@ impl FilterRoot {
     }
 }
 
+impl FilterRoot {
+    /// Refuses requests whose body never reached the filter (see [`BODY_WAIT_S`]).
+    fn refuse_bodiless(&self, worker: &Worker) {
+        let now = now_s();
+        let stale: Vec<(u32, SharedRequest)> = {
+            let mut waiting = worker.awaiting_body.borrow_mut();
+            let ids: Vec<u32> = waiting
+                .iter()
+                .filter(|(_, (since, _))| now.saturating_sub(*since) > BODY_WAIT_S)
+                .map(|(id, _)| *id)
+                .collect();
+            ids.into_iter()
+                .filter_map(|id| waiting.remove(&id).map(|(_, r)| (id, r)))
+                .collect()
+        };
+        for (id, request) in stale {
+            error!(
+                "promql_tenant_filter: a request body never reached the filter; set \
+                 `allow_on_headers_stop_iteration: true` in the Wasm plugin config"
+            );
+            if hostcalls::set_effective_context(id).is_err() {
+                continue;
+            }
+            if let Ok(mut request) = request.try_borrow_mut() {
+                let refusal = Refusal::unavailable("request body was not received");
+                request.refuse(worker, &refusal);
+            }
+        }
+        let _ = hostcalls::set_effective_context(self.context_id);
+    }
+}
+
 impl Context for FilterRoot {
     fn on_http_call_response(
         &mut self,
@@ -315,7 +355,7 @@ impl RootContext for FilterRoot {
             }
             IdentitySource::JwtPayloadHeader { .. } => None,
         };
-        if userinfo.is_some() && hostcalls::set_tick_period(TICK).is_err() {
+        if hostcalls::set_tick_period(TICK).is_err() {
             warn!("promql_tenant_filter: could not set the tick period");
         }
         info!(
@@ -327,6 +367,7 @@ impl RootContext for FilterRoot {
             metrics: Metrics::define(),
             userinfo,
             parked: RefCell::new(HashMap::new()),
+            awaiting_body: RefCell::new(HashMap::new()),
         }));
         true
     }
@@ -335,6 +376,7 @@ impl RootContext for FilterRoot {
         let Some(worker) = self.worker.clone() else {
             return;
         };
+        self.refuse_bodiless(&worker);
         let Some(userinfo) = worker.userinfo.as_ref() else {
             return;
         };
@@ -642,7 +684,7 @@ impl Request {
 struct FilterHttp {
     context_id: u32,
     worker: Option<Rc<Worker>>,
-    request: Rc<RefCell<Request>>,
+    request: SharedRequest,
 }
 
 impl FilterHttp {
@@ -710,6 +752,7 @@ impl Context for FilterHttp {
     fn on_done(&mut self) -> bool {
         if let Some(worker) = &self.worker {
             worker.parked.borrow_mut().remove(&self.context_id);
+            worker.awaiting_body.borrow_mut().remove(&self.context_id);
             if let Some(userinfo) = &worker.userinfo {
                 userinfo.flights.borrow_mut().leave(self.context_id);
             }
@@ -727,12 +770,15 @@ impl HttpContext for FilterHttp {
             Ok(mut request) => request.on_headers(&worker, end_of_stream),
             Err(_) => return Action::Pause,
         };
-        let ready = self
-            .request
-            .try_borrow()
-            .is_ok_and(|r| r.stage == Stage::Identity);
-        if action == Action::Continue && ready {
+        let stage = self.request.try_borrow().map(|r| r.stage).ok();
+        if action == Action::Continue && stage == Some(Stage::Identity) {
             return self.proceed(&worker);
+        }
+        if action == Action::Pause && stage == Some(Stage::Body) {
+            worker
+                .awaiting_body
+                .borrow_mut()
+                .insert(self.context_id, (now_s(), Rc::clone(&self.request)));
         }
         action
     }
@@ -741,6 +787,7 @@ impl HttpContext for FilterHttp {
         let Some(worker) = self.worker.clone() else {
             return Action::Pause;
         };
+        worker.awaiting_body.borrow_mut().remove(&self.context_id);
         let action = match self.request.try_borrow_mut() {
             Ok(mut request) => request.on_body(&worker, body_size, end_of_stream),
             Err(_) => return Action::Pause,

@@ -1248,3 +1248,44 @@ fn bad_query_is_400_bad_data() {
     );
     assert_eq!(vm.counter("bad_queries"), 1);
 }
+
+#[test]
+fn a_body_that_never_arrives_is_refused_not_hung() {
+    let vm = Vm::new();
+    vm.configure(1, USERINFO_CONFIG);
+    // Headers announce a body, but no body callback follows (Envoy without
+    // `allow_on_headers_stop_iteration`).
+    let headers: Vec<(String, Vec<u8>)> = vec![
+        (":method".into(), b"POST".to_vec()),
+        (":path".into(), b"/api/v1/query".to_vec()),
+        ("authorization".into(), b"Bearer t".to_vec()),
+        (
+            "content-type".into(),
+            b"application/x-www-form-urlencoded".to_vec(),
+        ),
+    ];
+    with_host(|h| {
+        h.streams.insert(
+            2,
+            Stream {
+                headers,
+                ..Stream::default()
+            },
+        );
+        h.effective = 2;
+    });
+    let action = unsafe {
+        proxy_on_context_create(2, 1);
+        proxy_on_request_headers(2, 4, false)
+    };
+    assert_eq!(action, Action::Pause);
+    vm.tick(1);
+    assert!(vm.reply(2).is_none(), "not before the grace period");
+    vm.advance(11);
+    vm.tick(1);
+    assert_eq!(vm.reply(2).map(|r| r.status), Some(503));
+    let logs = with_host(|h| h.logs.clone());
+    assert!(logs
+        .iter()
+        .any(|l| l.contains("allow_on_headers_stop_iteration")));
+}
