@@ -23,7 +23,7 @@ use crate::cache::{CacheEntry, CachePolicy, CachedIdentity, Flights, Joined, Loc
 use crate::config::{Config, IdentitySource, UserinfoConfig};
 use crate::identity::{self, IdentityError, UserinfoOutcome};
 use crate::{rewrite, RewriteError, TenantMatcher};
-use log::{error, info, warn};
+use log::{debug, error, info, warn};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
@@ -33,7 +33,8 @@ use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
 
 proxy_wasm::main! {{
-    proxy_wasm::set_log_level(LogLevel::Info);
+    // Envoy filters by its own `wasm` log level; per-request lines are at debug.
+    proxy_wasm::set_log_level(LogLevel::Debug);
     proxy_wasm::set_root_context(|context_id| -> Box<dyn RootContext> {
         Box::new(FilterRoot::new(context_id))
     });
@@ -474,7 +475,7 @@ impl Request {
         worker.metrics.bump(worker.metrics.requests_denied);
         let body = refusal.body();
         let status = refusal.status.to_string();
-        info!(
+        debug!(
             "promql_tenant_filter: refused {} {}: {}",
             status,
             refusal.error_type.as_str(),
