@@ -914,4 +914,33 @@ mod tests {
             assert_eq!(v["status"], "success");
         }
     }
+
+    proptest::proptest! {
+        #[test]
+        fn planning_never_panics(method in proptest::collection::vec(proptest::num::u8::ANY, 0..8),
+                                 path in proptest::collection::vec(proptest::num::u8::ANY, 0..64)) {
+            let _ = plan_request(&method, &path);
+        }
+
+        #[test]
+        fn allowed_paths_are_canonical(path in "/[a-z0-9%./;_\\\\]{0,40}") {
+            if let Ok(plan) = plan_request(b"GET", path.as_bytes()) {
+                let decoded = crate::form::decode(&plan.raw_path, 0).unwrap();
+                proptest::prop_assert!(!decoded.contains("//"));
+                proptest::prop_assert!(!decoded.split('/').any(|s| s == ".." || s == "."));
+                proptest::prop_assert!(!plan.raw_path.contains(';'));
+            }
+        }
+
+        #[test]
+        fn rewriting_never_panics(query in "\\PC{0,60}", body in "\\PC{0,60}") {
+            let values = vec!["1".to_string()];
+            let t = tenant(&values, "client_id=\"1\"");
+            for path in ["/api/v1/query", "/api/v1/series", "/api/v1/status/buildinfo"] {
+                let p = Plan { action: plan("GET", path).unwrap().action, raw_path: path.into(), raw_query: query.clone() };
+                let _ = rewrite_request(&p, Some(body.as_bytes()), Some(b"application/x-www-form-urlencoded"), &t,
+                    RewriteOptions { victoriametrics_extra_label: true }, &fake);
+            }
+        }
+    }
 }
