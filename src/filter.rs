@@ -12,9 +12,12 @@
 //!   call returns, so calling them for another context (after
 //!   `set_effective_context`) cannot re-enter the SDK's dispatcher. But resuming clears
 //!   Envoy's header and body pointers at once, so all edits happen before resuming.
-//! - A callout belongs to the context that made it and is cancelled when that context
-//!   goes away. A single-flight leader that disappears therefore leaves its waiters
-//!   orphaned; the root context adopts them on its next tick.
+//! - Envoy runs every callout on the root context, but the SDK routes its response to
+//!   the context that dispatched it, and silently drops it if that context is gone. A
+//!   single-flight leader that disappears therefore leaves its waiters orphaned; the
+//!   root context adopts them on its next tick and asks again from its own callback.
+//! - The SDK's hostcall wrappers panic on unexpected host statuses; the filter only
+//!   edits headers and bodies while Envoy still holds them, so none is expected.
 
 use crate::api::{
     self, Action as ApiAction, Plan, QueryRejection, Refusal, RewriteOptions, Tenant,

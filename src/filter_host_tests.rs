@@ -1071,7 +1071,7 @@ fn waiters_survive_their_leader_going_away() {
     vm.get(3, METADATA, Some("tok"));
     vm.get(4, METADATA, Some("tok"));
     assert_eq!(vm.callouts().len(), 1);
-    // The leader's client hangs up; Envoy cancels its callout.
+    // The leader's client hangs up; the SDK will drop its callout's response.
     vm.end(2);
     vm.end(4);
     vm.tick(1);
