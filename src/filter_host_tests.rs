@@ -1074,6 +1074,13 @@ fn waiters_survive_their_leader_going_away() {
     // The leader's client hangs up; the SDK will drop its callout's response.
     vm.end(2);
     vm.end(4);
+    // Its response still comes back, to nobody: nothing happens, nothing panics.
+    vm.respond(
+        1,
+        Some("200"),
+        r#"{"https://example.com/client_id":"1999"}"#,
+    );
+    assert!(vm.reply(3).is_none());
     vm.tick(1);
     let callouts = vm.callouts();
     assert_eq!(callouts.len(), 2);
