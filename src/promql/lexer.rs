@@ -616,6 +616,13 @@ impl<'a> Lexer<'a> {
             }
             return Err(self.bad_number(start, end));
         }
+        let text = &self.src[start..self.pos];
+        if super::parser::number_value(text).is_infinite() {
+            return Err(self.err(
+                start,
+                format!("error parsing number: {text:?}: value out of range"),
+            ));
+        }
         Ok(Tok::Number)
     }
 

@@ -48,7 +48,7 @@ pub fn parse(input: &str, dialect: Dialect) -> Result<ast::Expr<'_>, ParseError>
 }
 
 /// Parses and checks already-lexed tokens of `input`.
-fn parse_lexed<'a>(
+pub(crate) fn parse_lexed<'a>(
     input: &'a str,
     tokens: &[lexer::Token],
     dialect: Dialect,

@@ -18,6 +18,8 @@ type TokenInput<'s> = MappedInput<'s, Tok, SimpleSpan, &'s [Token]>;
 type Extra = extra::Err<SyntaxError>;
 
 /// Parses lexed tokens into an expression. `src` is the text the tokens point into.
+// The error is fixed-size so trying alternatives never allocates; it is returned once per parse.
+#[allow(clippy::result_large_err)]
 pub fn parse_tokens<'a>(
     src: &'a str,
     tokens: &[Token],
@@ -52,6 +54,7 @@ fn span_of(s: SimpleSpan) -> Span {
     s.start..s.end
 }
 
+#[allow(clippy::result_large_err)] // try_map closures return SyntaxError by value
 fn expr_parser<'s, 'a: 's>(
     src: &'a str,
     dialect: Dialect,
@@ -74,7 +77,7 @@ fn expr_parser<'s, 'a: 's>(
         .delimited_by(just(Tok::LParen), just(Tok::RParen));
 
     let grouping = select! { Tok::Ident(Kw::By) => false, Tok::Ident(Kw::Without) => true }
-        .then(label_list.clone().labelled("\"(\""))
+        .then(label_list.labelled("\"(\""))
         .map(|(without, labels)| Grouping { without, labels })
         .boxed();
 
@@ -394,11 +397,14 @@ fn expr_parser<'s, 'a: 's>(
                 span: span_of(e.span()),
             });
 
+        // `start()` and `end()` are Prometheus preprocessors, valid on their own too.
+        let preprocessor = empty_call(Kw::Start).or(empty_call(Kw::End));
         let atom = choice((
             number.clone(),
-            string_literal.clone(),
+            string_literal,
             duration.clone(),
             paren,
+            preprocessor,
             call,
             selector.clone(),
         ))
@@ -447,14 +453,15 @@ fn expr_parser<'s, 'a: 's>(
             select! { Tok::Ident(Kw::On) => true, Tok::Ident(Kw::Ignoring) => false };
         let group_side =
             select! { Tok::Ident(Kw::GroupLeft) => true, Tok::Ident(Kw::GroupRight) => false };
-        let group_modifier = group_side
-            .then(label_list.clone().or_not())
-            .map(|(left, labels)| GroupModifier {
-                left,
-                labels: labels.unwrap_or_default(),
-            });
+        let group_modifier =
+            group_side
+                .then(label_list.or_not())
+                .map(|(left, labels)| GroupModifier {
+                    left,
+                    labels: labels.unwrap_or_default(),
+                });
         let matching = on_or_ignoring
-            .then(label_list.clone())
+            .then(label_list)
             .then(group_modifier.or_not())
             .map(|((on, labels), group)| VectorMatching { on, labels, group })
             .or_not();
