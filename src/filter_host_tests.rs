@@ -1283,3 +1283,135 @@ fn a_body_that_never_arrives_is_refused_not_hung() {
         .iter()
         .any(|l| l.contains("allow_on_headers_stop_iteration")));
 }
+
+fn forwarded_path(vm: &Vm, id: u32) -> String {
+    let stream = vm.stream(id);
+    assert!(stream.reply.is_none(), "{:?}", stream.reply);
+    let path = stream.headers.iter().find(|(n, _)| n == ":path").unwrap();
+    String::from_utf8(path.1.clone()).unwrap()
+}
+
+fn decoded_params(path_or_body: &str) -> Vec<(String, String)> {
+    let query = path_or_body
+        .split_once('?')
+        .map_or(path_or_body, |(_, q)| q);
+    crate::form::Params::parse(query)
+        .unwrap()
+        .pairs()
+        .iter()
+        .map(|p| (p.name().to_string(), p.value().to_string()))
+        .collect()
+}
+
+fn owned(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .collect()
+}
+
+#[test]
+fn several_tenants_become_a_regex_matcher_and_extra_filters() {
+    let vm = Vm::new();
+    vm.configure(1, USERINFO_CONFIG);
+    vm.get(2, "/api/v1/query?query=sum(rate(x[5m]))", Some("multi"));
+    vm.respond(
+        vm.callouts()[0].token,
+        Some("200"),
+        r#"{"https://example.com/client_id":["1999",2000]}"#,
+    );
+    assert_eq!(
+        decoded_params(&forwarded_path(&vm, 2)),
+        owned(&[
+            ("query", r#"sum(rate(x{client_id=~"1999|2000"}[5m]))"#),
+            ("extra_filters[]", r#"{client_id=~"1999|2000"}"#),
+        ])
+    );
+}
+
+#[test]
+fn every_spelling_and_copy_is_rewritten() {
+    let vm = Vm::new();
+    vm.configure(1, USERINFO_CONFIG);
+    let headers = [
+        ("authorization", "Bearer alice"),
+        ("content-type", "application/x-www-form-urlencoded"),
+    ];
+    vm.request(
+        1,
+        2,
+        "POST",
+        "/api/v1/query_range?%71uery=a&query=b&extra_filters%5B%5D=%7Bclient_id%3D%222000%22%7D",
+        &headers,
+        Some("query=c&start=1&query=d&extra_label=client_id%3D2000"),
+    );
+    vm.respond(
+        vm.callouts()[0].token,
+        Some("200"),
+        r#"{"https://example.com/client_id":"1999"}"#,
+    );
+    assert_eq!(
+        decoded_params(&forwarded_path(&vm, 2)),
+        owned(&[
+            ("query", r#"a{client_id="1999"}"#),
+            ("query", r#"b{client_id="1999"}"#),
+            ("extra_label", "client_id=1999"),
+        ])
+    );
+    let body = String::from_utf8(vm.stream(2).body).unwrap();
+    assert_eq!(
+        decoded_params(&body),
+        owned(&[
+            ("query", r#"c{client_id="1999"}"#),
+            ("start", "1"),
+            ("query", r#"d{client_id="1999"}"#),
+        ])
+    );
+}
+
+#[test]
+fn series_without_match_gets_the_tenant_selector() {
+    let vm = Vm::new();
+    vm.configure(1, USERINFO_CONFIG);
+    vm.get(2, "/prometheus/api/v1/series?start=1", Some("alice"));
+    vm.respond(
+        vm.callouts()[0].token,
+        Some("200"),
+        r#"{"https://example.com/client_id":"1999"}"#,
+    );
+    let path = forwarded_path(&vm, 2);
+    assert!(path.starts_with("/prometheus/api/v1/series?"), "{path}");
+    assert_eq!(
+        decoded_params(&path),
+        owned(&[
+            ("start", "1"),
+            ("match[]", r#"{client_id="1999"}"#),
+            ("extra_label", "client_id=1999"),
+        ])
+    );
+}
+
+#[test]
+fn reject_policy_refuses_another_tenants_matcher() {
+    let vm = Vm::new();
+    vm.configure(
+        1,
+        r#"{"tenant_label":"client_id","on_conflict":"reject",
+            "identity":{"source":"userinfo","cluster":"oidc","claim":"client_id"}}"#,
+    );
+    vm.get(
+        2,
+        "/api/v1/query?query=up%7Bclient_id%3D%222000%22%7D",
+        Some("alice"),
+    );
+    vm.respond(
+        vm.callouts()[0].token,
+        Some("200"),
+        r#"{"client_id":"1999"}"#,
+    );
+    let reply = vm.reply(2).unwrap();
+    assert_eq!(
+        (reply.status, error_type(&reply).as_str()),
+        (403, "forbidden")
+    );
+}
