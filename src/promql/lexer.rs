@@ -204,7 +204,7 @@ pub fn lex(src: &str, dialect: Dialect) -> Result<Vec<Token>, ParseError> {
         pos: 0,
         dialect,
         groups: Vec::new(),
-        out: Vec::new(),
+        out: Vec::with_capacity(src.len() / 4 + 4),
     }
     .run()
 }

@@ -77,3 +77,88 @@ pub(crate) fn parse_lexed<'a>(
     check::check(input, &expr, dialect)?;
     Ok(expr)
 }
+
+#[doc(hidden)]
+pub fn __lex_only(input: &str) -> usize {
+    lexer::lex(input, Dialect::Promql)
+        .map(|t| t.len())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nesting_is_capped_with_a_clear_error() {
+        let deep = format!("{}x{}", "(".repeat(100_000), ")".repeat(100_000));
+        let err = parse(&deep, Dialect::Promql).unwrap_err();
+        assert!(err.message.contains("nests too deeply"), "{err}");
+        let unary = format!("{}1", "-".repeat(100_000));
+        assert!(parse(&unary, Dialect::Metricsql)
+            .unwrap_err()
+            .message
+            .contains("nests too deeply"));
+        let pow = format!("1{}", "^1".repeat(100_000));
+        assert!(parse(&pow, Dialect::Promql).is_err());
+        let chain = format!("x{}", " + x".repeat(100_000));
+        assert!(parse(&chain, Dialect::Promql)
+            .unwrap_err()
+            .message
+            .contains("too many operators"));
+    }
+
+    #[test]
+    fn the_deepest_accepted_queries_fit_a_small_stack() {
+        // The wasm module gets a 1 MiB stack. An optimised build must fit the deepest
+        // accepted queries in a quarter of that (measured: about 3 KiB per nesting
+        // level); unoptimised frames are several times larger, so debug runs get more.
+        let queries = [
+            format!(
+                "{}x{}",
+                "(".repeat(lexer::MAX_NESTING - 1),
+                ")".repeat(lexer::MAX_NESTING - 1)
+            ),
+            format!("{}x", "-".repeat(lexer::MAX_NESTING - 1)),
+            format!("x{}", "^x".repeat(lexer::MAX_NESTING - 1)),
+            format!("x{}", " + x".repeat(lexer::MAX_BINARY_OPERATORS)),
+            format!(
+                "{}x{}",
+                "sum(".repeat(lexer::MAX_NESTING - 1),
+                ")".repeat(lexer::MAX_NESTING - 1)
+            ),
+        ];
+        std::thread::Builder::new()
+            .stack_size(if cfg!(debug_assertions) {
+                4 << 20
+            } else {
+                256 << 10
+            })
+            .spawn(move || {
+                let tenant = inject::TenantMatcher::new("client_id", &["1"]).unwrap();
+                for q in &queries {
+                    let out =
+                        inject::rewrite(q, &tenant, inject::ConflictPolicy::And, Dialect::Promql);
+                    assert!(out.is_ok(), "{:?}", out.err());
+                }
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+
+    #[test]
+    fn errors_carry_position_and_expectation() {
+        let err = parse("sum(rate(foo{a=\"b\",}[5m])) by (", Dialect::Promql).unwrap_err();
+        assert_eq!((err.line, err.column), (1, 32));
+        let err = parse("foo{a=\"b\", }}", Dialect::Promql).unwrap_err();
+        assert!(err.to_string().contains("at 1:"), "{err}");
+        let err = parse("foo{a=}", Dialect::Promql).unwrap_err();
+        assert_eq!(err.to_string(), "unexpected \"}\" at 1:7, expected string");
+        let err = parse("WITH (x = y) x", Dialect::Metricsql).unwrap_err();
+        assert!(
+            err.message.contains("WITH templates are not supported"),
+            "{err}"
+        );
+    }
+}
