@@ -5,7 +5,8 @@
 //!   functions, aggregations with `by`/`without` before or after, binary operators with
 //!   `bool`/`on`/`ignoring`/`group_left`/`group_right`, unary operators, parentheses,
 //!   numbers, strings, comments), checked against `promql-parser` under all three
-//!   conflict policies, with hostile tenant values and label names.
+//!   conflict policies, with hostile tenant values and label names; and MetricsQL
+//!   or-filters, which promql-parser reads too.
 //! - `parse` and `rewrite` never panic on arbitrary strings, bytes, token soup, or
 //!   mutated queries, in both dialects.
 //! - Deep nesting (100k levels) returns an error instead of overflowing the stack.
@@ -376,6 +377,52 @@ fn query() -> Gen {
         .boxed()
 }
 
+/// MetricsQL or-filters: `name{a="b" or c="d", e="f"}`; each branch starts with a matcher
+/// that does not match the empty string, and only the last may end with a comma.
+fn or_filter_selector() -> Gen {
+    let more = proptest::collection::vec((blank(), matcher()), 0..3);
+    let branch =
+        (label_name(), select(vec!["x", "a\"b", "é", "1999"]), more).prop_map(|(l, v, more)| {
+            let rest: String = more.iter().map(|(b, m)| format!(",{b}{m}")).collect();
+            format!("{l}={}{rest}", quote(v, '"'))
+        });
+    let branches = proptest::collection::vec(branch, 2..4);
+    (
+        proptest::option::of(metric_name()),
+        branches,
+        any::<bool>(),
+        blank(),
+    )
+        .prop_map(|(name, branches, trailing, end)| {
+            let comma = if trailing { "," } else { "" };
+            format!(
+                "{}{{{}{comma}{end}}}",
+                name.unwrap_or_default(),
+                branches.join(" or ")
+            )
+        })
+        .boxed()
+}
+
+/// Or-filter selectors placed where selectors go.
+fn or_filter_query() -> Gen {
+    const FORMS: &[&str] = &[
+        "\u{1}A",
+        "rate(\u{1}A[5m])",
+        "sum by (job) (rate(\u{1}A[5m])) / on(job) group_left sum by (job) (\u{1}B)",
+        "\u{1}A offset 5m and \u{1}B",
+        "max_over_time((\u{1}A + \u{1}B)[10m:1m])",
+        "topk(3, \u{1}A) or -\u{1}B",
+    ];
+    (
+        select(FORMS.to_vec()),
+        or_filter_selector(),
+        prop_oneof![or_filter_selector(), selector()],
+    )
+        .prop_map(|(form, a, b)| form.replace("\u{1}A", &a).replace("\u{1}B", &b))
+        .boxed()
+}
+
 // ---------------------------------------------------------------- tenants
 
 fn tenant_label() -> Gen {
@@ -423,10 +470,11 @@ fn check_case(
     label: &str,
     values: &[String],
     policy: ConflictPolicy,
+    dialects: &[Dialect],
 ) -> Result<(), String> {
     let original = promql_parser::parser::parse(q)
         .map_err(|e| format!("generator bug, promql-parser: {e}"))?;
-    for dialect in [Dialect::Promql, Dialect::Metricsql] {
+    for &dialect in dialects {
         parse(q, dialect)
             .map_err(|e| format!("{dialect:?} parse refuses what promql-parser reads: {e}"))?;
     }
@@ -434,13 +482,14 @@ fn check_case(
     let tenant =
         TenantMatcher::new(label, &value_refs).map_err(|e| format!("TenantMatcher::new: {e}"))?;
     let expected = ExpectedMatcher::new(label, &value_refs);
-    let promql = rewrite(q, &tenant, policy, Dialect::Promql);
-    let metricsql = rewrite(q, &tenant, policy, Dialect::Metricsql);
-    if promql != metricsql {
-        return Err(format!(
-            "dialects disagree:\n  promql:    {promql:?}\n  metricsql: {metricsql:?}"
-        ));
+    let results: Vec<_> = dialects
+        .iter()
+        .map(|&d| rewrite(q, &tenant, policy, d))
+        .collect();
+    if results.windows(2).any(|pair| pair[0] != pair[1]) {
+        return Err(format!("dialects {dialects:?} disagree: {results:?}"));
     }
+    let promql = results.into_iter().next().expect("at least one dialect");
     let want = match policy {
         ConflictPolicy::And => original,
         ConflictPolicy::Replace => {
@@ -488,7 +537,16 @@ proptest! {
         // Generator slips (a type error promql-parser refuses) are skipped, not failed;
         // proptest fails the test if they become frequent.
         prop_assume!(promql_parser::parser::parse(&q).is_ok());
-        if let Err(e) = check_case(&q, &label, &values, policy) {
+        if let Err(e) = check_case(&q, &label, &values, policy, &[Dialect::Promql, Dialect::Metricsql]) {
+            prop_assert!(false, "query {:?}\n tenant {:?} {:?} {:?}\n {}", q, label, values, policy, e);
+        }
+    }
+
+    #[test]
+    fn metricsql_or_filters_keep_the_invariants(q in or_filter_query(), (label, values) in tenant(), policy in policy()) {
+        // promql-parser reads or-filters too, so the same oracle applies branch by branch.
+        prop_assume!(promql_parser::parser::parse(&q).is_ok());
+        if let Err(e) = check_case(&q, &label, &values, policy, &[Dialect::Metricsql]) {
             prop_assert!(false, "query {:?}\n tenant {:?} {:?} {:?}\n {}", q, label, values, policy, e);
         }
     }
