@@ -14,6 +14,9 @@ rust-deps:
 
 ## Build the filter module and print its size.
 wasm: rust-deps
+	@# The filter must abort on panic (a trap in the VM, never unwinding into the host).
+	@# wasm32-wasip1 builds abort by default; Cargo.toml says why the profile does not set it.
+	@rustc --print cfg --target wasm32-wasip1 | grep -qx 'panic="abort"' || { echo "wasm32-wasip1 does not build with panic=abort"; exit 1; }
 	$(CARGO) build --release --target wasm32-wasip1 --lib
 	@echo "wasm size: $$(stat -c %s $(WASM)) bytes ($(WASM))"
 

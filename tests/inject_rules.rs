@@ -52,23 +52,19 @@ fn issue_examples() {
         r#"{__name__="foo"}[5m]"#,
         r#"{__name__="foo",client_id="1999"}[5m]"#,
     );
-    // The long example is not valid PromQL (`and` with a range vector on its right:
-    // Prometheus says "binary expression must contain only scalar and instant vector
-    // types"), so it must come out exactly in MetricsQL; in PromQL it may instead be
-    // refused by the type checks, but never rewritten differently.
+    // The long example must come out exactly, in both dialects. (Prometheus itself would
+    // refuse it: `and` has a range vector on its right. The engine accepts that deviation
+    // on purpose; see `range_vector_operands_are_accepted_and_confined`.)
     let input = r#"max_over_time(deriv(rate(distance_covered_total[5s])[30s:5s])[10m:])and http_requests_total{status_code=~"2.*"}[50h]"#;
     let expected = r#"max_over_time(deriv(rate(distance_covered_total{client_id="1999"}[5s])[30s:5s])[10m:])and http_requests_total{status_code=~"2.*",client_id="1999"}[50h]"#;
-    assert_rewrite_with(
-        &client_1999(),
-        ConflictPolicy::And,
-        Dialect::Metricsql,
-        input,
-        expected,
-    );
-    match rewrite(input, &client_1999(), ConflictPolicy::And, Dialect::Promql) {
-        Ok(got) => assert_eq!(got, expected),
-        Err(RewriteError::Parse(_)) => {}
-        Err(e) => panic!("unexpected error {e}"),
+    for dialect in [Dialect::Promql, Dialect::Metricsql] {
+        assert_rewrite_with(
+            &client_1999(),
+            ConflictPolicy::And,
+            dialect,
+            input,
+            expected,
+        );
     }
     assert_rewrite("rate(x[5m])", r#"rate(x{client_id="1999"}[5m])"#);
 }
@@ -306,15 +302,38 @@ fn policy_reject_refuses_a_different_matcher_only() {
     );
 }
 
-/// A regex spelling of our own value is a different matcher too (`=~` is not `=`);
-/// kept apart from the test above because the engine currently allows it.
+/// Policy `reject` refuses a matcher that asks for anything beyond the tenant's own
+/// values. A regex that spells exactly our values (`=~"1999"`, QuoteMeta-escaped) selects
+/// the same series as ours, so it is allowed, and ours is added as always.
 #[test]
-fn policy_reject_refuses_a_regex_spelling_of_our_value() {
-    for (values, input) in [
-        (&["1999"][..], r#"up{client_id=~"1999"}"#),
-        (&["a.b"][..], r#"up{client_id=~"a\\.b"}"#),
+fn policy_reject_allows_a_regex_spelling_of_exactly_our_values() {
+    for (values, input, expected) in [
+        (
+            &["1999"][..],
+            r#"up{client_id=~"1999"}"#,
+            r#"up{client_id=~"1999",client_id="1999"}"#,
+        ),
+        (
+            &["a.b"][..],
+            r#"up{client_id=~"a\\.b"}"#,
+            r#"up{client_id=~"a\\.b",client_id="a.b"}"#,
+        ),
     ] {
         let t = tenant("client_id", values);
+        let out = rewrite(input, &t, ConflictPolicy::Reject, Dialect::Promql);
+        assert_eq!(
+            out.as_deref().ok(),
+            Some(expected),
+            "input {input:?}: got {out:?}"
+        );
+    }
+    // A regex that reaches further is refused.
+    let t = tenant("client_id", &["1999"]);
+    for input in [
+        r#"up{client_id=~"1999|2000"}"#,
+        r#"up{client_id=~"19.*"}"#,
+        r#"up{client_id!="2000"}"#,
+    ] {
         match rewrite(input, &t, ConflictPolicy::Reject, Dialect::Promql) {
             Err(RewriteError::Conflict(_)) => {}
             other => panic!("input {input:?}: expected a Conflict, got {other:?}"),
