@@ -65,10 +65,11 @@ def test_wasm_filter_is_safe(name, wasm, jwks):
     assert filters, f"{name}: no wasm filter"
     for f in filters:
         # A module that fails to load must not turn into a pass-through.
-        assert f.get("failure_policy") == "FAIL_CLOSED", name
+        assert f.get("failure_policy") == "FAIL_CLOSED", f"{name}: set `failure_policy: FAIL_CLOSED`"
         # Without it Envoy never hands the filter a POST body (Grafana's default), and
         # every POST query ends in a refusal after a wait.
-        assert f.get("allow_on_headers_stop_iteration") is True, name
+        assert f.get("allow_on_headers_stop_iteration") is True, (
+            f"{name}: add `allow_on_headers_stop_iteration: true` to the wasm filter's config")
         assert f["vm_config"]["runtime"] == "envoy.wasm.runtime.v8", name
         assert f["vm_config"].get("vm_id"), name
     hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
