@@ -10,13 +10,12 @@ pluginConfig dropped into a minimal config with Istio's cluster name.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import yaml
 
 from conftest import (ROOT, by_kind, envoy_validate, fill_placeholders, load_all_yaml,
-                      load_yaml, render_chart, wasm_filters)
+                      render_chart, wasm_filters)
 
 ENVOY_FILES = sorted((ROOT / "envoy").glob("*.yaml"))
 # The rendered variants of the Auth0 template (git-ignored) are the user's, not the repo's.
