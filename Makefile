@@ -4,7 +4,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 WASM := target/wasm32-wasip1/release/promql_tenant_filter.wasm
 
-.PHONY: test deps rust-deps wasm unit lint bench deploy-deps deploy-check oci
+.PHONY: test deps rust-deps wasm unit lint bench
 
 ## Install everything the tests need on a fresh Debian machine (idempotent).
 deps: rust-deps
@@ -34,6 +34,7 @@ bench:
 ## run as processes on 127.0.0.1 (dashboard queries as alice and bob); `envoy --mode
 ## validate` of every Envoy config with the built module; the Helm chart rendered by real
 ## Helm; manifests against the Kubernetes schemas. No Docker, no cluster.
+.PHONY: deploy-deps deploy-check oci
 DEPLOY_VENV ?= .venv
 DEPLOY_REQUIREMENTS := tests/deploy/requirements.txt
 
