@@ -162,3 +162,60 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod precedence_tests {
+    use super::ast::{Expr, ExprKind};
+    use super::*;
+
+    /// The tree as an s-expression, to see how operators grouped.
+    fn shape(src: &str, e: &Expr<'_>) -> String {
+        match &e.kind {
+            ExprKind::Binary(b) => format!(
+                "({} {} {})",
+                b.op.symbol(),
+                shape(src, &b.lhs),
+                shape(src, &b.rhs)
+            ),
+            ExprKind::Unary { negative, expr } => format!(
+                "({} {})",
+                if *negative { "neg" } else { "pos" },
+                shape(src, expr)
+            ),
+            ExprKind::Paren(inner) => shape(src, inner),
+            _ => src[e.span.clone()].to_string(),
+        }
+    }
+
+    fn check(src: &str, dialect: Dialect, expected: &str) {
+        let e = parse(src, dialect).unwrap();
+        assert_eq!(shape(src, &e), expected, "{src}");
+    }
+
+    #[test]
+    fn operators_group_like_prometheus() {
+        check(
+            "a + b * c ^ d ^ e - f",
+            Dialect::Promql,
+            "(- (+ a (* b (^ c (^ d e)))) f)",
+        );
+        check("-1 ^ 2", Dialect::Promql, "(neg (^ 1 2))");
+        check("-a * b", Dialect::Promql, "(* (neg a) b)");
+        check("2 ^ -3 * 4", Dialect::Promql, "(* (^ 2 (neg 3)) 4)");
+        check(
+            "a or b and c unless d",
+            Dialect::Promql,
+            "(or a (unless (and b c) d))",
+        );
+        check("1 < bool 2 - 1 * 2", Dialect::Promql, "(< 1 (- 2 (* 1 2)))");
+        check("a == b or c > d", Dialect::Promql, "(or (== a b) (> c d))");
+        check("a / b / c", Dialect::Promql, "(/ (/ a b) c)");
+        check("a atan2 b + c", Dialect::Promql, "(+ (atan2 a b) c)");
+        check(
+            "a default b or c if d",
+            Dialect::Metricsql,
+            "(default a (if (or b c) d))",
+        );
+        check("- - a ^ b", Dialect::Promql, "(neg (neg (^ a b)))");
+    }
+}

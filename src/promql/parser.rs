@@ -502,33 +502,146 @@ fn expr_parser<'s, 'a: 's>(
         let return_bool = kw(Kw::Bool).or_not().map(|b| b.is_some());
         let modifiers = return_bool.then(matching).boxed();
 
-        atom.pratt((
-            prefix(15, select! { Tok::Add => false, Tok::Sub => true }, unary),
-            infix(right(16), with_modifiers(just(Tok::Pow).to(BinOp::Pow), modifiers.clone()), binary),
-            infix(
-                left(14),
-                with_modifiers(select! { Tok::Mul => BinOp::Mul, Tok::Div => BinOp::Div, Tok::Mod => BinOp::Mod, Tok::Ident(Kw::Atan2) => BinOp::Atan2 }, modifiers.clone()),
-                binary,
-            ),
-            infix(left(12), with_modifiers(select! { Tok::Add => BinOp::Add, Tok::Sub => BinOp::Sub }, modifiers.clone()), binary),
-            infix(
-                left(10),
-                with_modifiers(select! {
-                    Tok::EqlEql => BinOp::Eql, Tok::Neq => BinOp::Neq, Tok::Lt => BinOp::Lt,
-                    Tok::Lte => BinOp::Lte, Tok::Gt => BinOp::Gt, Tok::Gte => BinOp::Gte,
-                }, modifiers.clone()),
-                binary,
-            ),
-            infix(left(8), with_modifiers(select! { Tok::Ident(Kw::And) => BinOp::And, Tok::Ident(Kw::Unless) => BinOp::Unless }, modifiers.clone()), binary),
-            infix(left(6), with_modifiers(select! { Tok::Ident(Kw::Or) => BinOp::Or }, modifiers.clone()), binary),
-            infix(
-                left(4),
-                with_modifiers(select! { Tok::Ident(Kw::If) if metricsql => BinOp::If, Tok::Ident(Kw::Ifnot) if metricsql => BinOp::Ifnot }, modifiers.clone()),
-                binary,
-            ),
-            infix(left(2), with_modifiers(select! { Tok::Ident(Kw::Default) if metricsql => BinOp::Default }, modifiers.clone()), binary),
-        ))
+        // An operand: its prefix signs, then an atom. Operators between operands are
+        // read flat, each with one token look-up, and `build_tree` applies precedence and
+        // associativity afterwards: trying every precedence level as a separate parser
+        // at each position cost more than the rest of the parse together.
+        let signs = select! { Tok::Add => false, Tok::Sub => true }
+            .map_with(|negative, e| {
+                let s: SimpleSpan = e.span();
+                (negative, s.start)
+            })
+            .repeated()
+            .collect::<Vec<_>>();
+        let operand = signs.then(atom);
+        let operator = select! {
+            Tok::Pow => BinOp::Pow,
+            Tok::Mul => BinOp::Mul,
+            Tok::Div => BinOp::Div,
+            Tok::Mod => BinOp::Mod,
+            Tok::Ident(Kw::Atan2) => BinOp::Atan2,
+            Tok::Add => BinOp::Add,
+            Tok::Sub => BinOp::Sub,
+            Tok::EqlEql => BinOp::Eql,
+            Tok::Neq => BinOp::Neq,
+            Tok::Lt => BinOp::Lt,
+            Tok::Lte => BinOp::Lte,
+            Tok::Gt => BinOp::Gt,
+            Tok::Gte => BinOp::Gte,
+            Tok::Ident(Kw::And) => BinOp::And,
+            Tok::Ident(Kw::Unless) => BinOp::Unless,
+            Tok::Ident(Kw::Or) => BinOp::Or,
+            Tok::Ident(Kw::If) if metricsql => BinOp::If,
+            Tok::Ident(Kw::Ifnot) if metricsql => BinOp::Ifnot,
+            Tok::Ident(Kw::Default) if metricsql => BinOp::Default,
+        };
+        operand
+            .clone()
+            .then(
+                with_modifiers(operator, modifiers)
+                    .then(operand)
+                    .repeated()
+                    .collect::<Vec<_>>(),
+            )
+            .map(|(first, rest)| build_tree(first, rest))
     })
+}
+
+/// An operand as read: prefix signs (negative?, byte offset) and the atom.
+type Operand<'a> = (Vec<(bool, usize)>, Expr<'a>);
+
+/// Binding power of a binary operator, as in Prometheus (MetricsQL's `if`, `ifnot` and
+/// `default` bind loosest). Unary minus sits between `*` and `^`: `-a^b` is `-(a^b)`.
+fn precedence(op: BinOp) -> u8 {
+    match op {
+        BinOp::Pow => 16,
+        BinOp::Mul | BinOp::Div | BinOp::Mod | BinOp::Atan2 => 14,
+        BinOp::Add | BinOp::Sub => 12,
+        BinOp::Eql | BinOp::Neq | BinOp::Lt | BinOp::Lte | BinOp::Gt | BinOp::Gte => 10,
+        BinOp::And | BinOp::Unless => 8,
+        BinOp::Or => 6,
+        BinOp::If | BinOp::Ifnot => 4,
+        BinOp::Default => 2,
+    }
+}
+
+/// Builds the expression tree of `first (op operand)*` by precedence climbing.
+///
+/// Left-associative chains are folded in a loop; only `^` (right-associative) and signs
+/// recurse, and the lexer caps how many of those a query may hold.
+fn build_tree<'a>(
+    first: Operand<'a>,
+    rest: Vec<(BinOpWithModifiers<'a>, Operand<'a>)>,
+) -> Expr<'a> {
+    let mut items = rest.into_iter().peekable();
+    climb(first, &mut items, 0)
+}
+
+type Items<'a> = std::iter::Peekable<std::vec::IntoIter<(BinOpWithModifiers<'a>, Operand<'a>)>>;
+
+fn climb<'a>(first: Operand<'a>, items: &mut Items<'a>, min_precedence: u8) -> Expr<'a> {
+    let mut lhs = primary(first, items);
+    while let Some(((op, ..), _)) = items.peek() {
+        let precedence = precedence(*op);
+        if precedence < min_precedence {
+            break;
+        }
+        let Some(((op, return_bool, matching), operand)) = items.next() else {
+            break;
+        };
+        let next_min = if op == BinOp::Pow {
+            precedence
+        } else {
+            precedence + 1
+        };
+        let rhs = climb(operand, items, next_min);
+        lhs = join(lhs, (op, return_bool, matching), rhs);
+    }
+    lhs
+}
+
+/// An operand with its signs: they apply to the atom and any `^` chain after it.
+fn primary<'a>((signs, atom): Operand<'a>, items: &mut Items<'a>) -> Expr<'a> {
+    if signs.is_empty() {
+        return atom;
+    }
+    let mut expr = atom;
+    while let Some(((BinOp::Pow, ..), _)) = items.peek() {
+        let Some((op, operand)) = items.next() else {
+            break;
+        };
+        let rhs = climb(operand, items, precedence(BinOp::Pow));
+        expr = join(expr, op, rhs);
+    }
+    for (negative, start) in signs.into_iter().rev() {
+        let end = expr.span.end;
+        expr = Expr {
+            kind: ExprKind::Unary {
+                negative,
+                expr: Box::new(expr),
+            },
+            span: start..end,
+        };
+    }
+    expr
+}
+
+fn join<'a>(
+    lhs: Expr<'a>,
+    (op, return_bool, matching): BinOpWithModifiers<'a>,
+    rhs: Expr<'a>,
+) -> Expr<'a> {
+    let span = lhs.span.start..rhs.span.end;
+    Expr {
+        kind: ExprKind::Binary(Box::new(Binary {
+            op,
+            lhs,
+            rhs,
+            return_bool,
+            matching,
+        })),
+        span,
+    }
 }
 
 /// A binary operator token followed by its `bool` and vector-matching modifiers.
