@@ -23,6 +23,8 @@ rust-deps:
 py-deps: $(VENV)/.installed
 
 $(VENV)/.installed: $(E2E_REQUIREMENTS)
+	@command -v python3 >/dev/null || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv >/dev/null; }
 	@python3 -m venv $(VENV) 2>/dev/null || { rm -rf $(VENV); \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null \
 	  && python3 -m venv $(VENV); }

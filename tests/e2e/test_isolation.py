@@ -181,6 +181,19 @@ def test_prometheus_prefix_is_treated_alike(proxy, vm, tokens, method, user, pat
     assert got == own_keys(user)
 
 
+def test_array_claim_sees_both_tenants_and_nothing_else(proxy, vm, oidc, method):
+    # A claim holding several tenants, strings and integers mixed: `=~"1999|2000"`, which
+    # must not match the 19999 trap nor the unlabelled series.
+    oidc.set_user("ops", {"client_id": [seed.ALICE_TENANT, int(seed.BOB_TENANT)]})
+    token = oidc.login("ops")
+    want = seed.keys_of(seed.ALICE_TENANT) | seed.keys_of(seed.BOB_TENANT)
+    data = success(call(proxy, method, "/api/v1/query", token,
+                        {"query": ANY_SERIES, "time": vm.seed_s}))
+    assert {seed.as_key(s["metric"]) for s in data["result"]} == want
+    data = success(call(proxy, method, "/api/v1/series", token, window(vm)))
+    assert {seed.as_key(s) for s in data} == want
+
+
 ANSWERED_BY_FILTER = {
     "/api/v1/metadata": {"status": "success", "data": {}},
     "/api/v1/rules": {"status": "success", "data": {"groups": []}},
