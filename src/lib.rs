@@ -9,3 +9,9 @@ pub mod promql;
 
 pub use promql::inject::{rewrite, ConflictPolicy, InvalidTenant, RewriteError, TenantMatcher};
 pub use promql::{parse, Dialect, ParseError};
+pub mod api;
+pub mod cache;
+pub mod config;
+pub mod filter;
+pub mod form;
+pub mod identity;

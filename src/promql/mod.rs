@@ -24,7 +24,9 @@ impl std::str::FromStr for Dialect {
         match s {
             "promql" => Ok(Dialect::Promql),
             "metricsql" => Ok(Dialect::Metricsql),
-            other => Err(format!("unknown dialect {other:?}, expected \"promql\" or \"metricsql\"")),
+            other => Err(format!(
+                "unknown dialect {other:?}, expected \"promql\" or \"metricsql\""
+            )),
         }
     }
 }
@@ -53,5 +55,10 @@ impl std::error::Error for ParseError {}
 /// Parses `input` into an AST, with every node carrying its byte span.
 pub fn parse(input: &str, dialect: Dialect) -> Result<ast::Expr, ParseError> {
     let _ = (input, dialect);
-    Err(ParseError { message: "parser not implemented yet".into(), offset: 0, line: 1, column: 1 })
+    Err(ParseError {
+        message: "parser not implemented yet".into(),
+        offset: 0,
+        line: 1,
+        column: 1,
+    })
 }

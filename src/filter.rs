@@ -1,0 +1,774 @@
+//! The binding to the proxy-wasm host: the only module that imports `proxy_wasm`.
+//!
+//! It stays thin. Each callback reads what the host has (always through the `*_bytes`
+//! getters, since the `String` ones panic on non-UTF-8), hands it to the sans-IO core
+//! ([`crate::api`], [`crate::identity`], [`crate::cache`]), and applies the verdict.
+//!
+//! Host behaviour this module relies on (Envoy 1.40):
+//! - Pausing in `on_http_request_headers` only keeps body callbacks coming when the
+//!   plugin config sets `allow_on_headers_stop_iteration: true`; otherwise Envoy turns
+//!   the pause into StopAll and a POST body would never reach the filter.
+//! - `resume_http_request` and `send_http_response` are deferred by Envoy until the VM
+//!   call returns, so calling them for another context (after
+//!   `set_effective_context`) cannot re-enter the SDK's dispatcher. But resuming clears
+//!   Envoy's header and body pointers at once, so all edits happen before resuming.
+//! - A callout belongs to the context that made it and is cancelled when that context
+//!   goes away. A single-flight leader that disappears therefore leaves its waiters
+//!   orphaned; the root context adopts them on its next tick.
+
+use crate::api::{
+    self, Action as ApiAction, Plan, QueryRejection, Refusal, RewriteOptions, Tenant,
+};
+use crate::cache::{CacheEntry, CachePolicy, CachedIdentity, Flights, Joined, LocalCache};
+use crate::config::{Config, IdentitySource, UserinfoConfig};
+use crate::identity::{self, IdentityError, UserinfoOutcome};
+use crate::{rewrite, RewriteError, TenantMatcher};
+use log::{error, info, warn};
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::{Duration, UNIX_EPOCH};
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|context_id| -> Box<dyn RootContext> {
+        Box::new(FilterRoot::new(context_id))
+    });
+}}
+
+/// How often the root context looks for orphaned or stuck identity lookups.
+const TICK: Duration = Duration::from_secs(1);
+
+/// The Envoy counters, by id.
+struct Metrics {
+    requests_allowed: u32,
+    requests_denied: u32,
+    userinfo_calls: u32,
+    cache_hits: u32,
+    cache_misses: u32,
+    idp_errors: u32,
+    bad_queries: u32,
+}
+
+impl Metrics {
+    fn define() -> Metrics {
+        let counter = |name: &str| {
+            hostcalls::define_metric(MetricType::Counter, &format!("promql_tenant_filter.{name}"))
+                .unwrap_or(0)
+        };
+        Metrics {
+            requests_allowed: counter("requests_allowed"),
+            requests_denied: counter("requests_denied"),
+            userinfo_calls: counter("userinfo_calls"),
+            cache_hits: counter("cache_hits"),
+            cache_misses: counter("cache_misses"),
+            idp_errors: counter("idp_errors"),
+            bad_queries: counter("bad_queries"),
+        }
+    }
+
+    fn bump(&self, id: u32) {
+        // Counting must never take a request down with it.
+        let _ = hostcalls::increment_metric(id, 1);
+    }
+}
+
+/// The identity of a request once known: its tenants, or why it is refused.
+#[derive(Debug, Clone)]
+enum Resolution {
+    Tenants(Vec<String>),
+    Refuse(Refusal),
+}
+
+impl Resolution {
+    fn from_cached(identity: &CachedIdentity) -> Resolution {
+        match identity {
+            CachedIdentity::Tenants(t) => Resolution::Tenants(t.clone()),
+            CachedIdentity::NoTenant(why) => Resolution::Refuse(Refusal::forbidden(why.clone())),
+            CachedIdentity::Rejected => Resolution::Refuse(Refusal::unauthorized(
+                "the identity provider rejected the token",
+            )),
+        }
+    }
+
+    fn from_outcome(outcome: &UserinfoOutcome) -> Resolution {
+        match CachedIdentity::from_outcome(outcome) {
+            Some(identity) => Resolution::from_cached(&identity),
+            None => match outcome {
+                UserinfoOutcome::Unavailable(why) => {
+                    Resolution::Refuse(Refusal::unavailable(why.clone()))
+                }
+                _ => Resolution::Refuse(Refusal::unavailable("identity provider unavailable")),
+            },
+        }
+    }
+}
+
+fn refusal_for(e: IdentityError) -> Refusal {
+    match e {
+        IdentityError::Unauthorized(why) => Refusal::unauthorized(why),
+        IdentityError::Forbidden(why) => Refusal::forbidden(why),
+        IdentityError::Unavailable(why) => Refusal::unavailable(why),
+    }
+}
+
+/// The `/userinfo` settings and cache of one plugin configuration on one worker.
+struct Userinfo {
+    config: UserinfoConfig,
+    policy: CachePolicy,
+    local: RefCell<LocalCache>,
+    flights: RefCell<Flights>,
+}
+
+/// Everything one plugin configuration shares between its contexts on one worker.
+struct Worker {
+    config: Config,
+    metrics: Metrics,
+    userinfo: Option<Userinfo>,
+    /// Requests paused while another context's callout runs, by context id.
+    parked: RefCell<HashMap<u32, Rc<RefCell<Request>>>>,
+}
+
+fn now_s() -> u64 {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Worker {
+    /// Looks the token up in the worker's cache, then in shared data.
+    fn lookup(&self, userinfo: &Userinfo, token: &str, now: u64) -> Option<Resolution> {
+        if let Some(identity) = userinfo.local.borrow_mut().get(token, now) {
+            self.metrics.bump(self.metrics.cache_hits);
+            return Some(Resolution::from_cached(identity));
+        }
+        let key = userinfo.policy.slot_key(token);
+        let (value, _cas) = hostcalls::get_shared_data(&key).unwrap_or((None, None));
+        if let Some(entry) = userinfo.policy.shared_hit(token, value.as_deref(), now) {
+            let resolution = Resolution::from_cached(&entry.identity);
+            userinfo.local.borrow_mut().insert(entry);
+            self.metrics.bump(self.metrics.cache_hits);
+            return Some(resolution);
+        }
+        self.metrics.bump(self.metrics.cache_misses);
+        None
+    }
+
+    /// Starts the `/userinfo` callout for `token` from the current context.
+    fn dispatch(&self, userinfo: &Userinfo, token: &str) -> Result<u32, Refusal> {
+        let authorization = format!("Bearer {token}");
+        let config = &userinfo.config;
+        let headers = vec![
+            (":method", "GET"),
+            (":path", config.path.as_str()),
+            (":authority", config.authority.as_str()),
+            ("authorization", authorization.as_str()),
+            ("accept", "application/json"),
+        ];
+        self.metrics.bump(self.metrics.userinfo_calls);
+        hostcalls::dispatch_http_call(
+            &config.cluster,
+            headers,
+            None,
+            vec![],
+            Duration::from_millis(config.timeout_ms),
+        )
+        .map_err(|status| {
+            self.metrics.bump(self.metrics.idp_errors);
+            warn!(
+                "identity callout to cluster {:?} failed to start: {status:?}",
+                config.cluster
+            );
+            Refusal::unavailable("identity provider unavailable")
+        })
+    }
+
+    /// Records a callout outcome: caches it, ends the flight, returns the waiters.
+    fn settle(&self, userinfo: &Userinfo, token: &str, outcome: &UserinfoOutcome) -> Vec<u32> {
+        if let UserinfoOutcome::Unavailable(why) = outcome {
+            self.metrics.bump(self.metrics.idp_errors);
+            warn!("identity provider unavailable: {why}");
+        }
+        if let Some(entry) = userinfo.policy.entry_for(token, outcome, now_s()) {
+            self.store(userinfo, token, &entry);
+            userinfo.local.borrow_mut().insert(entry);
+        }
+        userinfo.flights.borrow_mut().complete(token)
+    }
+
+    fn store(&self, userinfo: &Userinfo, token: &str, entry: &CacheEntry) {
+        let key = userinfo.policy.slot_key(token);
+        // No CAS: the newest answer for a slot wins, which is what a cache wants.
+        if let Err(status) = hostcalls::set_shared_data(&key, Some(&entry.to_bytes()), None) {
+            warn!("could not store identity in shared data: {status:?}");
+        }
+    }
+
+    /// Answers a parked request with `resolution`, from another context's callback.
+    fn wake(&self, context_id: u32, resolution: &Resolution, current_context: u32) {
+        let Some(request) = self.parked.borrow_mut().remove(&context_id) else {
+            return;
+        };
+        if hostcalls::set_effective_context(context_id).is_err() {
+            return;
+        }
+        if let Ok(mut request) = request.try_borrow_mut() {
+            if request.finish(self, resolution) == Action::Continue {
+                let _ = hostcalls::resume_http_request();
+            }
+        }
+        let _ = hostcalls::set_effective_context(current_context);
+    }
+}
+
+/// Reads a callout response: must run before any `set_effective_context`.
+fn read_userinfo_response(body_size: usize, claim: &[String]) -> UserinfoOutcome {
+    let status = hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, ":status")
+        .ok()
+        .flatten();
+    if body_size > identity::MAX_CLAIMS_BYTES {
+        return UserinfoOutcome::Unavailable("identity provider answer too large".into());
+    }
+    let body = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
+        .ok()
+        .flatten();
+    identity::classify_userinfo(status.as_deref(), body.as_deref(), claim)
+}
+
+fn request_header(name: &str) -> Option<Vec<u8>> {
+    hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)
+        .ok()
+        .flatten()
+}
+
+/// The root context: parses the configuration, creates request contexts, and runs
+/// the callouts of flights whose leader went away.
+struct FilterRoot {
+    context_id: u32,
+    worker: Option<Rc<Worker>>,
+    /// Root-owned callouts: callout token id → bearer token.
+    callouts: HashMap<u32, String>,
+}
+
+impl FilterRoot {
+    fn new(context_id: u32) -> FilterRoot {
+        FilterRoot {
+            context_id,
+            worker: None,
+            callouts: HashMap::new(),
+        }
+    }
+}
+
+impl Context for FilterRoot {
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        _headers: usize,
+        body_size: usize,
+        _trailers: usize,
+    ) {
+        let Some(worker) = self.worker.clone() else {
+            return;
+        };
+        let Some(userinfo) = worker.userinfo.as_ref() else {
+            return;
+        };
+        let Some(token) = self.callouts.remove(&token_id) else {
+            return;
+        };
+        let outcome = read_userinfo_response(body_size, &worker.config.identity.claim);
+        let waiters = worker.settle(userinfo, &token, &outcome);
+        let resolution = Resolution::from_outcome(&outcome);
+        for waiter in waiters {
+            worker.wake(waiter, &resolution, self.context_id);
+        }
+    }
+}
+
+impl RootContext for FilterRoot {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let bytes = hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let config = match Config::parse(&bytes) {
+            Ok(config) => config,
+            Err(e) => {
+                error!("promql_tenant_filter: {e}");
+                return false;
+            }
+        };
+        let userinfo = match &config.identity.source {
+            IdentitySource::Userinfo(u) => {
+                let policy = CachePolicy::new(u, &config.identity.claim);
+                Some(Userinfo {
+                    config: u.clone(),
+                    local: RefCell::new(LocalCache::new(policy.local_slots())),
+                    policy,
+                    flights: RefCell::new(Flights::new()),
+                })
+            }
+            IdentitySource::JwtPayloadHeader { .. } => None,
+        };
+        if userinfo.is_some() && hostcalls::set_tick_period(TICK).is_err() {
+            warn!("promql_tenant_filter: could not set the tick period");
+        }
+        info!(
+            "promql_tenant_filter: configured, tenant label {:?}",
+            config.tenant_label
+        );
+        self.worker = Some(Rc::new(Worker {
+            config,
+            metrics: Metrics::define(),
+            userinfo,
+            parked: RefCell::new(HashMap::new()),
+        }));
+        true
+    }
+
+    fn on_tick(&mut self) {
+        let Some(worker) = self.worker.clone() else {
+            return;
+        };
+        let Some(userinfo) = worker.userinfo.as_ref() else {
+            return;
+        };
+        let now = now_s();
+        // A callout that never came back: refuse its waiters rather than hang them.
+        let max_age = userinfo.config.timeout_ms / 1000 + 5;
+        let stuck = userinfo.flights.borrow_mut().expire(now, max_age);
+        let unavailable = Resolution::Refuse(Refusal::unavailable("identity lookup timed out"));
+        for waiter in stuck {
+            worker.wake(waiter, &unavailable, self.context_id);
+        }
+        let orphans = userinfo.flights.borrow().orphans();
+        for token in orphans {
+            if !userinfo.flights.borrow_mut().adopt(&token, now) {
+                continue;
+            }
+            // Called from the root's own callback, so the response comes back here.
+            match worker.dispatch(userinfo, &token) {
+                Ok(id) => {
+                    self.callouts.insert(id, token);
+                }
+                Err(refusal) => {
+                    let waiters = userinfo.flights.borrow_mut().complete(&token);
+                    let resolution = Resolution::Refuse(refusal);
+                    for waiter in waiters {
+                        worker.wake(waiter, &resolution, self.context_id);
+                    }
+                }
+            }
+        }
+    }
+
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(FilterHttp {
+            context_id,
+            worker: self.worker.clone(),
+            request: Rc::new(RefCell::new(Request::new(context_id))),
+        }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+/// Where a request is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// Waiting for the request headers.
+    Headers,
+    /// Headers held, body being buffered.
+    Body,
+    /// Headers (and body) in; identity being resolved.
+    Identity,
+    /// Rewritten and let go.
+    Forwarded,
+    /// Answered by the filter (refusal or local answer).
+    Answered,
+}
+
+/// The per-request state, shared with the worker while the request is parked.
+struct Request {
+    context_id: u32,
+    stage: Stage,
+    plan: Option<Plan>,
+    content_type: Option<Vec<u8>>,
+    /// The bearer token (userinfo source).
+    token: Option<String>,
+    /// The identity, when known without a callout (payload-header source).
+    known: Option<Resolution>,
+    body: Option<Vec<u8>>,
+    /// Size of the body as buffered by the host, i.e. how much a rewrite replaces.
+    body_size: usize,
+    /// The callout this request leads, if any.
+    callout: Option<u32>,
+}
+
+impl Request {
+    fn new(context_id: u32) -> Request {
+        Request {
+            context_id,
+            stage: Stage::Headers,
+            plan: None,
+            content_type: None,
+            token: None,
+            known: None,
+            body: None,
+            body_size: 0,
+            callout: None,
+        }
+    }
+
+    /// Answers with a refusal; the request goes no further.
+    fn refuse(&mut self, worker: &Worker, refusal: &Refusal) -> Action {
+        worker.metrics.bump(worker.metrics.requests_denied);
+        let body = refusal.body();
+        let status = refusal.status.to_string();
+        info!(
+            "promql_tenant_filter: refused {} {}: {}",
+            status,
+            refusal.error_type.as_str(),
+            refusal.message
+        );
+        let _ = hostcalls::send_http_response(
+            u32::from(refusal.status),
+            refusal.headers(),
+            Some(&body),
+        );
+        self.stage = Stage::Answered;
+        Action::Pause
+    }
+
+    fn on_headers(&mut self, worker: &Worker, end_of_stream: bool) -> Action {
+        let method = request_header(":method").unwrap_or_default();
+        let path = request_header(":path").unwrap_or_default();
+        let plan = match api::plan_request(&method, &path) {
+            Ok(plan) => plan,
+            Err(refusal) => return self.refuse(worker, &refusal),
+        };
+        for name in api::STRIPPED_HEADERS {
+            let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, name);
+        }
+        self.content_type = request_header("content-type");
+        if !end_of_stream {
+            let length = request_header("content-length");
+            if let Err(refusal) = api::check_body_headers(
+                self.content_type.as_deref(),
+                length.as_deref(),
+                worker.config.max_body_bytes,
+            ) {
+                return self.refuse(worker, &refusal);
+            }
+        }
+        self.plan = Some(plan);
+        match &worker.config.identity.source {
+            IdentitySource::Userinfo(_) => {
+                match identity::bearer_token(request_header("authorization").as_deref()) {
+                    Ok(token) => self.token = Some(token.to_string()),
+                    Err(e) => return self.refuse_identity(worker, e),
+                }
+            }
+            IdentitySource::JwtPayloadHeader { header } => {
+                let known = identity::claims_from_payload_header(request_header(header).as_deref())
+                    .and_then(|claims| {
+                        identity::tenants_from_claims(&claims, &worker.config.identity.claim)
+                    });
+                self.known = Some(match known {
+                    Ok(tenants) => Resolution::Tenants(tenants),
+                    Err(e) => return self.refuse_identity(worker, e),
+                });
+            }
+        }
+        if end_of_stream {
+            self.stage = Stage::Identity;
+            Action::Continue
+        } else {
+            // Hold the headers (the `:path` may still change) while the body arrives.
+            self.stage = Stage::Body;
+            Action::Pause
+        }
+    }
+
+    fn refuse_identity(&mut self, worker: &Worker, e: IdentityError) -> Action {
+        self.refuse(worker, &refusal_for(e))
+    }
+
+    /// Looks up the identity. `Continue`: known and applied. `Pause`: refused, or
+    /// waiting for a callout (the caller parks waiters).
+    fn resolve(&mut self, worker: &Worker) -> (Action, bool) {
+        if let Some(resolution) = self.known.take() {
+            return (self.finish(worker, &resolution), false);
+        }
+        let (Some(userinfo), Some(token)) = (worker.userinfo.as_ref(), self.token.clone()) else {
+            let refusal = Refusal::unavailable("no identity source");
+            return (self.refuse(worker, &refusal), false);
+        };
+        let now = now_s();
+        if let Some(resolution) = worker.lookup(userinfo, &token, now) {
+            return (self.finish(worker, &resolution), false);
+        }
+        let joined = userinfo
+            .flights
+            .borrow_mut()
+            .join(&token, self.context_id, now);
+        match joined {
+            Joined::Waiter => (Action::Pause, true),
+            Joined::Leader => match worker.dispatch(userinfo, &token) {
+                Ok(id) => {
+                    self.callout = Some(id);
+                    (Action::Pause, false)
+                }
+                Err(refusal) => {
+                    // Nobody else can have joined yet: we are still in this callback.
+                    userinfo.flights.borrow_mut().complete(&token);
+                    (self.refuse(worker, &refusal), false)
+                }
+            },
+        }
+    }
+
+    /// Applies a known identity: answer, refuse, or rewrite and let the request go.
+    fn finish(&mut self, worker: &Worker, resolution: &Resolution) -> Action {
+        let tenants = match resolution {
+            Resolution::Refuse(refusal) => return self.refuse(worker, refusal),
+            Resolution::Tenants(tenants) => tenants,
+        };
+        let Some(plan) = self.plan.take() else {
+            return self.refuse(worker, &Refusal::bad_request("request was not planned"));
+        };
+        // Metadata, rules and alerts are answered for any authenticated tenant.
+        if let ApiAction::Answer(body) = plan.action {
+            worker.metrics.bump(worker.metrics.requests_allowed);
+            let _ = hostcalls::send_http_response(
+                200,
+                vec![("content-type", "application/json")],
+                Some(body.as_bytes()),
+            );
+            self.stage = Stage::Answered;
+            return Action::Pause;
+        }
+        let config = &worker.config;
+        let matcher = match TenantMatcher::new(&config.tenant_label, tenants.as_slice()) {
+            Ok(matcher) => matcher,
+            Err(e) => {
+                return self.refuse(
+                    worker,
+                    &Refusal::forbidden(format!("unusable tenant claim: {e}")),
+                );
+            }
+        };
+        let rewriter = |query: &str| {
+            rewrite(query, &matcher, config.on_conflict, config.dialect).map_err(|e| match e {
+                RewriteError::Parse(p) => QueryRejection::BadQuery(p.to_string()),
+                RewriteError::Conflict(m) => QueryRejection::Forbidden(m),
+            })
+        };
+        let tenant = Tenant {
+            label: &config.tenant_label,
+            values: matcher.values(),
+            matcher_text: matcher.matcher_text(),
+        };
+        let options = RewriteOptions {
+            victoriametrics_extra_label: config.victoriametrics_extra_label,
+        };
+        let rewritten = match api::rewrite_request(
+            &plan,
+            self.body.as_deref(),
+            self.content_type.as_deref(),
+            &tenant,
+            options,
+            &rewriter,
+        ) {
+            Ok(rewritten) => rewritten,
+            Err(refusal) => {
+                if refusal.status == 400 {
+                    worker.metrics.bump(worker.metrics.bad_queries);
+                }
+                return self.refuse(worker, &refusal);
+            }
+        };
+        if let Some(path) = &rewritten.path {
+            let _ = hostcalls::set_map_value_bytes(
+                MapType::HttpRequestHeaders,
+                ":path",
+                Some(path.as_bytes()),
+            );
+        }
+        if let Some(body) = &rewritten.body {
+            let _ = hostcalls::set_buffer(BufferType::HttpRequestBody, 0, self.body_size, body);
+            let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, "content-length");
+        }
+        worker.metrics.bump(worker.metrics.requests_allowed);
+        self.stage = Stage::Forwarded;
+        Action::Continue
+    }
+
+    fn on_body(&mut self, worker: &Worker, body_size: usize, end_of_stream: bool) -> Action {
+        match self.stage {
+            Stage::Body => {}
+            Stage::Forwarded => return Action::Continue,
+            // Refused, answered, or still being judged: no data goes through unjudged.
+            _ => return Action::Pause,
+        }
+        if body_size > worker.config.max_body_bytes {
+            return self.refuse(worker, &Refusal::too_large(worker.config.max_body_bytes));
+        }
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        self.body_size = body_size;
+        self.body = hostcalls::get_buffer(BufferType::HttpRequestBody, 0, body_size)
+            .ok()
+            .flatten();
+        self.stage = Stage::Identity;
+        Action::Continue
+    }
+}
+
+/// One HTTP stream. The state lives behind an `Rc` so that another context's callout
+/// response can finish this request while it is parked.
+struct FilterHttp {
+    context_id: u32,
+    worker: Option<Rc<Worker>>,
+    request: Rc<RefCell<Request>>,
+}
+
+impl FilterHttp {
+    /// Runs the identity step once headers (and body) are in.
+    fn proceed(&mut self, worker: &Worker) -> Action {
+        let (action, park) = match self.request.try_borrow_mut() {
+            Ok(mut request) => request.resolve(worker),
+            Err(_) => return Action::Pause,
+        };
+        if park {
+            worker
+                .parked
+                .borrow_mut()
+                .insert(self.context_id, Rc::clone(&self.request));
+        }
+        action
+    }
+
+    fn fail_closed(&self) -> Action {
+        let refusal = Refusal::unavailable("filter is not configured");
+        let _ = hostcalls::send_http_response(503, refusal.headers(), Some(&refusal.body()));
+        Action::Pause
+    }
+}
+
+impl Context for FilterHttp {
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        _headers: usize,
+        body_size: usize,
+        _trailers: usize,
+    ) {
+        let Some(worker) = self.worker.clone() else {
+            return;
+        };
+        let Some(userinfo) = worker.userinfo.as_ref() else {
+            return;
+        };
+        let token = {
+            let Ok(mut request) = self.request.try_borrow_mut() else {
+                return;
+            };
+            if request.callout != Some(token_id) {
+                return;
+            }
+            request.callout = None;
+            request.token.clone().unwrap_or_default()
+        };
+        let outcome = read_userinfo_response(body_size, &worker.config.identity.claim);
+        let waiters = worker.settle(userinfo, &token, &outcome);
+        let resolution = Resolution::from_outcome(&outcome);
+        let action = match self.request.try_borrow_mut() {
+            Ok(mut request) => request.finish(&worker, &resolution),
+            Err(_) => Action::Pause,
+        };
+        if action == Action::Continue {
+            let _ = hostcalls::resume_http_request();
+        }
+        for waiter in waiters {
+            worker.wake(waiter, &resolution, self.context_id);
+        }
+    }
+
+    fn on_done(&mut self) -> bool {
+        if let Some(worker) = &self.worker {
+            worker.parked.borrow_mut().remove(&self.context_id);
+            if let Some(userinfo) = &worker.userinfo {
+                userinfo.flights.borrow_mut().leave(self.context_id);
+            }
+        }
+        true
+    }
+}
+
+impl HttpContext for FilterHttp {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        let Some(worker) = self.worker.clone() else {
+            return self.fail_closed();
+        };
+        let action = match self.request.try_borrow_mut() {
+            Ok(mut request) => request.on_headers(&worker, end_of_stream),
+            Err(_) => return Action::Pause,
+        };
+        let ready = self
+            .request
+            .try_borrow()
+            .is_ok_and(|r| r.stage == Stage::Identity);
+        if action == Action::Continue && ready {
+            return self.proceed(&worker);
+        }
+        action
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let Some(worker) = self.worker.clone() else {
+            return Action::Pause;
+        };
+        let action = match self.request.try_borrow_mut() {
+            Ok(mut request) => request.on_body(&worker, body_size, end_of_stream),
+            Err(_) => return Action::Pause,
+        };
+        let ready = self
+            .request
+            .try_borrow()
+            .is_ok_and(|r| r.stage == Stage::Identity);
+        if action == Action::Continue && ready {
+            return self.proceed(&worker);
+        }
+        action
+    }
+
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        let Some(worker) = self.worker.clone() else {
+            return Action::Pause;
+        };
+        let Ok(mut request) = self.request.try_borrow_mut() else {
+            return Action::Pause;
+        };
+        match request.stage {
+            Stage::Body => request.refuse(
+                &worker,
+                &Refusal::bad_request("request trailers are not supported"),
+            ),
+            Stage::Forwarded => Action::Continue,
+            _ => Action::Pause,
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "filter_host_tests.rs"]
+mod host_tests;

@@ -1,0 +1,1250 @@
+//! Tests of [`crate::filter`] against an in-process fake of the proxy-wasm host.
+//!
+//! The SDK talks to Envoy through `extern "C"` imports; on the host target this module
+//! defines them, records what the filter asks for (local replies, callouts, header and
+//! body edits, shared data, counters), and drives the SDK's exported `proxy_on_*`
+//! entry points the way Envoy would. Both the SDK's dispatcher and this fake are
+//! thread-local, so every test is an isolated VM.
+
+use proxy_wasm::types::{Action, BufferType, LogLevel, MapType, MetricType, Status, StreamType};
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+#[derive(Default, Debug, Clone)]
+struct Stream {
+    headers: Vec<(String, Vec<u8>)>,
+    body: Vec<u8>,
+    resumed: bool,
+    reply: Option<Reply>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct Reply {
+    status: u32,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+#[derive(Debug, Clone)]
+struct Callout {
+    token: u32,
+    context: u32,
+    cluster: String,
+    headers: Vec<(String, String)>,
+    timeout_ms: u32,
+}
+
+type Pairs = Vec<(String, Vec<u8>)>;
+
+#[derive(Default)]
+struct Host {
+    effective: u32,
+    configuration: Vec<u8>,
+    streams: HashMap<u32, Stream>,
+    shared: HashMap<String, (Vec<u8>, u32)>,
+    callouts: Vec<Callout>,
+    next_token: u32,
+    response: Option<(Pairs, Vec<u8>)>,
+    metrics: HashMap<u32, (String, u64)>,
+    logs: Vec<String>,
+    now_s: u64,
+    dead: Vec<u32>,
+}
+
+thread_local! {
+    static HOST: RefCell<Host> = RefCell::new(Host { now_s: 1_800_000_000, ..Host::default() });
+}
+
+fn with_host<R>(f: impl FnOnce(&mut Host) -> R) -> R {
+    HOST.with(|h| f(&mut h.borrow_mut()))
+}
+
+unsafe fn bytes<'a>(data: *const u8, size: usize) -> &'a [u8] {
+    if data.is_null() || size == 0 {
+        &[]
+    } else {
+        std::slice::from_raw_parts(data, size)
+    }
+}
+
+unsafe fn text(data: *const u8, size: usize) -> String {
+    String::from_utf8_lossy(bytes(data, size)).into_owned()
+}
+
+/// Hands bytes to the module the way the host does: memory the module owns.
+unsafe fn give(data: &[u8], out_data: *mut *mut u8, out_size: *mut usize) {
+    let boxed: Box<[u8]> = data.to_vec().into_boxed_slice();
+    *out_size = boxed.len();
+    *out_data = Box::into_raw(boxed) as *mut u8;
+}
+
+fn decode_pairs(raw: &[u8]) -> Vec<(String, Vec<u8>)> {
+    if raw.len() < 4 {
+        return Vec::new();
+    }
+    let count = u32::from_le_bytes(raw[0..4].try_into().unwrap()) as usize;
+    let mut out = Vec::new();
+    let mut p = 4 + count * 8;
+    for n in 0..count {
+        let s = 4 + n * 8;
+        let name_len = u32::from_le_bytes(raw[s..s + 4].try_into().unwrap()) as usize;
+        let value_len = u32::from_le_bytes(raw[s + 4..s + 8].try_into().unwrap()) as usize;
+        let name = String::from_utf8(raw[p..p + name_len].to_vec()).unwrap();
+        p += name_len + 1;
+        let value = raw[p..p + value_len].to_vec();
+        p += value_len + 1;
+        out.push((name, value));
+    }
+    out
+}
+
+fn encode_pairs(pairs: &[(String, Vec<u8>)]) -> Vec<u8> {
+    let mut out = (pairs.len() as u32).to_le_bytes().to_vec();
+    for (n, v) in pairs {
+        out.extend_from_slice(&(n.len() as u32).to_le_bytes());
+        out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+    }
+    for (n, v) in pairs {
+        out.extend_from_slice(n.as_bytes());
+        out.push(0);
+        out.extend_from_slice(v);
+        out.push(0);
+    }
+    out
+}
+
+fn lossy_pairs(pairs: Vec<(String, Vec<u8>)>) -> Vec<(String, String)> {
+    pairs
+        .into_iter()
+        .map(|(n, v)| (n, String::from_utf8_lossy(&v).into_owned()))
+        .collect()
+}
+
+fn map_of(host: &mut Host, map: MapType) -> Option<&mut Vec<(String, Vec<u8>)>> {
+    match map {
+        MapType::HttpRequestHeaders => {
+            let id = host.effective;
+            host.streams.get_mut(&id).map(|s| &mut s.headers)
+        }
+        MapType::HttpCallResponseHeaders => host.response.as_mut().map(|r| &mut r.0),
+        _ => None,
+    }
+}
+
+// ---- The host side of the ABI -------------------------------------------------------
+
+#[no_mangle]
+unsafe extern "C" fn proxy_log(_level: LogLevel, data: *const u8, size: usize) -> Status {
+    let message = text(data, size);
+    with_host(|h| h.logs.push(message));
+    Status::Ok
+}
+
+#[no_mangle]
+unsafe extern "C" fn proxy_get_log_level(level: *mut LogLevel) -> Status {
+    *level = LogLevel::Trace;
+    Status::Ok
+}
+
+#[no_mangle]
+unsafe extern "C" fn proxy_get_current_time_nanoseconds(out: *mut u64) -> Status {
+    *out = with_host(|h| h.now_s) * 1_000_000_000;
+    Status::Ok
+}
+
+#[no_mangle]
+extern "C" fn proxy_set_tick_period_milliseconds(_period: u32) -> Status {
+    Status::Ok
+}
+
+#[no_mangle]
+unsafe extern "C" fn proxy_get_buffer_bytes(
+    buffer: BufferType,
+    start: usize,
+    max_size: usize,
+    out_data: *mut *mut u8,
+    out_size: *mut usize,
+) -> Status {
+    let data = with_host(|h| match buffer {
+        BufferType::PluginConfiguration => Some(h.configuration.clone()),
+        BufferType::HttpRequestBody => h.streams.get(&h.effective).map(|s| s.body.clone()),
+        BufferType::HttpCallResponseBody => h.response.as_ref().map(|r| r.1.clone()),
+        _ => None,
+    });
+    match data {
+        Some(data) => {
+            let start = start.min(data.len());
+            let end = start.saturating_add(max_size).min(data.len());
+            give(&data[start..end], out_data, out_size);
+            Status::Ok
+        }
+        None => Status::NotFound,
+    }
+}
+
+#[no_mangle]
+unsafe extern "C" fn proxy_set_buffer_bytes(
+    buffer: BufferType,
+    start: usize,
+    size: usize,
+    data: *const u8,
+    data_size: usize,
+) -> Status {
+    let new = bytes(data, data_size).to_vec();
+    with_host(|h| {
+        let id = h.effective;
+        match (buffer, h.streams.get_mut(&id)) {
+            (BufferType::HttpRequestBody, Some(stream)) => {
+                // Envoy supports replacing from the start only.
+                assert_eq!(start, 0);
+                let size = size.min(stream.body.len());
+                stream.body.splice(0..size, new);
+                Status::Ok
+            }
+            _ => Status::BadArgument,
+        }
+    })
+}
+
+#[no_mangle]
+unsafe extern "C" fn proxy_get_header_map_pairs(
+    map: MapType,
+    out_data: *mut *mut u8,
+    out_size: *mut usize,
+) -> Status {
+    let pairs = with_host(|h| map_of(h, map).cloned().unwrap_or_default());
+    give(&encode_pairs(&pairs), out_data, out_size);
+    Status::Ok
+}
+
+#[no_mangle]
+extern "C" fn proxy_set_header_map_pairs(_map: MapType, _data: *const u8, _size: usize) -> Status {
+    Status::Ok
+}
+
+#[no_mangle]
+unsafe extern "C" fn proxy_get_header_map_value(
+    map: MapType,
+    key: *const u8,
+    key_size: usize,
+    out_data: *mut *mut u8,
+    out_size: *mut usize,
+) -> Status {
+    let key = text(key, key_size);
+    let value = with_host(|h| {
+        map_of(h, map).and_then(|m| m.iter().find(|(n, _)| *n == key).map(|(_, v)| v.clone()))
+    });
+    match value {
+        Some(v) => {
+            give(&v, out_data, out_size);
+            Status::Ok
+        }
+        None => Status::NotFound,
+    }
+}
+
+#[no_mangle]
+unsafe extern "C" fn proxy_remove_header_map_value(
+    map: MapType,
+    key: *const u8,
+    key_size: usize,
+) -> Status {
+    let key = text(key, key_size);
+    with_host(|h| match map_of(h, map) {
+        Some(m) => {
+            m.retain(|(n, _)| *n != key);
+            Status::Ok
+        }
+        None => Status::BadArgument,
+    })
+}
+
+#[no_mangle]
+unsafe extern "C" fn proxy_replace_header_map_value(
+    map: MapType,
+    key: *const u8,
+    key_size: usize,
+    value: *const u8,
+    value_size: usize,
+) -> Status {
+    let key = text(key, key_size);
+    let value = bytes(value, value_size).to_vec();
+    with_host(|h| match map_of(h, map) {
+        Some(m) => {
+            m.retain(|(n, _)| *n != key);
+            m.push((key, value));
+            Status::Ok
+        }
+        None => Status::BadArgument,
+    })
+}
+
+#[no_mangle]
+unsafe extern "C" fn proxy_add_header_map_value(
+    map: MapType,
+    key: *const u8,
+    key_size: usize,
+    value: *const u8,
+    value_size: usize,
+) -> Status {
+    proxy_replace_header_map_value(map, key, key_size, value, value_size)
+}
+
+#[no_mangle]
+extern "C" fn proxy_get_property(
+    _p: *const u8,
+    _s: usize,
+    _d: *mut *mut u8,
+    _z: *mut usize,
+) -> Status {
+    Status::NotFound
+}
+
+#[no_mangle]
+extern "C" fn proxy_set_property(_p: *const u8, _s: usize, _d: *const u8, _z: usize) -> Status {
+    Status::Ok
+}
+
+#[no_mangle]
+unsafe extern "C" fn proxy_get_shared_data(
+    key: *const u8,
+    key_size: usize,
+    out_data: *mut *mut u8,
+    out_size: *mut usize,
+    out_cas: *mut u32,
+) -> Status {
+    let key = text(key, key_size);
+    match with_host(|h| h.shared.get(&key).cloned()) {
+        Some((value, cas)) => {
+            give(&value, out_data, out_size);
+            *out_cas = cas;
+            Status::Ok
+        }
+        None => Status::NotFound,
+    }
+}
+
+#[no_mangle]
+unsafe extern "C" fn proxy_set_shared_data(
+    key: *const u8,
+    key_size: usize,
+    value: *const u8,
+    value_size: usize,
+    cas: u32,
+) -> Status {
+    let key = text(key, key_size);
+    let value = bytes(value, value_size).to_vec();
+    with_host(|h| {
+        let current = h.shared.get(&key).map_or(0, |e| e.1);
+        if cas != 0 && cas != current {
+            return Status::CasMismatch;
+        }
+        h.shared.insert(key, (value, current + 1));
+        Status::Ok
+    })
+}
+
+#[no_mangle]
+extern "C" fn proxy_register_shared_queue(_n: *const u8, _s: usize, _id: *mut u32) -> Status {
+    Status::Ok
+}
+
+#[no_mangle]
+extern "C" fn proxy_resolve_shared_queue(
+    _v: *const u8,
+    _vs: usize,
+    _n: *const u8,
+    _ns: usize,
+    _id: *mut u32,
+) -> Status {
+    Status::NotFound
+}
+
+#[no_mangle]
+extern "C" fn proxy_dequeue_shared_queue(_q: u32, _d: *mut *mut u8, _s: *mut usize) -> Status {
+    Status::Empty
+}
+
+#[no_mangle]
+extern "C" fn proxy_enqueue_shared_queue(_q: u32, _d: *const u8, _s: usize) -> Status {
+    Status::NotFound
+}
+
+#[no_mangle]
+extern "C" fn proxy_continue_stream(stream: StreamType) -> Status {
+    with_host(|h| {
+        let id = h.effective;
+        match (stream, h.streams.get_mut(&id)) {
+            (StreamType::HttpRequest, Some(s)) => {
+                s.resumed = true;
+                Status::Ok
+            }
+            _ => Status::BadArgument,
+        }
+    })
+}
+
+#[no_mangle]
+extern "C" fn proxy_close_stream(_stream: StreamType) -> Status {
+    Status::Ok
+}
+
+#[no_mangle]
+unsafe extern "C" fn proxy_send_local_response(
+    status: u32,
+    _details: *const u8,
+    _details_size: usize,
+    body: *const u8,
+    body_size: usize,
+    headers: *const u8,
+    headers_size: usize,
+    _grpc_status: i32,
+) -> Status {
+    let reply = Reply {
+        status,
+        headers: lossy_pairs(decode_pairs(bytes(headers, headers_size))),
+        body: text(body, body_size),
+    };
+    with_host(|h| {
+        let id = h.effective;
+        if let Some(s) = h.streams.get_mut(&id) {
+            assert!(s.reply.is_none(), "two replies on context {id}");
+            s.reply = Some(reply);
+        }
+    });
+    Status::Ok
+}
+
+#[no_mangle]
+unsafe extern "C" fn proxy_http_call(
+    upstream: *const u8,
+    upstream_size: usize,
+    headers: *const u8,
+    headers_size: usize,
+    _body: *const u8,
+    _body_size: usize,
+    _trailers: *const u8,
+    _trailers_size: usize,
+    timeout_ms: u32,
+    out_token: *mut u32,
+) -> Status {
+    let cluster = text(upstream, upstream_size);
+    let headers = lossy_pairs(decode_pairs(bytes(headers, headers_size)));
+    with_host(|h| {
+        if cluster == "missing" {
+            return Status::BadArgument;
+        }
+        h.next_token += 1;
+        let token = h.next_token;
+        h.callouts.push(Callout {
+            token,
+            context: h.effective,
+            cluster,
+            headers,
+            timeout_ms,
+        });
+        *out_token = token;
+        Status::Ok
+    })
+}
+
+#[no_mangle]
+extern "C" fn proxy_grpc_call(
+    _a: *const u8,
+    _b: usize,
+    _c: *const u8,
+    _d: usize,
+    _e: *const u8,
+    _f: usize,
+    _g: *const u8,
+    _h: usize,
+    _i: *const u8,
+    _j: usize,
+    _k: u32,
+    _l: *mut u32,
+) -> Status {
+    Status::BadArgument
+}
+
+#[no_mangle]
+extern "C" fn proxy_grpc_stream(
+    _a: *const u8,
+    _b: usize,
+    _c: *const u8,
+    _d: usize,
+    _e: *const u8,
+    _f: usize,
+    _g: *const u8,
+    _h: usize,
+    _i: *mut u32,
+) -> Status {
+    Status::BadArgument
+}
+
+#[no_mangle]
+extern "C" fn proxy_grpc_send(_t: u32, _m: *const u8, _l: usize, _e: bool) -> Status {
+    Status::BadArgument
+}
+
+#[no_mangle]
+extern "C" fn proxy_grpc_cancel(_t: u32) -> Status {
+    Status::BadArgument
+}
+
+#[no_mangle]
+extern "C" fn proxy_grpc_close(_t: u32) -> Status {
+    Status::BadArgument
+}
+
+#[no_mangle]
+unsafe extern "C" fn proxy_get_status(
+    code: *mut u32,
+    _d: *mut *mut u8,
+    size: *mut usize,
+) -> Status {
+    *code = 0;
+    *size = 0;
+    Status::Ok
+}
+
+#[no_mangle]
+extern "C" fn proxy_set_effective_context(context_id: u32) -> Status {
+    with_host(|h| {
+        if h.dead.contains(&context_id) {
+            return Status::BadArgument;
+        }
+        h.effective = context_id;
+        Status::Ok
+    })
+}
+
+#[no_mangle]
+extern "C" fn proxy_call_foreign_function(
+    _n: *const u8,
+    _ns: usize,
+    _a: *const u8,
+    _as: usize,
+    _r: *mut *mut u8,
+    _rs: *mut usize,
+) -> Status {
+    Status::NotFound
+}
+
+#[no_mangle]
+extern "C" fn proxy_done() -> Status {
+    Status::Ok
+}
+
+#[no_mangle]
+unsafe extern "C" fn proxy_define_metric(
+    _kind: MetricType,
+    name: *const u8,
+    name_size: usize,
+    out_id: *mut u32,
+) -> Status {
+    let name = text(name, name_size);
+    with_host(|h| {
+        let id = match h.metrics.iter().find(|(_, (n, _))| *n == name) {
+            Some((id, _)) => *id,
+            None => {
+                let id = h.metrics.len() as u32 + 1;
+                h.metrics.insert(id, (name, 0));
+                id
+            }
+        };
+        *out_id = id;
+    });
+    Status::Ok
+}
+
+#[no_mangle]
+unsafe extern "C" fn proxy_get_metric(id: u32, out: *mut u64) -> Status {
+    *out = with_host(|h| h.metrics.get(&id).map_or(0, |m| m.1));
+    Status::Ok
+}
+
+#[no_mangle]
+extern "C" fn proxy_record_metric(_id: u32, _value: u64) -> Status {
+    Status::Ok
+}
+
+#[no_mangle]
+extern "C" fn proxy_increment_metric(id: u32, offset: i64) -> Status {
+    with_host(|h| match h.metrics.get_mut(&id) {
+        Some(m) => {
+            m.1 += offset as u64;
+            Status::Ok
+        }
+        None => Status::NotFound,
+    })
+}
+
+// ---- The SDK's entry points, driven like Envoy drives them ----------------------------
+
+extern "C" {
+    fn proxy_on_context_create(context_id: u32, root_context_id: u32);
+    fn proxy_on_configure(context_id: u32, size: usize) -> bool;
+    fn proxy_on_request_headers(context_id: u32, num_headers: usize, end_of_stream: bool)
+        -> Action;
+    fn proxy_on_request_body(context_id: u32, body_size: usize, end_of_stream: bool) -> Action;
+    fn proxy_on_http_call_response(
+        context_id: u32,
+        token: u32,
+        num_headers: usize,
+        body_size: usize,
+        num_trailers: usize,
+    );
+    fn proxy_on_tick(context_id: u32);
+    fn proxy_on_done(context_id: u32) -> bool;
+    fn proxy_on_delete(context_id: u32);
+}
+
+const USERINFO_CONFIG: &str = r#"{
+  "tenant_label": "client_id",
+  "identity": {"source": "userinfo", "cluster": "oidc", "authority": "idp.example",
+               "claim": "https://example.com/client_id"}
+}"#;
+
+struct Vm;
+
+impl Vm {
+    fn new() -> Vm {
+        super::_initialize();
+        Vm
+    }
+
+    fn configure(&self, root: u32, config: &str) -> bool {
+        with_host(|h| {
+            h.configuration = config.as_bytes().to_vec();
+            h.effective = root;
+        });
+        unsafe {
+            proxy_on_context_create(root, 0);
+            proxy_on_configure(root, config.len())
+        }
+    }
+
+    /// Starts a request: headers only (a GET) or headers then a body.
+    fn request(
+        &self,
+        root: u32,
+        id: u32,
+        method: &str,
+        path: &str,
+        extra: &[(&str, &str)],
+        body: Option<&str>,
+    ) -> Action {
+        let mut headers: Vec<(String, Vec<u8>)> = vec![
+            (":method".into(), method.into()),
+            (":path".into(), path.into()),
+            (":authority".into(), b"vm".to_vec()),
+        ];
+        headers.extend(
+            extra
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec())),
+        );
+        with_host(|h| {
+            h.streams.insert(
+                id,
+                Stream {
+                    headers,
+                    ..Stream::default()
+                },
+            );
+            h.effective = id;
+        });
+        unsafe {
+            proxy_on_context_create(id, root);
+            let action = proxy_on_request_headers(id, 3, body.is_none());
+            match body {
+                Some(body) if action == Action::Pause && self.reply(id).is_none() => {
+                    with_host(|h| {
+                        h.streams.get_mut(&id).unwrap().body = body.as_bytes().to_vec();
+                        h.effective = id;
+                    });
+                    proxy_on_request_body(id, body.len(), true)
+                }
+                _ => action,
+            }
+        }
+    }
+
+    fn get(&self, id: u32, path: &str, token: Option<&str>) -> Action {
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let extra: Vec<(&str, &str)> = auth.iter().map(|a| ("authorization", a.as_str())).collect();
+        self.request(1, id, "GET", path, &extra, None)
+    }
+
+    fn respond(&self, token: u32, status: Option<&str>, body: &str) {
+        let context = with_host(|h| {
+            let callout = h
+                .callouts
+                .iter()
+                .find(|c| c.token == token)
+                .unwrap()
+                .clone();
+            let headers = status
+                .map(|s| vec![(":status".to_string(), s.as_bytes().to_vec())])
+                .unwrap_or_default();
+            h.response = Some((headers, body.as_bytes().to_vec()));
+            h.effective = callout.context;
+            callout.context
+        });
+        let headers = usize::from(status.is_some());
+        unsafe { proxy_on_http_call_response(context, token, headers, body.len(), 0) };
+        with_host(|h| h.response = None);
+    }
+
+    fn end(&self, id: u32) {
+        with_host(|h| h.effective = id);
+        unsafe {
+            proxy_on_done(id);
+            proxy_on_delete(id);
+        }
+        with_host(|h| h.dead.push(id));
+    }
+
+    fn tick(&self, root: u32) {
+        with_host(|h| h.effective = root);
+        unsafe { proxy_on_tick(root) };
+    }
+
+    fn reply(&self, id: u32) -> Option<Reply> {
+        with_host(|h| h.streams.get(&id).and_then(|s| s.reply.clone()))
+    }
+
+    fn stream(&self, id: u32) -> Stream {
+        with_host(|h| h.streams.get(&id).cloned().unwrap())
+    }
+
+    fn callouts(&self) -> Vec<Callout> {
+        with_host(|h| h.callouts.clone())
+    }
+
+    fn counter(&self, name: &str) -> u64 {
+        let full = format!("promql_tenant_filter.{name}");
+        with_host(|h| {
+            h.metrics
+                .values()
+                .find(|(n, _)| *n == full)
+                .map_or(0, |m| m.1)
+        })
+    }
+
+    fn advance(&self, seconds: u64) {
+        with_host(|h| h.now_s += seconds);
+    }
+}
+
+fn error_type(reply: &Reply) -> String {
+    let body: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
+    assert_eq!(body["status"], "error", "{body}");
+    assert!(reply
+        .headers
+        .contains(&("content-type".to_string(), "application/json".to_string())));
+    body["errorType"].as_str().unwrap().to_string()
+}
+
+const METADATA: &str = "/api/v1/metadata";
+
+fn engine_ready() -> bool {
+    crate::TenantMatcher::new("client_id", &["1"]).is_ok()
+}
+
+#[test]
+fn bad_configuration_is_refused_and_names_the_field() {
+    let vm = Vm::new();
+    assert!(!vm.configure(
+        1,
+        r#"{"tenant_label":"t","identity":{"source":"userinfo","cluster":"c"}}"#
+    ));
+    let logs = with_host(|h| h.logs.clone());
+    assert!(
+        logs.iter().any(|l| l.contains("identity.claim")),
+        "{logs:?}"
+    );
+}
+
+#[test]
+fn good_configuration_defines_the_counters() {
+    let vm = Vm::new();
+    assert!(vm.configure(1, USERINFO_CONFIG));
+    let names: Vec<String> = with_host(|h| h.metrics.values().map(|m| m.0.clone()).collect());
+    for name in [
+        "requests_allowed",
+        "requests_denied",
+        "userinfo_calls",
+        "cache_hits",
+        "cache_misses",
+        "idp_errors",
+        "bad_queries",
+    ] {
+        assert!(
+            names.contains(&format!("promql_tenant_filter.{name}")),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn missing_or_malformed_token_is_401_without_a_callout() {
+    let vm = Vm::new();
+    vm.configure(1, USERINFO_CONFIG);
+    assert_eq!(vm.get(2, METADATA, None), Action::Pause);
+    let reply = vm.reply(2).unwrap();
+    assert_eq!(reply.status, 401);
+    assert_eq!(error_type(&reply), "unauthorized");
+    assert!(reply
+        .headers
+        .contains(&("www-authenticate".to_string(), "Bearer".to_string())));
+    vm.request(
+        1,
+        3,
+        "GET",
+        METADATA,
+        &[("authorization", "Basic eA==")],
+        None,
+    );
+    assert_eq!(vm.reply(3).unwrap().status, 401);
+    assert!(vm.callouts().is_empty());
+    assert_eq!(vm.counter("requests_denied"), 2);
+}
+
+#[test]
+fn policy_refusals_come_before_identity() {
+    let vm = Vm::new();
+    vm.configure(1, USERINFO_CONFIG);
+    vm.get(2, "/api/v1/admin/tsdb/delete_series", Some("tok"));
+    assert_eq!(vm.reply(2).unwrap().status, 403);
+    vm.request(
+        1,
+        3,
+        "PUT",
+        "/api/v1/query",
+        &[("authorization", "Bearer tok")],
+        None,
+    );
+    let reply = vm.reply(3).unwrap();
+    assert_eq!(reply.status, 405);
+    assert_eq!(error_type(&reply), "bad_data");
+    vm.get(4, "/api/v1/../admin", Some("tok"));
+    assert_eq!(vm.reply(4).unwrap().status, 400);
+    vm.request(
+        1,
+        5,
+        "POST",
+        "/api/v1/query",
+        &[
+            ("authorization", "Bearer tok"),
+            ("content-type", "multipart/form-data"),
+            ("content-length", "3"),
+        ],
+        Some("a=b"),
+    );
+    assert_eq!(vm.reply(5).unwrap().status, 415);
+    vm.request(
+        1,
+        6,
+        "POST",
+        "/api/v1/query",
+        &[
+            ("authorization", "Bearer tok"),
+            ("content-type", "application/x-www-form-urlencoded"),
+            ("content-length", "99999999"),
+        ],
+        Some("a=b"),
+    );
+    assert_eq!(vm.reply(6).unwrap().status, 413);
+    assert!(vm.callouts().is_empty());
+}
+
+#[test]
+fn userinfo_callout_then_cache_hit() {
+    let vm = Vm::new();
+    vm.configure(1, USERINFO_CONFIG);
+    assert_eq!(vm.get(2, METADATA, Some("alice-token")), Action::Pause);
+    assert!(vm.reply(2).is_none());
+    let callouts = vm.callouts();
+    assert_eq!(callouts.len(), 1);
+    let c = &callouts[0];
+    assert_eq!(c.cluster, "oidc");
+    assert_eq!(c.timeout_ms, 2000);
+    for header in [
+        (":method", "GET"),
+        (":path", "/userinfo"),
+        (":authority", "idp.example"),
+        ("authorization", "Bearer alice-token"),
+    ] {
+        assert!(
+            c.headers
+                .contains(&(header.0.to_string(), header.1.to_string())),
+            "{header:?}"
+        );
+    }
+    vm.respond(
+        c.token,
+        Some("200"),
+        r#"{"sub":"alice","https://example.com/client_id":"1999"}"#,
+    );
+    let reply = vm.reply(2).unwrap();
+    assert_eq!(
+        (reply.status, reply.body.as_str()),
+        (200, crate::api::METADATA_ANSWER)
+    );
+
+    // Same token again: answered at once, no second callout.
+    assert_eq!(vm.get(3, METADATA, Some("alice-token")), Action::Pause);
+    assert_eq!(vm.reply(3).unwrap().status, 200);
+    assert_eq!(vm.callouts().len(), 1);
+    assert_eq!(vm.counter("userinfo_calls"), 1);
+    assert_eq!(vm.counter("cache_hits"), 1);
+    assert_eq!(vm.counter("cache_misses"), 1);
+    assert_eq!(vm.counter("requests_allowed"), 2);
+
+    // After the TTL the IdP is asked again.
+    vm.advance(301);
+    vm.get(4, METADATA, Some("alice-token"));
+    assert_eq!(vm.callouts().len(), 2);
+}
+
+#[test]
+fn the_token_never_reaches_the_log() {
+    let vm = Vm::new();
+    vm.configure(1, USERINFO_CONFIG);
+    vm.get(2, METADATA, Some("sekrit-token"));
+    vm.respond(vm.callouts()[0].token, Some("500"), "");
+    vm.get(3, METADATA, Some("sekrit-token"));
+    vm.respond(vm.callouts()[1].token, Some("401"), "");
+    vm.request(
+        1,
+        4,
+        "GET",
+        METADATA,
+        &[("authorization", "Bearer sekrit\"token")],
+        None,
+    );
+    let logs = with_host(|h| h.logs.clone());
+    assert!(!logs.is_empty());
+    assert!(logs.iter().all(|l| !l.contains("sekrit")), "{logs:?}");
+}
+
+#[test]
+fn concurrent_requests_share_one_callout() {
+    let vm = Vm::new();
+    vm.configure(1, USERINFO_CONFIG);
+    for id in 2..22 {
+        assert_eq!(vm.get(id, METADATA, Some("fresh")), Action::Pause);
+    }
+    assert_eq!(vm.callouts().len(), 1);
+    vm.respond(
+        vm.callouts()[0].token,
+        Some("200"),
+        r#"{"https://example.com/client_id":[1999,2000]}"#,
+    );
+    for id in 2..22 {
+        assert_eq!(vm.reply(id).map(|r| r.status), Some(200), "context {id}");
+    }
+    assert_eq!(vm.counter("userinfo_calls"), 1);
+}
+
+#[test]
+fn rejected_tokens_are_cached_for_the_negative_ttl() {
+    let vm = Vm::new();
+    vm.configure(1, USERINFO_CONFIG);
+    vm.get(2, METADATA, Some("revoked"));
+    vm.get(3, METADATA, Some("revoked"));
+    vm.respond(vm.callouts()[0].token, Some("401"), "");
+    for id in [2, 3] {
+        let reply = vm.reply(id).unwrap();
+        assert_eq!(
+            (reply.status, error_type(&reply).as_str()),
+            (401, "unauthorized")
+        );
+    }
+    vm.get(4, METADATA, Some("revoked"));
+    assert_eq!(vm.reply(4).unwrap().status, 401);
+    assert_eq!(vm.callouts().len(), 1);
+    vm.advance(11);
+    vm.get(5, METADATA, Some("revoked"));
+    assert_eq!(vm.callouts().len(), 2);
+}
+
+#[test]
+fn idp_failures_are_503_and_not_cached() {
+    let vm = Vm::new();
+    vm.configure(1, USERINFO_CONFIG);
+    let cases: [(Option<&str>, &str); 4] = [
+        (Some("503"), ""),
+        (Some("429"), ""),
+        (None, ""),
+        (Some("200"), "<html>"),
+    ];
+    for (i, (status, body)) in cases.iter().enumerate() {
+        let id = 2 + i as u32;
+        vm.get(id, METADATA, Some("tok"));
+        assert_eq!(vm.callouts().len(), i + 1, "a failure must not be cached");
+        vm.respond(vm.callouts()[i].token, *status, body);
+        let reply = vm.reply(id).unwrap();
+        assert_eq!(
+            (reply.status, error_type(&reply).as_str()),
+            (503, "unavailable")
+        );
+    }
+    assert_eq!(vm.counter("idp_errors"), 4);
+    // A cluster Envoy does not know fails at dispatch.
+    let vm2 = Vm;
+    vm2.configure(
+        9,
+        r#"{"tenant_label":"t","identity":{"source":"userinfo","cluster":"missing","claim":"t"}}"#,
+    );
+    vm2.request(
+        9,
+        10,
+        "GET",
+        METADATA,
+        &[("authorization", "Bearer x")],
+        None,
+    );
+    assert_eq!(vm2.reply(10).unwrap().status, 503);
+}
+
+#[test]
+fn users_without_the_claim_are_forbidden() {
+    let vm = Vm::new();
+    vm.configure(1, USERINFO_CONFIG);
+    vm.get(2, METADATA, Some("claimless"));
+    vm.respond(vm.callouts()[0].token, Some("200"), r#"{"sub":"carol"}"#);
+    let reply = vm.reply(2).unwrap();
+    assert_eq!(
+        (reply.status, error_type(&reply).as_str()),
+        (403, "forbidden")
+    );
+    // The verdict is cached like any valid answer.
+    vm.get(3, METADATA, Some("claimless"));
+    assert_eq!(vm.reply(3).unwrap().status, 403);
+    assert_eq!(vm.callouts().len(), 1);
+}
+
+#[test]
+fn another_worker_reads_the_shared_cache() {
+    let vm = Vm::new();
+    vm.configure(1, USERINFO_CONFIG);
+    vm.get(2, METADATA, Some("alice"));
+    vm.respond(
+        vm.callouts()[0].token,
+        Some("200"),
+        r#"{"https://example.com/client_id":"1999"}"#,
+    );
+    // A second root context stands for another worker: its first level is empty.
+    vm.configure(100, USERINFO_CONFIG);
+    vm.request(
+        100,
+        101,
+        "GET",
+        METADATA,
+        &[("authorization", "Bearer alice")],
+        None,
+    );
+    assert_eq!(vm.reply(101).unwrap().status, 200);
+    assert_eq!(vm.callouts().len(), 1);
+    // A different token in the same slot is not answered from it.
+    let shared = with_host(|h| h.shared.len());
+    assert_eq!(shared, 1);
+    vm.request(
+        100,
+        102,
+        "GET",
+        METADATA,
+        &[("authorization", "Bearer mallory")],
+        None,
+    );
+    assert!(vm.reply(102).is_none());
+    assert_eq!(vm.callouts().len(), 2);
+}
+
+#[test]
+fn waiters_survive_their_leader_going_away() {
+    let vm = Vm::new();
+    vm.configure(1, USERINFO_CONFIG);
+    vm.get(2, METADATA, Some("tok"));
+    vm.get(3, METADATA, Some("tok"));
+    vm.get(4, METADATA, Some("tok"));
+    assert_eq!(vm.callouts().len(), 1);
+    // The leader's client hangs up; Envoy cancels its callout.
+    vm.end(2);
+    vm.end(4);
+    vm.tick(1);
+    let callouts = vm.callouts();
+    assert_eq!(callouts.len(), 2);
+    assert_eq!(callouts[1].context, 1, "the root context adopts the flight");
+    vm.respond(
+        callouts[1].token,
+        Some("200"),
+        r#"{"https://example.com/client_id":"1999"}"#,
+    );
+    assert_eq!(vm.reply(3).map(|r| r.status), Some(200));
+    assert!(vm.reply(4).is_none());
+}
+
+#[test]
+fn stuck_flights_are_refused_on_tick() {
+    let vm = Vm::new();
+    vm.configure(1, USERINFO_CONFIG);
+    vm.get(2, METADATA, Some("tok"));
+    vm.get(3, METADATA, Some("tok"));
+    vm.advance(60);
+    vm.tick(1);
+    assert_eq!(vm.reply(3).map(|r| r.status), Some(503));
+}
+
+#[test]
+fn jwt_payload_header_source() {
+    use base64::Engine as _;
+    let vm = Vm::new();
+    vm.configure(
+        1,
+        r#"{"tenant_label":"client_id","identity":{"source":"jwt_payload_header","claim":"client_id"}}"#,
+    );
+    let payload =
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(r#"{"client_id":"1999"}"#);
+    vm.request(
+        1,
+        2,
+        "GET",
+        METADATA,
+        &[("x-jwt-payload", payload.as_str())],
+        None,
+    );
+    assert_eq!(vm.reply(2).unwrap().status, 200);
+    vm.request(1, 3, "GET", METADATA, &[], None);
+    assert_eq!(vm.reply(3).unwrap().status, 401);
+    let no_claim = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(r#"{"sub":"x"}"#);
+    vm.request(
+        1,
+        4,
+        "GET",
+        METADATA,
+        &[("x-jwt-payload", no_claim.as_str())],
+        None,
+    );
+    assert_eq!(vm.reply(4).unwrap().status, 403);
+    assert!(vm.callouts().is_empty());
+}
+
+#[test]
+fn tenant_headers_are_stripped() {
+    let vm = Vm::new();
+    vm.configure(1, USERINFO_CONFIG);
+    vm.request(
+        1,
+        2,
+        "GET",
+        "/api/v1/status/buildinfo",
+        &[
+            ("authorization", "Bearer t"),
+            ("accountid", "7"),
+            ("projectid", "8"),
+        ],
+        None,
+    );
+    let stream = vm.stream(2);
+    assert!(stream
+        .headers
+        .iter()
+        .all(|(n, _)| n != "accountid" && n != "projectid"));
+}
+
+#[test]
+fn get_query_is_rewritten_and_resumed() {
+    if !engine_ready() {
+        return;
+    }
+    let vm = Vm::new();
+    vm.configure(1, USERINFO_CONFIG);
+    vm.get(
+        2,
+        "/api/v1/query?query=up&extra_label=client_id%3D2000",
+        Some("alice"),
+    );
+    vm.respond(
+        vm.callouts()[0].token,
+        Some("200"),
+        r#"{"https://example.com/client_id":"1999"}"#,
+    );
+    let stream = vm.stream(2);
+    assert!(stream.reply.is_none(), "{:?}", stream.reply);
+    assert!(stream.resumed);
+    let path = stream
+        .headers
+        .iter()
+        .find(|(n, _)| n == ":path")
+        .unwrap()
+        .1
+        .clone();
+    let path = String::from_utf8(path).unwrap();
+    assert!(
+        path.starts_with("/api/v1/query?query=up%7Bclient_id%3D%221999%22%7D"),
+        "{path}"
+    );
+    assert!(path.ends_with("&extra_label=client_id%3D1999"), "{path}");
+    assert!(!path.contains("2000"), "{path}");
+}
+
+#[test]
+fn post_form_body_is_rewritten_and_content_length_removed() {
+    if !engine_ready() {
+        return;
+    }
+    let vm = Vm::new();
+    vm.configure(1, USERINFO_CONFIG);
+    let body = "query=up&time=1";
+    let len = body.len().to_string();
+    let headers = [
+        ("authorization", "Bearer alice"),
+        ("content-type", "application/x-www-form-urlencoded"),
+        ("content-length", len.as_str()),
+    ];
+    assert_eq!(
+        vm.request(1, 2, "POST", "/api/v1/query", &headers, Some(body)),
+        Action::Pause
+    );
+    vm.respond(
+        vm.callouts()[0].token,
+        Some("200"),
+        r#"{"https://example.com/client_id":"1999"}"#,
+    );
+    let stream = vm.stream(2);
+    assert!(stream.resumed);
+    assert_eq!(
+        String::from_utf8(stream.body).unwrap(),
+        "query=up%7Bclient_id%3D%221999%22%7D&time=1"
+    );
+    assert!(stream.headers.iter().all(|(n, _)| n != "content-length"));
+    // Cached now: the second POST is rewritten synchronously.
+    assert_eq!(
+        vm.request(1, 3, "POST", "/api/v1/query", &headers, Some(body)),
+        Action::Continue
+    );
+}
+
+#[test]
+fn bad_query_is_400_bad_data() {
+    if !engine_ready() {
+        return;
+    }
+    let vm = Vm::new();
+    vm.configure(1, USERINFO_CONFIG);
+    vm.get(2, "/api/v1/query?query=sum(", Some("alice"));
+    vm.respond(
+        vm.callouts()[0].token,
+        Some("200"),
+        r#"{"https://example.com/client_id":"1999"}"#,
+    );
+    let reply = vm.reply(2).unwrap();
+    assert_eq!(
+        (reply.status, error_type(&reply).as_str()),
+        (400, "bad_data")
+    );
+    assert_eq!(vm.counter("bad_queries"), 1);
+}

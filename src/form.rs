@@ -1,0 +1,385 @@
+//! The `application/x-www-form-urlencoded` and URL query-string codec.
+//!
+//! Parameters are kept as ordered raw pairs, so that a request can be re-encoded with
+//! only the pairs that changed touched: duplicates, their order, empty pairs and the
+//! client's own escaping all survive. Names are compared after decoding, because the
+//! backend compares them after decoding too (`%71uery` is `query`).
+//!
+//! Decoding follows Go's `url.ParseQuery`, which Prometheus and VictoriaMetrics use for
+//! both the URL and the body: `+` is a space in both places. Where Go would silently
+//! drop a pair (bad escape, `;`), this codec refuses the whole input instead, so the
+//! filter can never see a different parameter list than the backend.
+
+use std::fmt;
+
+/// Why a query string or form body was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FormError {
+    /// A `%` not followed by two hex digits.
+    BadEscape { offset: usize },
+    /// A decoded name or value that is not UTF-8.
+    NotUtf8 { offset: usize },
+    /// A raw `;`: older Go versions split pairs on it, newer ones drop the pair.
+    Semicolon { offset: usize },
+}
+
+impl fmt::Display for FormError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FormError::BadEscape { offset } => {
+                write!(f, "invalid percent-escape at byte {offset}")
+            }
+            FormError::NotUtf8 { offset } => {
+                write!(
+                    f,
+                    "parameter at byte {offset} is not valid UTF-8 once decoded"
+                )
+            }
+            FormError::Semicolon { offset } => {
+                write!(
+                    f,
+                    "unescaped ';' at byte {offset} is not allowed in parameters"
+                )
+            }
+        }
+    }
+}
+
+impl std::error::Error for FormError {}
+
+/// One `name=value` pair: its raw text and its decoded form.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pair {
+    raw: Option<String>,
+    name: String,
+    value: String,
+    has_equals: bool,
+}
+
+impl Pair {
+    /// The decoded name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// The decoded value (empty when the pair has no `=`).
+    pub fn value(&self) -> &str {
+        &self.value
+    }
+}
+
+/// An ordered list of parameters that re-encodes untouched pairs byte for byte.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Params {
+    pairs: Vec<Pair>,
+    changed: bool,
+}
+
+impl Params {
+    /// Splits `raw` on `&` and decodes each pair. An empty input has no pairs.
+    pub fn parse(raw: &str) -> Result<Params, FormError> {
+        let mut pairs = Vec::new();
+        let mut start = 0;
+        for chunk in raw.split('&') {
+            if let Some(pos) = chunk.find(';') {
+                return Err(FormError::Semicolon {
+                    offset: start + pos,
+                });
+            }
+            let (raw_name, raw_value, has_equals) = match chunk.find('=') {
+                Some(eq) => (&chunk[..eq], &chunk[eq + 1..], true),
+                None => (chunk, "", false),
+            };
+            let name = decode(raw_name, start)?;
+            let value_start = start + raw_name.len() + usize::from(has_equals);
+            let value = decode(raw_value, value_start)?;
+            pairs.push(Pair {
+                raw: Some(chunk.to_string()),
+                name,
+                value,
+                has_equals,
+            });
+            start += chunk.len() + 1;
+        }
+        // `split` yields one empty chunk for an empty input; it is not a parameter.
+        if raw.is_empty() {
+            pairs.clear();
+        }
+        Ok(Params {
+            pairs,
+            changed: false,
+        })
+    }
+
+    /// All pairs, in order.
+    pub fn pairs(&self) -> &[Pair] {
+        &self.pairs
+    }
+
+    /// True once any pair was replaced, removed or added.
+    pub fn is_changed(&self) -> bool {
+        self.changed
+    }
+
+    /// True when some pair's decoded name is `name`.
+    pub fn contains(&self, name: &str) -> bool {
+        self.pairs.iter().any(|p| p.name == name)
+    }
+
+    /// Replaces the value of the pair at `index`; the pair is re-encoded.
+    ///
+    /// Setting the value it already has keeps the client's raw text.
+    pub fn set_value(&mut self, index: usize, value: String) {
+        if let Some(pair) = self.pairs.get_mut(index) {
+            if pair.value != value || !pair.has_equals {
+                pair.value = value;
+                pair.has_equals = true;
+                pair.raw = None;
+                self.changed = true;
+            }
+        }
+    }
+
+    /// Removes every pair whose decoded name is one of `names`; returns how many.
+    pub fn remove_all(&mut self, names: &[&str]) -> usize {
+        let before = self.pairs.len();
+        self.pairs.retain(|p| !names.contains(&p.name.as_str()));
+        let removed = before - self.pairs.len();
+        if removed > 0 {
+            self.changed = true;
+        }
+        removed
+    }
+
+    /// Appends a new pair at the end.
+    pub fn push(&mut self, name: &str, value: &str) {
+        self.pairs.push(Pair {
+            raw: None,
+            name: name.to_string(),
+            value: value.to_string(),
+            has_equals: true,
+        });
+        self.changed = true;
+    }
+
+    /// The encoded form: untouched pairs verbatim, changed ones percent-encoded.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        for (i, pair) in self.pairs.iter().enumerate() {
+            if i > 0 {
+                out.push('&');
+            }
+            match &pair.raw {
+                Some(raw) => out.push_str(raw),
+                None => {
+                    encode_into(&pair.name, &mut out);
+                    if pair.has_equals {
+                        out.push('=');
+                        encode_into(&pair.value, &mut out);
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Decodes one name or value: `+` is a space, `%XX` a byte; the result must be UTF-8.
+/// `offset` is where `raw` starts in the whole input, for error messages.
+pub fn decode(raw: &str, offset: usize) -> Result<String, FormError> {
+    if !raw.contains(['%', '+']) {
+        return Ok(raw.to_string());
+    }
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b'%' => {
+                let hi = bytes.get(i + 1).copied().and_then(hex_value);
+                let lo = bytes.get(i + 2).copied().and_then(hex_value);
+                match (hi, lo) {
+                    (Some(hi), Some(lo)) => out.push(hi << 4 | lo),
+                    _ => return Err(FormError::BadEscape { offset: offset + i }),
+                }
+                i += 3;
+            }
+            other => {
+                out.push(other);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).map_err(|_| FormError::NotUtf8 { offset })
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters. Spaces become `%20`
+/// rather than `+`, which means the same thing in a URL and in a form body.
+pub fn encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    encode_into(text, &mut out);
+    out
+}
+
+fn encode_into(text: &str, out: &mut String) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    for &b in text.as_bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push('%');
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 0x0f)]));
+        }
+    }
+}
+
+fn hex_value(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names_values(p: &Params) -> Vec<(&str, &str)> {
+        p.pairs().iter().map(|p| (p.name(), p.value())).collect()
+    }
+
+    #[test]
+    fn empty_input_has_no_pairs() {
+        let p = Params::parse("").unwrap();
+        assert!(p.pairs().is_empty());
+        assert_eq!(p.encode(), "");
+    }
+
+    #[test]
+    fn untouched_input_round_trips_byte_for_byte() {
+        for raw in [
+            "query=up&time=1",
+            "a=1&&b=2&",
+            "flag&query=rate%28x%5B5m%5D%29",
+            "query=a+b&query=%7Bjob%3D%22x%22%7D",
+            "match%5B%5D=up&match[]=down",
+            "x=%e2%82%ac",
+        ] {
+            let p = Params::parse(raw).unwrap();
+            assert!(!p.is_changed());
+            assert_eq!(p.encode(), raw, "{raw}");
+        }
+    }
+
+    #[test]
+    fn names_are_compared_after_decoding() {
+        let p = Params::parse("%71uery=up&match%5B%5D=x").unwrap();
+        assert_eq!(names_values(&p), vec![("query", "up"), ("match[]", "x")]);
+        assert!(p.contains("query"));
+    }
+
+    #[test]
+    fn plus_is_space_and_percent_is_a_byte() {
+        let p = Params::parse("query=sum+by+(job)+(up%7Bx%3D%22a%2Bb%22%7D)").unwrap();
+        assert_eq!(p.pairs()[0].value(), "sum by (job) (up{x=\"a+b\"})");
+    }
+
+    #[test]
+    fn pair_without_equals_has_empty_value() {
+        let p = Params::parse("nocache&query=").unwrap();
+        assert_eq!(names_values(&p), vec![("nocache", ""), ("query", "")]);
+    }
+
+    #[test]
+    fn value_may_contain_equals() {
+        let p = Params::parse("extra_label=a=b").unwrap();
+        assert_eq!(names_values(&p), vec![("extra_label", "a=b")]);
+    }
+
+    #[test]
+    fn duplicates_keep_their_order_and_only_changed_pairs_are_reencoded() {
+        let mut p = Params::parse("query=a&time=%31&query=b").unwrap();
+        p.set_value(2, "b{t=\"1\"}".to_string());
+        assert!(p.is_changed());
+        assert_eq!(p.encode(), "query=a&time=%31&query=b%7Bt%3D%221%22%7D");
+    }
+
+    #[test]
+    fn setting_the_same_value_keeps_raw_text() {
+        let mut p = Params::parse("query=a+b").unwrap();
+        p.set_value(0, "a b".to_string());
+        assert!(!p.is_changed());
+        assert_eq!(p.encode(), "query=a+b");
+    }
+
+    #[test]
+    fn remove_and_push() {
+        let mut p =
+            Params::parse("extra_label=x%3D1&query=up&extra_filters%5B%5D=y&extra_filters=z")
+                .unwrap();
+        assert_eq!(
+            p.remove_all(&["extra_label", "extra_filters", "extra_filters[]"]),
+            3
+        );
+        p.push("extra_label", "client_id=1999");
+        assert_eq!(p.encode(), "query=up&extra_label=client_id%3D1999");
+    }
+
+    #[test]
+    fn changed_values_round_trip_through_decode() {
+        let tricky = "sum(rate(x{a=\"+ &=%;#\u{20ac}\"}[5m])) / 2";
+        let mut p = Params::parse("query=placeholder").unwrap();
+        p.set_value(0, tricky.to_string());
+        let again = Params::parse(&p.encode()).unwrap();
+        assert_eq!(again.pairs()[0].value(), tricky);
+    }
+
+    #[test]
+    fn bad_escapes_are_refused() {
+        assert_eq!(
+            Params::parse("a=1&query=%zz"),
+            Err(FormError::BadEscape { offset: 10 })
+        );
+        assert_eq!(
+            Params::parse("query=%4"),
+            Err(FormError::BadEscape { offset: 6 })
+        );
+        assert_eq!(
+            Params::parse("q%=1"),
+            Err(FormError::BadEscape { offset: 1 })
+        );
+    }
+
+    #[test]
+    fn non_utf8_after_decoding_is_refused() {
+        assert!(matches!(
+            Params::parse("query=%ff%fe"),
+            Err(FormError::NotUtf8 { .. })
+        ));
+        assert!(matches!(
+            Params::parse("%c3=1"),
+            Err(FormError::NotUtf8 { .. })
+        ));
+    }
+
+    #[test]
+    fn semicolons_are_refused_but_escaped_ones_are_data() {
+        assert_eq!(
+            Params::parse("foo=1;query=evil"),
+            Err(FormError::Semicolon { offset: 5 })
+        );
+        let p = Params::parse("query=a%3Bb").unwrap();
+        assert_eq!(p.pairs()[0].value(), "a;b");
+    }
+
+    #[test]
+    fn encode_keeps_unreserved_only() {
+        assert_eq!(encode("aZ09-._~ /+=&%\""), "aZ09-._~%20%2F%2B%3D%26%25%22");
+    }
+}

@@ -1,0 +1,422 @@
+//! Who is calling: bearer-token extraction, claim extraction, and the reading of the
+//! identity provider's answers.
+//!
+//! Everything here is pure: the filter hands in header bytes and callout results, and
+//! gets back either the caller's tenants or the reason to refuse. Nothing here ever
+//! puts a token into an error message, so no error can leak one into a log.
+
+use base64::Engine as _;
+use serde_json::Value;
+
+/// Longest bearer token accepted: bounds cache memory and the callout's header size.
+pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+/// Longest `/userinfo` or payload-header body read: a sane IdP answers in a few KiB.
+pub const MAX_CLAIMS_BYTES: usize = 64 * 1024;
+
+/// Why the caller has no usable identity. Messages are safe to send and to log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdentityError {
+    /// No credentials, malformed credentials, or the IdP refused them: 401.
+    Unauthorized(String),
+    /// A valid caller without a usable tenant claim: 403.
+    Forbidden(String),
+    /// The IdP could not answer (down, slow, rate-limited, nonsense): 503.
+    Unavailable(String),
+}
+
+/// What a `/userinfo` callout told us.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UserinfoOutcome {
+    /// The IdP vouched for the token; the claim gave these tenants.
+    Tenants(Vec<String>),
+    /// The IdP vouched for the token, but the claim gave no usable tenant.
+    NoTenant(String),
+    /// The IdP refused the token (401/403): cache it for the negative TTL.
+    Rejected,
+    /// No usable answer: never cached.
+    Unavailable(String),
+}
+
+/// Takes the token out of an `Authorization: Bearer <token>` header value.
+///
+/// The scheme is case-insensitive (RFC 7235). The token must be an RFC 6750
+/// `b64token`, which also makes it safe to copy into the callout's header.
+pub fn bearer_token(header: Option<&[u8]>) -> Result<&str, IdentityError> {
+    let unauthorized = |why: &str| Err(IdentityError::Unauthorized(why.to_string()));
+    let Some(value) = header else {
+        return unauthorized("missing Authorization header");
+    };
+    let Ok(value) = std::str::from_utf8(value) else {
+        return unauthorized("malformed Authorization header");
+    };
+    let value = value.trim_matches(|c| c == ' ' || c == '\t');
+    let Some((scheme, rest)) = value.split_once(' ') else {
+        return unauthorized("Authorization header is not a Bearer token");
+    };
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return unauthorized("Authorization header is not a Bearer token");
+    }
+    let token = rest.trim_start_matches(' ');
+    if token.is_empty() || token.len() > MAX_TOKEN_BYTES || !is_b64token(token) {
+        return unauthorized("malformed Bearer token");
+    }
+    Ok(token)
+}
+
+fn is_b64token(token: &str) -> bool {
+    let body = token.trim_end_matches('=');
+    !body.is_empty()
+        && body.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/')
+        })
+}
+
+/// Reads the tenants out of a claims object, following `claim` one key per level.
+///
+/// A string gives one tenant, an integer its decimal text, an array of strings and
+/// integers several (duplicates dropped, order kept). Anything else is forbidden.
+pub fn tenants_from_claims(claims: &Value, claim: &[String]) -> Result<Vec<String>, IdentityError> {
+    let forbidden = |why: &str| Err(IdentityError::Forbidden(why.to_string()));
+    let mut value = claims;
+    for key in claim {
+        match value.as_object().and_then(|object| object.get(key)) {
+            Some(next) => value = next,
+            None => return forbidden("the identity has no tenant claim"),
+        }
+    }
+    let mut tenants = Vec::new();
+    match value {
+        Value::Array(items) => {
+            for item in items {
+                match scalar_tenant(item) {
+                    Some(tenant) => {
+                        if !tenants.contains(&tenant) {
+                            tenants.push(tenant);
+                        }
+                    }
+                    None => return forbidden("the tenant claim holds an unusable value"),
+                }
+            }
+        }
+        other => match scalar_tenant(other) {
+            Some(tenant) => tenants.push(tenant),
+            None => return forbidden("the tenant claim holds an unusable value"),
+        },
+    }
+    if tenants.is_empty() {
+        return forbidden("the tenant claim is empty");
+    }
+    Ok(tenants)
+}
+
+fn scalar_tenant(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) if !s.is_empty() && !s.chars().any(char::is_control) => Some(s.clone()),
+        // `is_i64`/`is_u64` are false for floats, so 1.5 and 1e3 are refused.
+        Value::Number(n) if n.is_i64() || n.is_u64() => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// Reads the claims `jwt_authn` forwarded in `forward_payload_header`: the JWT
+/// payload, base64url-encoded (padded or not), holding a JSON object.
+///
+/// A missing or malformed header means the token was not verified: 401.
+pub fn claims_from_payload_header(header: Option<&[u8]>) -> Result<Value, IdentityError> {
+    let unauthorized = |why: &str| Err(IdentityError::Unauthorized(why.to_string()));
+    let Some(raw) = header else {
+        return unauthorized("missing verified token");
+    };
+    if raw.len() > MAX_CLAIMS_BYTES * 4 / 3 + 4 {
+        return unauthorized("verified token payload too large");
+    }
+    let trimmed = raw
+        .iter()
+        .rposition(|&b| b != b'=')
+        .map_or(&raw[..0], |end| &raw[..=end]);
+    let Ok(json) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(trimmed) else {
+        return unauthorized("malformed verified token payload");
+    };
+    match serde_json::from_slice::<Value>(&json) {
+        Ok(claims @ Value::Object(_)) => Ok(claims),
+        _ => unauthorized("malformed verified token payload"),
+    }
+}
+
+/// Classifies a `/userinfo` callout result.
+///
+/// `status` is the `:status` pseudo-header, absent when Envoy reports a timeout or a
+/// reset; `body` is the response body. Only a 200 with a JSON object counts as an
+/// answer; 401/403 reject the token; everything else means the IdP is unavailable.
+pub fn classify_userinfo(
+    status: Option<&[u8]>,
+    body: Option<&[u8]>,
+    claim: &[String],
+) -> UserinfoOutcome {
+    let status = status
+        .and_then(|s| std::str::from_utf8(s).ok())
+        .and_then(|s| s.trim().parse::<u16>().ok());
+    match status {
+        None => UserinfoOutcome::Unavailable("identity provider timed out or reset".into()),
+        Some(200) => {
+            let body = body.unwrap_or_default();
+            if body.len() > MAX_CLAIMS_BYTES {
+                return UserinfoOutcome::Unavailable("identity provider answer too large".into());
+            }
+            match serde_json::from_slice::<Value>(body) {
+                Ok(claims @ Value::Object(_)) => match tenants_from_claims(&claims, claim) {
+                    Ok(tenants) => UserinfoOutcome::Tenants(tenants),
+                    Err(IdentityError::Forbidden(why)) => UserinfoOutcome::NoTenant(why),
+                    Err(_) => UserinfoOutcome::NoTenant("the identity has no tenant claim".into()),
+                },
+                _ => UserinfoOutcome::Unavailable(
+                    "identity provider answered with invalid JSON".into(),
+                ),
+            }
+        }
+        Some(401 | 403) => UserinfoOutcome::Rejected,
+        Some(429) => UserinfoOutcome::Unavailable("identity provider rate limit reached".into()),
+        Some(code) => {
+            UserinfoOutcome::Unavailable(format!("identity provider answered HTTP {code}"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn path(keys: &[&str]) -> Vec<String> {
+        keys.iter().map(|k| k.to_string()).collect()
+    }
+
+    fn is_unauthorized<T: std::fmt::Debug>(r: Result<T, IdentityError>) -> bool {
+        matches!(r, Err(IdentityError::Unauthorized(_)))
+    }
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        for header in [
+            "Bearer abc.DEF-_~+/=",
+            "bearer abc.DEF-_~+/=",
+            "BEARER  abc.DEF-_~+/=",
+        ] {
+            assert_eq!(
+                bearer_token(Some(header.as_bytes())),
+                Ok("abc.DEF-_~+/="),
+                "{header}"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_authorization_headers_are_unauthorized() {
+        let long = format!("Bearer {}", "a".repeat(MAX_TOKEN_BYTES + 1));
+        let cases: Vec<&[u8]> = vec![
+            b"",
+            b"Bearer",
+            b"Bearer ",
+            b"Basic dXNlcjpwYXNz",
+            b"Bearerabc",
+            b"Bearer a b",
+            b"Bearer a\"b",
+            b"Bearer ===",
+            b"Bearer a=b",
+            b"Bearer \xff\xfe",
+            long.as_bytes(),
+        ];
+        assert!(is_unauthorized(bearer_token(None)));
+        for case in cases {
+            assert!(is_unauthorized(bearer_token(Some(case))), "{case:?}");
+        }
+    }
+
+    #[test]
+    fn error_messages_never_contain_the_token() {
+        let Err(IdentityError::Unauthorized(msg)) = bearer_token(Some(b"Bearer secret\"token"))
+        else {
+            panic!("expected unauthorized")
+        };
+        assert!(!msg.contains("secret"));
+    }
+
+    #[test]
+    fn string_claim_gives_one_tenant() {
+        let claims = json!({"https://example.com/client_id": "1999"});
+        assert_eq!(
+            tenants_from_claims(&claims, &path(&["https://example.com/client_id"])),
+            Ok(vec!["1999".to_string()])
+        );
+    }
+
+    #[test]
+    fn integer_claim_gives_decimal_text() {
+        assert_eq!(
+            tenants_from_claims(&json!({"t": 1999}), &path(&["t"])),
+            Ok(vec!["1999".into()])
+        );
+        assert_eq!(
+            tenants_from_claims(&json!({"t": -7}), &path(&["t"])),
+            Ok(vec!["-7".into()])
+        );
+        assert_eq!(
+            tenants_from_claims(&json!({"t": u64::MAX}), &path(&["t"])),
+            Ok(vec![u64::MAX.to_string()])
+        );
+    }
+
+    #[test]
+    fn array_claim_gives_several_tenants_deduplicated_in_order() {
+        assert_eq!(
+            tenants_from_claims(&json!({"t": ["b", 2, "a", "b", 2]}), &path(&["t"])),
+            Ok(vec!["b".into(), "2".into(), "a".into()])
+        );
+    }
+
+    #[test]
+    fn nested_path() {
+        let claims = json!({"app_metadata": {"tenant": "acme"}});
+        assert_eq!(
+            tenants_from_claims(&claims, &path(&["app_metadata", "tenant"])),
+            Ok(vec!["acme".into()])
+        );
+        // A URL-like key is one key, not a path.
+        let claims = json!({"a": {"b": "x"}, "a.b": "y"});
+        assert_eq!(
+            tenants_from_claims(&claims, &path(&["a.b"])),
+            Ok(vec!["y".into()])
+        );
+    }
+
+    #[test]
+    fn unusable_claims_are_forbidden() {
+        let cases = [
+            json!({}),
+            json!({"t": null}),
+            json!({"t": ""}),
+            json!({"t": []}),
+            json!({"t": [""]}),
+            json!({"t": true}),
+            json!({"t": 1.5}),
+            json!({"t": 1e3}),
+            json!({"t": {"x": "1"}}),
+            json!({"t": ["a", ["b"]]}),
+            json!({"t": ["a", null]}),
+            json!({"t": ["a", 1.5]}),
+            json!({"t": "a\nb"}),
+            json!({"other": "1999"}),
+        ];
+        for claims in cases {
+            assert!(
+                matches!(
+                    tenants_from_claims(&claims, &path(&["t"])),
+                    Err(IdentityError::Forbidden(_))
+                ),
+                "{claims}"
+            );
+        }
+        // The path goes through a non-object.
+        assert!(matches!(
+            tenants_from_claims(&json!({"a": "x"}), &path(&["a", "b"])),
+            Err(IdentityError::Forbidden(_))
+        ));
+    }
+
+    #[test]
+    fn payload_header_padded_and_unpadded() {
+        let payload = br#"{"sub":"alice","client_id":"1999"}"#;
+        let unpadded = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(payload);
+        let padded = base64::engine::general_purpose::URL_SAFE.encode(payload);
+        for header in [unpadded, padded] {
+            let claims = claims_from_payload_header(Some(header.as_bytes())).unwrap();
+            assert_eq!(
+                tenants_from_claims(&claims, &path(&["client_id"])),
+                Ok(vec!["1999".into()])
+            );
+        }
+    }
+
+    #[test]
+    fn payload_header_url_safe_alphabet() {
+        // `?>` encodes to `Pz4` in standard base64 and `Pz4` too; use bytes that hit `-`/`_`.
+        let payload = "{\"t\":\"\u{fbff}\u{ffff}\"}";
+        let header = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(payload);
+        assert!(header.contains('-') || header.contains('_'), "{header}");
+        assert!(claims_from_payload_header(Some(header.as_bytes())).is_ok());
+    }
+
+    #[test]
+    fn bad_payload_headers_are_unauthorized() {
+        let not_object = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("[1]");
+        let not_json = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("{nope");
+        let standard_alphabet = "eyJ0Ijoi+/8ifQ";
+        let cases: Vec<&[u8]> = vec![
+            b"",
+            b"!!!",
+            b"\xff",
+            not_object.as_bytes(),
+            not_json.as_bytes(),
+            standard_alphabet.as_bytes(),
+        ];
+        assert!(is_unauthorized(claims_from_payload_header(None)));
+        for case in cases {
+            assert!(
+                is_unauthorized(claims_from_payload_header(Some(case))),
+                "{case:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn userinfo_200_with_claims() {
+        let claim = path(&["client_id"]);
+        assert_eq!(
+            classify_userinfo(
+                Some(b"200"),
+                Some(br#"{"sub":"a","client_id":1999}"#),
+                &claim
+            ),
+            UserinfoOutcome::Tenants(vec!["1999".into()])
+        );
+        assert!(matches!(
+            classify_userinfo(Some(b"200"), Some(br#"{"sub":"a"}"#), &claim),
+            UserinfoOutcome::NoTenant(_)
+        ));
+    }
+
+    #[test]
+    fn userinfo_refusals_and_failures() {
+        let claim = path(&["client_id"]);
+        let unavailable = |status: Option<&[u8]>, body: Option<&[u8]>| {
+            matches!(
+                classify_userinfo(status, body, &claim),
+                UserinfoOutcome::Unavailable(_)
+            )
+        };
+        assert_eq!(
+            classify_userinfo(Some(b"401"), None, &claim),
+            UserinfoOutcome::Rejected
+        );
+        assert_eq!(
+            classify_userinfo(Some(b"403"), Some(b"{}"), &claim),
+            UserinfoOutcome::Rejected
+        );
+        assert!(unavailable(None, None));
+        assert!(unavailable(Some(b"429"), None));
+        assert!(unavailable(Some(b"500"), Some(b"{}")));
+        assert!(unavailable(Some(b"503"), None));
+        assert!(unavailable(Some(b"404"), None));
+        assert!(unavailable(Some(b"302"), None));
+        assert!(unavailable(Some(b"abc"), None));
+        assert!(unavailable(Some(b"\xff"), None));
+        assert!(unavailable(Some(b"200"), None));
+        assert!(unavailable(Some(b"200"), Some(b"<html>")));
+        assert!(unavailable(Some(b"200"), Some(b"[]")));
+        let huge = format!(
+            r#"{{"client_id":"1","pad":"{}"}}"#,
+            "x".repeat(MAX_CLAIMS_BYTES)
+        );
+        assert!(unavailable(Some(b"200"), Some(huge.as_bytes())));
+    }
+}
