@@ -166,6 +166,11 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
+# Every answer here takes milliseconds; a request that hangs (a filter that paused and
+# never resumed) must fail fast instead of stalling the suite.
+REQUEST_TIMEOUT_S = 5
+
+
 def call(proxy: Envoy, method: str, path: str, token: str | None = None,
          params: dict | list | None = None, headers: dict | None = None,
          **kwargs) -> requests.Response:
@@ -175,9 +180,10 @@ def call(proxy: Envoy, method: str, path: str, token: str | None = None,
         all_headers.update(bearer(token))
     url = proxy.url + path
     if method == "POST":
-        return requests.post(url, data=params, headers=all_headers, timeout=30, **kwargs)
-    return requests.request(method, url, params=params, headers=all_headers, timeout=30,
-                            **kwargs)
+        return requests.post(url, data=params, headers=all_headers,
+                             timeout=REQUEST_TIMEOUT_S, **kwargs)
+    return requests.request(method, url, params=params, headers=all_headers,
+                            timeout=REQUEST_TIMEOUT_S, **kwargs)
 
 
 def assert_prometheus_error(response: requests.Response, status: int, error_type: str,

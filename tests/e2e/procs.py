@@ -104,9 +104,12 @@ atexit.register(stop_all)
 
 
 def _terminate(signum, _frame):
-    # Turn SIGTERM into a normal exit so that fixtures' finalizers and atexit run.
+    # Stop our processes at once, then interrupt pytest the way Ctrl-C does (pytest would
+    # take a SystemExit raised inside a test for a failure and carry on); a second
+    # SIGTERM kills outright.
     stop_all()
-    raise SystemExit(128 + signum)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    raise KeyboardInterrupt
 
 
 signal.signal(signal.SIGTERM, _terminate)

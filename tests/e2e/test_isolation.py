@@ -15,7 +15,7 @@ import json
 import pytest
 import requests
 import seed
-from conftest import call
+from conftest import REQUEST_TIMEOUT_S, call
 
 USER_TENANT = {"alice": seed.ALICE_TENANT, "bob": seed.BOB_TENANT}
 ANY_SERIES = '{__name__=~".+"}'
@@ -195,12 +195,12 @@ def test_every_spelling_and_copy_of_query_is_rewritten(proxy, vm, tokens, user, 
     url = f"{proxy.url}/api/v1/query?time={vm.seed_s}"
     headers = {"Authorization": f"Bearer {tokens[user]}", **FORM}
     if where == "url":
-        response = requests.get(f"{url}&{pair}", headers=headers, timeout=30)
+        response = requests.get(f"{url}&{pair}", headers=headers, timeout=REQUEST_TIMEOUT_S)
     elif where == "body":
-        response = requests.post(url, data=pair, headers=headers, timeout=30)
+        response = requests.post(url, data=pair, headers=headers, timeout=REQUEST_TIMEOUT_S)
     else:
         response = requests.post(f"{url}&{pair}", data=f"{pair}&{pair}", headers=headers,
-                                 timeout=30)
+                                 timeout=REQUEST_TIMEOUT_S)
     data = success(response)
     assert {seed.as_key(s["metric"]) for s in data["result"]} == own_keys(user)
 
@@ -211,7 +211,7 @@ def test_every_spelling_of_match_is_rewritten(proxy, vm, tokens, user, spelling)
     headers = {"Authorization": f"Bearer {tokens[user]}", **FORM}
     body = f"{spelling}={ANY_ENCODED}&{spelling}=http_requests_total"
     data = success(requests.post(f"{url}&{spelling}={ANY_ENCODED}", data=body,
-                                 headers=headers, timeout=30))
+                                 headers=headers, timeout=REQUEST_TIMEOUT_S))
     assert {seed.as_key(s) for s in data} == own_keys(user)
 
 
