@@ -287,6 +287,24 @@ pub fn check_body_headers(
     Ok(())
 }
 
+/// Refuses a compressed request body: the filter could not read its parameters, and
+/// a backend that inflates it would see parameters the filter never rewrote.
+pub fn check_content_encoding(content_encoding: Option<&[u8]>) -> Result<(), Refusal> {
+    match content_encoding {
+        None => Ok(()),
+        Some(v)
+            if v.trim_ascii().is_empty() || v.trim_ascii().eq_ignore_ascii_case(b"identity") =>
+        {
+            Ok(())
+        }
+        Some(_) => Err(Refusal::new(
+            415,
+            ErrorType::BadData,
+            "compressed request bodies are not supported",
+        )),
+    }
+}
+
 /// True for `application/x-www-form-urlencoded`, with or without parameters.
 pub fn is_form(content_type: Option<&[u8]>) -> bool {
     let Some(value) = content_type.and_then(|v| std::str::from_utf8(v).ok()) else {
@@ -839,6 +857,19 @@ mod tests {
     }
 
     #[test]
+    fn compressed_bodies_are_refused() {
+        assert_eq!(check_content_encoding(None), Ok(()));
+        assert_eq!(check_content_encoding(Some(b"identity")), Ok(()));
+        assert_eq!(check_content_encoding(Some(b" ")), Ok(()));
+        for encoding in [&b"gzip"[..], b"br", b"deflate", b"gzip, identity"] {
+            assert_eq!(
+                check_content_encoding(Some(encoding)).map_err(|r| r.status),
+                Err(415)
+            );
+        }
+    }
+
+    #[test]
     fn refusal_shapes() {
         let r = Refusal::unauthorized("missing Authorization header");
         let body: serde_json::Value = serde_json::from_slice(&r.body()).unwrap();
@@ -881,6 +912,35 @@ mod tests {
         for body in [METADATA_ANSWER, RULES_ANSWER, ALERTS_ANSWER] {
             let v: serde_json::Value = serde_json::from_str(body).unwrap();
             assert_eq!(v["status"], "success");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn planning_never_panics(method in proptest::collection::vec(proptest::num::u8::ANY, 0..8),
+                                 path in proptest::collection::vec(proptest::num::u8::ANY, 0..64)) {
+            let _ = plan_request(&method, &path);
+        }
+
+        #[test]
+        fn allowed_paths_are_canonical(path in "/[a-z0-9%./;_\\\\]{0,40}") {
+            if let Ok(plan) = plan_request(b"GET", path.as_bytes()) {
+                let decoded = crate::form::decode(&plan.raw_path, 0).unwrap();
+                proptest::prop_assert!(!decoded.contains("//"));
+                proptest::prop_assert!(!decoded.split('/').any(|s| s == ".." || s == "."));
+                proptest::prop_assert!(!plan.raw_path.contains(';'));
+            }
+        }
+
+        #[test]
+        fn rewriting_never_panics(query in "\\PC{0,60}", body in "\\PC{0,60}") {
+            let values = vec!["1".to_string()];
+            let t = tenant(&values, "client_id=\"1\"");
+            for path in ["/api/v1/query", "/api/v1/series", "/api/v1/status/buildinfo"] {
+                let p = Plan { action: plan("GET", path).unwrap().action, raw_path: path.into(), raw_query: query.clone() };
+                let _ = rewrite_request(&p, Some(body.as_bytes()), Some(b"application/x-www-form-urlencoded"), &t,
+                    RewriteOptions { victoriametrics_extra_label: true }, &fake);
+            }
         }
     }
 }

@@ -695,4 +695,14 @@ mod tests {
         assert_eq!(f.leader("old"), None);
         assert_eq!(f.leader("new"), Some(Leader::Request(3)));
     }
+
+    proptest::proptest! {
+        #[test]
+        fn decoding_arbitrary_slot_values_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..128)) {
+            let _ = CacheEntry::from_bytes(&bytes);
+            let mut prefixed = MAGIC.to_vec();
+            prefixed.extend_from_slice(&bytes);
+            let _ = CacheEntry::from_bytes(&prefixed);
+        }
+    }
 }

@@ -811,4 +811,11 @@ mod tests {
             "greater than 0",
         );
     }
+
+    proptest::proptest! {
+        #[test]
+        fn parsing_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..96)) {
+            let _ = Config::parse(&bytes);
+        }
+    }
 }

@@ -12,9 +12,12 @@
 //!   call returns, so calling them for another context (after
 //!   `set_effective_context`) cannot re-enter the SDK's dispatcher. But resuming clears
 //!   Envoy's header and body pointers at once, so all edits happen before resuming.
-//! - A callout belongs to the context that made it and is cancelled when that context
-//!   goes away. A single-flight leader that disappears therefore leaves its waiters
-//!   orphaned; the root context adopts them on its next tick.
+//! - Envoy runs every callout on the root context, but the SDK routes its response to
+//!   the context that dispatched it, and silently drops it if that context is gone. A
+//!   single-flight leader that disappears therefore leaves its waiters orphaned; the
+//!   root context adopts them on its next tick and asks again from its own callback.
+//! - The SDK's hostcall wrappers panic on unexpected host statuses; the filter only
+//!   edits headers and bodies while Envoy still holds them, so none is expected.
 
 use crate::api::{
     self, Action as ApiAction, Plan, QueryRejection, Refusal, RewriteOptions, Tenant,
@@ -23,7 +26,7 @@ use crate::cache::{CacheEntry, CachePolicy, CachedIdentity, Flights, Joined, Loc
 use crate::config::{Config, IdentitySource, UserinfoConfig};
 use crate::identity::{self, IdentityError, UserinfoOutcome};
 use crate::{rewrite, RewriteError, TenantMatcher};
-use log::{error, info, warn};
+use log::{debug, error, info, warn};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
@@ -33,7 +36,8 @@ use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
 
 proxy_wasm::main! {{
-    proxy_wasm::set_log_level(LogLevel::Info);
+    // Envoy filters by its own `wasm` log level; per-request lines are at debug.
+    proxy_wasm::set_log_level(LogLevel::Debug);
     proxy_wasm::set_root_context(|context_id| -> Box<dyn RootContext> {
         Box::new(FilterRoot::new(context_id))
     });
@@ -41,6 +45,9 @@ proxy_wasm::main! {{
 
 /// How often the root context looks for orphaned or stuck identity lookups.
 const TICK: Duration = Duration::from_secs(1);
+/// How long a held request may wait for its first body callback. Without
+/// `allow_on_headers_stop_iteration` Envoy never delivers it; refusing beats hanging.
+const BODY_WAIT_S: u64 = 10;
 
 /// The Envoy counters, by id.
 struct Metrics {
@@ -123,13 +130,18 @@ struct Userinfo {
     flights: RefCell<Flights>,
 }
 
+/// A request's shared state, as the worker holds it while the request waits.
+type SharedRequest = Rc<RefCell<Request>>;
+
 /// Everything one plugin configuration shares between its contexts on one worker.
 struct Worker {
     config: Config,
     metrics: Metrics,
     userinfo: Option<Userinfo>,
     /// Requests paused while another context's callout runs, by context id.
-    parked: RefCell<HashMap<u32, Rc<RefCell<Request>>>>,
+    parked: RefCell<HashMap<u32, SharedRequest>>,
+    /// Requests whose headers are held until their body arrives: id → (since, state).
+    awaiting_body: RefCell<HashMap<u32, (u64, SharedRequest)>>,
 }
 
 fn now_s() -> u64 {
@@ -264,6 +276,38 @@ impl FilterRoot {
     }
 }
 
+impl FilterRoot {
+    /// Refuses requests whose body never reached the filter (see [`BODY_WAIT_S`]).
+    fn refuse_bodiless(&self, worker: &Worker) {
+        let now = now_s();
+        let stale: Vec<(u32, SharedRequest)> = {
+            let mut waiting = worker.awaiting_body.borrow_mut();
+            let ids: Vec<u32> = waiting
+                .iter()
+                .filter(|(_, (since, _))| now.saturating_sub(*since) > BODY_WAIT_S)
+                .map(|(id, _)| *id)
+                .collect();
+            ids.into_iter()
+                .filter_map(|id| waiting.remove(&id).map(|(_, r)| (id, r)))
+                .collect()
+        };
+        for (id, request) in stale {
+            error!(
+                "promql_tenant_filter: a request body never reached the filter; set \
+                 `allow_on_headers_stop_iteration: true` in the Wasm plugin config"
+            );
+            if hostcalls::set_effective_context(id).is_err() {
+                continue;
+            }
+            if let Ok(mut request) = request.try_borrow_mut() {
+                let refusal = Refusal::unavailable("request body was not received");
+                request.refuse(worker, &refusal);
+            }
+        }
+        let _ = hostcalls::set_effective_context(self.context_id);
+    }
+}
+
 impl Context for FilterRoot {
     fn on_http_call_response(
         &mut self,
@@ -315,7 +359,7 @@ impl RootContext for FilterRoot {
             }
             IdentitySource::JwtPayloadHeader { .. } => None,
         };
-        if userinfo.is_some() && hostcalls::set_tick_period(TICK).is_err() {
+        if hostcalls::set_tick_period(TICK).is_err() {
             warn!("promql_tenant_filter: could not set the tick period");
         }
         info!(
@@ -327,6 +371,7 @@ impl RootContext for FilterRoot {
             metrics: Metrics::define(),
             userinfo,
             parked: RefCell::new(HashMap::new()),
+            awaiting_body: RefCell::new(HashMap::new()),
         }));
         true
     }
@@ -335,6 +380,7 @@ impl RootContext for FilterRoot {
         let Some(worker) = self.worker.clone() else {
             return;
         };
+        self.refuse_bodiless(&worker);
         let Some(userinfo) = worker.userinfo.as_ref() else {
             return;
         };
@@ -432,7 +478,7 @@ impl Request {
         worker.metrics.bump(worker.metrics.requests_denied);
         let body = refusal.body();
         let status = refusal.status.to_string();
-        info!(
+        debug!(
             "promql_tenant_filter: refused {} {}: {}",
             status,
             refusal.error_type.as_str(),
@@ -459,6 +505,10 @@ impl Request {
         }
         self.content_type = request_header("content-type");
         if !end_of_stream {
+            let encoding = request_header("content-encoding");
+            if let Err(refusal) = api::check_content_encoding(encoding.as_deref()) {
+                return self.refuse(worker, &refusal);
+            }
             let length = request_header("content-length");
             if let Err(refusal) = api::check_body_headers(
                 self.content_type.as_deref(),
@@ -638,7 +688,7 @@ impl Request {
 struct FilterHttp {
     context_id: u32,
     worker: Option<Rc<Worker>>,
-    request: Rc<RefCell<Request>>,
+    request: SharedRequest,
 }
 
 impl FilterHttp {
@@ -706,6 +756,7 @@ impl Context for FilterHttp {
     fn on_done(&mut self) -> bool {
         if let Some(worker) = &self.worker {
             worker.parked.borrow_mut().remove(&self.context_id);
+            worker.awaiting_body.borrow_mut().remove(&self.context_id);
             if let Some(userinfo) = &worker.userinfo {
                 userinfo.flights.borrow_mut().leave(self.context_id);
             }
@@ -723,12 +774,15 @@ impl HttpContext for FilterHttp {
             Ok(mut request) => request.on_headers(&worker, end_of_stream),
             Err(_) => return Action::Pause,
         };
-        let ready = self
-            .request
-            .try_borrow()
-            .is_ok_and(|r| r.stage == Stage::Identity);
-        if action == Action::Continue && ready {
+        let stage = self.request.try_borrow().map(|r| r.stage).ok();
+        if action == Action::Continue && stage == Some(Stage::Identity) {
             return self.proceed(&worker);
+        }
+        if action == Action::Pause && stage == Some(Stage::Body) {
+            worker
+                .awaiting_body
+                .borrow_mut()
+                .insert(self.context_id, (now_s(), Rc::clone(&self.request)));
         }
         action
     }
@@ -737,6 +791,7 @@ impl HttpContext for FilterHttp {
         let Some(worker) = self.worker.clone() else {
             return Action::Pause;
         };
+        worker.awaiting_body.borrow_mut().remove(&self.context_id);
         let action = match self.request.try_borrow_mut() {
             Ok(mut request) => request.on_body(&worker, body_size, end_of_stream),
             Err(_) => return Action::Pause,

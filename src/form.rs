@@ -382,4 +382,22 @@ mod tests {
     fn encode_keeps_unreserved_only() {
         assert_eq!(encode("aZ09-._~ /+=&%\""), "aZ09-._~%20%2F%2B%3D%26%25%22");
     }
+
+    proptest::proptest! {
+        #[test]
+        fn parse_never_panics_and_untouched_input_round_trips(raw in "\\PC*") {
+            if let Ok(p) = Params::parse(&raw) {
+                proptest::prop_assert_eq!(p.encode(), raw);
+            }
+        }
+
+        #[test]
+        fn any_value_survives_encode_then_decode(name in "[a-z_\\[\\]]{1,8}", value in "\\PC*") {
+            let mut p = Params::parse("x=1").unwrap();
+            p.push(&name, &value);
+            let again = Params::parse(&p.encode()).unwrap();
+            proptest::prop_assert_eq!(again.pairs()[1].name(), name.as_str());
+            proptest::prop_assert_eq!(again.pairs()[1].value(), value.as_str());
+        }
+    }
 }

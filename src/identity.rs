@@ -419,4 +419,13 @@ mod tests {
         );
         assert!(unavailable(Some(b"200"), Some(huge.as_bytes())));
     }
+
+    proptest::proptest! {
+        #[test]
+        fn header_parsers_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..96)) {
+            let _ = bearer_token(Some(&bytes));
+            let _ = claims_from_payload_header(Some(&bytes));
+            let _ = classify_userinfo(Some(&bytes), Some(&bytes), &path(&["t"]));
+        }
+    }
 }

@@ -1,10 +1,267 @@
 //! The spanned AST. Every node carries the byte range of the input it came from.
+//!
+//! Names and string values borrow from the input when they hold no escapes, so a
+//! parse allocates little beyond the tree itself.
+
+use super::lexer::{AggOp, Kw};
+use std::borrow::Cow;
 
 /// Byte range into the parsed input.
 pub type Span = std::ops::Range<usize>;
 
 /// An expression node.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Expr {
+pub struct Expr<'s> {
+    pub kind: ExprKind<'s>,
     pub span: Span,
+}
+
+/// What an expression is.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ExprKind<'s> {
+    /// A number literal (`1`, `0x1F`, `Inf`, MetricsQL `2Ki`).
+    Number(f64),
+    /// A duration literal used as a value, in seconds (`5m`).
+    Duration(f64),
+    /// A string literal, decoded.
+    String(Cow<'s, str>),
+    /// A series selector: `name`, `name{...}` or `{...}`.
+    Selector(Box<Selector<'s>>),
+    /// `( expr )`
+    Paren(Box<Expr<'s>>),
+    /// `-expr` or `+expr`
+    Unary { negative: bool, expr: Box<Expr<'s>> },
+    /// `lhs op rhs` with its modifiers.
+    Binary(Box<Binary<'s>>),
+    /// A function call or aggregation.
+    Call(Box<Call<'s>>),
+    /// `expr[range]` (a matrix selector) or `expr[range:step]` (a subquery).
+    Range(Box<RangeExpr<'s>>),
+    /// `expr offset duration`
+    Offset {
+        expr: Box<Expr<'s>>,
+        offset: Box<Expr<'s>>,
+    },
+    /// `expr @ timestamp`, `expr @ start()`, `expr @ end()`
+    At {
+        expr: Box<Expr<'s>>,
+        at: Box<Expr<'s>>,
+    },
+    /// Duration-expression functions: `step()`, `range()`, `min_of(a, b)`, `max_of(a, b)`,
+    /// and the `start()`/`end()` preprocessors.
+    DurationFn { func: Kw, args: Vec<Expr<'s>> },
+    /// MetricsQL `expr keep_metric_names`.
+    KeepMetricNames(Box<Expr<'s>>),
+}
+
+/// A series selector: the thing that must carry the tenant matcher.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Selector<'s> {
+    /// The bare metric name before the braces, if any.
+    pub name: Option<(Cow<'s, str>, Span)>,
+    /// The span of `{ ... }`, braces included, if present.
+    pub braces: Option<Span>,
+    /// The matcher groups; PromQL has at most one, MetricsQL `or` makes several.
+    pub groups: Vec<MatcherGroup<'s>>,
+}
+
+/// Matchers that AND together; groups of one selector OR together (MetricsQL).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MatcherGroup<'s> {
+    pub matchers: Vec<Matcher<'s>>,
+    /// Where a new matcher goes: before `}` for the last group, else after the group's last token.
+    pub insert_at: usize,
+    /// The group's last token is a comma, so a new matcher needs none.
+    pub ends_with_comma: bool,
+}
+
+/// One label matcher, `label op "value"`, or a quoted metric name standing alone.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Matcher<'s> {
+    pub label: Cow<'s, str>,
+    pub op: MatchOp,
+    pub value: Cow<'s, str>,
+    /// The matcher's own text.
+    pub span: Span,
+    /// The comma right after it, if any.
+    pub comma: Option<Span>,
+    /// `{"metric.name"}`: a name written as a lone quoted string.
+    pub name_only: bool,
+}
+
+/// Label matching operators.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MatchOp {
+    Equal,
+    NotEqual,
+    Regex,
+    NotRegex,
+}
+
+/// A binary operation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Binary<'s> {
+    pub op: BinOp,
+    pub lhs: Expr<'s>,
+    pub rhs: Expr<'s>,
+    /// `bool` modifier on a comparison.
+    pub return_bool: bool,
+    pub matching: Option<VectorMatching<'s>>,
+}
+
+/// Binary operators, PromQL and MetricsQL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BinOp {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Mod,
+    Pow,
+    Atan2,
+    Eql,
+    Neq,
+    Lt,
+    Lte,
+    Gt,
+    Gte,
+    And,
+    Or,
+    Unless,
+    Default,
+    If,
+    Ifnot,
+}
+
+impl BinOp {
+    /// Comparison operators, which take the `bool` modifier.
+    pub fn is_comparison(self) -> bool {
+        matches!(
+            self,
+            BinOp::Eql | BinOp::Neq | BinOp::Lt | BinOp::Lte | BinOp::Gt | BinOp::Gte
+        )
+    }
+
+    /// Set operators, defined only between instant vectors.
+    pub fn is_set(self) -> bool {
+        matches!(self, BinOp::And | BinOp::Or | BinOp::Unless)
+    }
+
+    /// The operator as written.
+    pub fn symbol(self) -> &'static str {
+        match self {
+            BinOp::Add => "+",
+            BinOp::Sub => "-",
+            BinOp::Mul => "*",
+            BinOp::Div => "/",
+            BinOp::Mod => "%",
+            BinOp::Pow => "^",
+            BinOp::Atan2 => "atan2",
+            BinOp::Eql => "==",
+            BinOp::Neq => "!=",
+            BinOp::Lt => "<",
+            BinOp::Lte => "<=",
+            BinOp::Gt => ">",
+            BinOp::Gte => ">=",
+            BinOp::And => "and",
+            BinOp::Or => "or",
+            BinOp::Unless => "unless",
+            BinOp::Default => "default",
+            BinOp::If => "if",
+            BinOp::Ifnot => "ifnot",
+        }
+    }
+}
+
+/// `on(...)`/`ignoring(...)` and `group_left(...)`/`group_right(...)`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VectorMatching<'s> {
+    /// `on` when true, `ignoring` when false.
+    pub on: bool,
+    pub labels: Vec<Cow<'s, str>>,
+    pub group: Option<GroupModifier<'s>>,
+}
+
+/// `group_left(labels)` or `group_right(labels)`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupModifier<'s> {
+    pub left: bool,
+    pub labels: Vec<Cow<'s, str>>,
+}
+
+/// A function call or an aggregation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Call<'s> {
+    /// The name as written.
+    pub name: &'s str,
+    /// Set when the name is a PromQL aggregation operator (matched case-insensitively).
+    pub aggregation: Option<AggOp>,
+    pub args: Vec<Expr<'s>>,
+    /// `by (...)` / `without (...)`, before or after the arguments.
+    pub grouping: Option<Grouping<'s>>,
+    /// MetricsQL `limit N` after an aggregation.
+    pub limit: Option<Box<Expr<'s>>>,
+}
+
+/// `by (labels)` or `without (labels)`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Grouping<'s> {
+    pub without: bool,
+    pub labels: Vec<Cow<'s, str>>,
+}
+
+/// `expr[range]`, `expr[range:step]`, `expr[range:]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RangeExpr<'s> {
+    pub expr: Expr<'s>,
+    pub range: Expr<'s>,
+    /// `None` for a matrix selector; `Some(step)` for a subquery, with an optional step.
+    pub subquery_step: Option<Option<Expr<'s>>>,
+    /// Prometheus 3 `anchored` / `smoothed` after a range.
+    pub smoothing: Option<Kw>,
+}
+
+impl<'s> Expr<'s> {
+    /// Calls `visit` on every series selector in the tree, in source order.
+    pub fn for_each_selector<'a>(&'a self, visit: &mut impl FnMut(&'a Selector<'s>)) {
+        match &self.kind {
+            ExprKind::Number(_) | ExprKind::Duration(_) | ExprKind::String(_) => {}
+            ExprKind::Selector(sel) => visit(sel),
+            ExprKind::Paren(e) | ExprKind::Unary { expr: e, .. } | ExprKind::KeepMetricNames(e) => {
+                e.for_each_selector(visit)
+            }
+            ExprKind::Binary(b) => {
+                b.lhs.for_each_selector(visit);
+                b.rhs.for_each_selector(visit);
+            }
+            ExprKind::Call(c) => {
+                for a in &c.args {
+                    a.for_each_selector(visit);
+                }
+                if let Some(l) = &c.limit {
+                    l.for_each_selector(visit);
+                }
+            }
+            ExprKind::Range(r) => {
+                r.expr.for_each_selector(visit);
+                r.range.for_each_selector(visit);
+                if let Some(Some(step)) = &r.subquery_step {
+                    step.for_each_selector(visit);
+                }
+            }
+            ExprKind::Offset {
+                expr,
+                offset: other,
+            }
+            | ExprKind::At { expr, at: other } => {
+                expr.for_each_selector(visit);
+                other.for_each_selector(visit);
+            }
+            ExprKind::DurationFn { args, .. } => {
+                for a in args {
+                    a.for_each_selector(visit);
+                }
+            }
+        }
+    }
 }

@@ -1,6 +1,8 @@
 //! Tenant injection: add the tenant matcher to every series selector of a query.
 
-use super::{Dialect, ParseError};
+use super::ast::{MatchOp, Selector};
+use super::strings::{is_legacy_label_name, quote_meta, write_quoted};
+use super::{lexer, parse_lexed, Dialect, ParseError};
 use std::fmt;
 
 /// What to do with a selector that already has matchers on the tenant label.
@@ -52,9 +54,49 @@ impl std::error::Error for InvalidTenant {}
 
 impl TenantMatcher {
     /// Builds the matcher: `label="v"` for one value, `label=~"v1|v2"` for several.
+    ///
+    /// An empty value is refused: `label=""` would also match series that lack the
+    /// label altogether, which is exactly the data a tenant must not see.
     pub fn new<S: AsRef<str>>(label: &str, values: &[S]) -> Result<Self, InvalidTenant> {
-        let _ = (label, values);
-        Err(InvalidTenant("not implemented yet".into()))
+        if label.is_empty() {
+            return Err(InvalidTenant("the tenant label name is empty".into()));
+        }
+        if label == "__name__" {
+            return Err(InvalidTenant("the tenant label cannot be __name__".into()));
+        }
+        let mut unique: Vec<String> = Vec::with_capacity(values.len());
+        for v in values {
+            let v = v.as_ref();
+            if v.is_empty() {
+                return Err(InvalidTenant("a tenant value is empty".into()));
+            }
+            if !unique.iter().any(|u| u == v) {
+                unique.push(v.to_string());
+            }
+        }
+        if unique.is_empty() {
+            return Err(InvalidTenant("no tenant value".into()));
+        }
+        let mut text = String::with_capacity(
+            label.len() + 8 + unique.iter().map(|v| v.len() + 1).sum::<usize>(),
+        );
+        if is_legacy_label_name(label) {
+            text.push_str(label);
+        } else {
+            write_quoted(&mut text, label);
+        }
+        if let [only] = unique.as_slice() {
+            text.push('=');
+            write_quoted(&mut text, only);
+        } else {
+            text.push_str("=~");
+            write_quoted(&mut text, &regex_alternatives(&unique));
+        }
+        Ok(TenantMatcher {
+            label: label.to_string(),
+            values: unique,
+            text,
+        })
     }
     /// The tenant label name.
     pub fn label(&self) -> &str {
@@ -68,6 +110,31 @@ impl TenantMatcher {
     pub fn matcher_text(&self) -> &str {
         &self.text
     }
+
+    /// The regular expression matching exactly the tenant values (`a|b`, metacharacters escaped).
+    pub fn values_regex(&self) -> String {
+        regex_alternatives(&self.values)
+    }
+
+    /// Whether a user's own matcher on the tenant label asks for nothing beyond ours.
+    fn allows(&self, op: MatchOp, value: &str) -> bool {
+        match op {
+            MatchOp::Equal => self.values.iter().any(|v| v == value),
+            MatchOp::Regex => value == self.values_regex(),
+            MatchOp::NotEqual | MatchOp::NotRegex => false,
+        }
+    }
+}
+
+fn regex_alternatives(values: &[String]) -> String {
+    let mut out = String::new();
+    for (i, v) in values.iter().enumerate() {
+        if i > 0 {
+            out.push('|');
+        }
+        out.push_str(&quote_meta(v));
+    }
+    out
 }
 
 /// Why a query was not rewritten.
@@ -100,6 +167,280 @@ pub fn rewrite(
     policy: ConflictPolicy,
     dialect: Dialect,
 ) -> Result<String, RewriteError> {
-    let _ = (query, tenant, policy, dialect);
-    Err(RewriteError::Conflict("not implemented yet".into()))
+    let tokens = lexer::lex(query, dialect).map_err(RewriteError::Parse)?;
+    let expr = parse_lexed(query, &tokens, dialect).map_err(RewriteError::Parse)?;
+    let mut edits: Vec<Edit> = Vec::new();
+    let mut conflict = None;
+    expr.for_each_selector(&mut |sel| {
+        if conflict.is_none() {
+            if let Err(e) = plan_selector(sel, tenant, policy, &mut edits) {
+                conflict = Some(e);
+            }
+        }
+    });
+    if let Some(e) = conflict {
+        return Err(e);
+    }
+    Ok(apply_edits(query, &mut edits))
+}
+
+/// Replace `start..end` of the input with `text` (an insertion when empty, a deletion when `text` is).
+struct Edit {
+    start: usize,
+    end: usize,
+    text: String,
+}
+
+fn plan_selector(
+    sel: &Selector<'_>,
+    tenant: &TenantMatcher,
+    policy: ConflictPolicy,
+    edits: &mut Vec<Edit>,
+) -> Result<(), RewriteError> {
+    let Some(_) = &sel.braces else {
+        // A bare metric name: `foo` becomes `foo{label="v"}`.
+        if let Some((_, name_span)) = &sel.name {
+            let mut text = String::with_capacity(tenant.text.len() + 2);
+            text.push('{');
+            text.push_str(&tenant.text);
+            text.push('}');
+            edits.push(Edit {
+                start: name_span.end,
+                end: name_span.end,
+                text,
+            });
+        }
+        return Ok(());
+    };
+    for group in &sel.groups {
+        let on_tenant_label =
+            |m: &&super::ast::Matcher<'_>| !m.name_only && m.label == tenant.label;
+        let mut remaining = group.matchers.len();
+        let mut last_remaining_has_comma = group.ends_with_comma;
+        match policy {
+            ConflictPolicy::And => {}
+            ConflictPolicy::Reject => {
+                if let Some(m) = group
+                    .matchers
+                    .iter()
+                    .filter(on_tenant_label)
+                    .find(|m| !tenant.allows(m.op, &m.value))
+                {
+                    return Err(RewriteError::Conflict(format!(
+                        "the query selects its own {:?} matcher on the tenant label {:?}, which this tenant may not use",
+                        m.value, tenant.label
+                    )));
+                }
+            }
+            ConflictPolicy::Replace => {
+                last_remaining_has_comma = false;
+                for (i, m) in group.matchers.iter().enumerate() {
+                    if !on_tenant_label(&m) {
+                        last_remaining_has_comma = m.comma.is_some();
+                        continue;
+                    }
+                    remaining -= 1;
+                    // Take the matcher with its comma and the blanks up to the next
+                    // matcher; a last matcher without a comma goes alone, leaving the
+                    // comma before it to separate the matcher we add.
+                    let end = match (&m.comma, group.matchers.get(i + 1)) {
+                        (Some(_), Some(next)) => next.span.start,
+                        (Some(comma), None) => comma.end,
+                        (None, _) => m.span.end,
+                    };
+                    edits.push(Edit {
+                        start: m.span.start,
+                        end,
+                        text: String::new(),
+                    });
+                }
+            }
+        }
+        let mut text = String::with_capacity(tenant.text.len() + 1);
+        if remaining > 0 && !last_remaining_has_comma {
+            text.push(',');
+        }
+        text.push_str(&tenant.text);
+        edits.push(Edit {
+            start: group.insert_at,
+            end: group.insert_at,
+            text,
+        });
+    }
+    Ok(())
+}
+
+fn apply_edits(src: &str, edits: &mut [Edit]) -> String {
+    edits.sort_by_key(|e| (e.start, e.end));
+    let mut out =
+        String::with_capacity(src.len() + edits.iter().map(|e| e.text.len()).sum::<usize>());
+    let mut cursor = 0;
+    for e in edits.iter() {
+        let start = e.start.max(cursor);
+        out.push_str(&src[cursor..start]);
+        out.push_str(&e.text);
+        cursor = cursor.max(e.end);
+    }
+    out.push_str(&src[cursor..]);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rw(
+        q: &str,
+        values: &[&str],
+        policy: ConflictPolicy,
+        dialect: Dialect,
+    ) -> Result<String, RewriteError> {
+        rewrite(
+            q,
+            &TenantMatcher::new("client_id", values).unwrap(),
+            policy,
+            dialect,
+        )
+    }
+
+    fn ok(q: &str) -> String {
+        rw(q, &["1999"], ConflictPolicy::And, Dialect::Promql).unwrap()
+    }
+
+    #[test]
+    fn issue_examples() {
+        assert_eq!(ok("foo"), r#"foo{client_id="1999"}"#);
+        assert_eq!(ok(r#"foo{a="b"}"#), r#"foo{a="b",client_id="1999"}"#);
+        assert_eq!(
+            ok(r#"{__name__="foo"}[5m]"#),
+            r#"{__name__="foo",client_id="1999"}[5m]"#
+        );
+        assert_eq!(
+            ok(
+                r#"max_over_time(deriv(rate(distance_covered_total[5s])[30s:5s])[10m:])and http_requests_total{status_code=~"2.*"}[50h]"#
+            ),
+            r#"max_over_time(deriv(rate(distance_covered_total{client_id="1999"}[5s])[30s:5s])[10m:])and http_requests_total{status_code=~"2.*",client_id="1999"}[50h]"#
+        );
+    }
+
+    #[test]
+    fn comma_rules() {
+        assert_eq!(ok(r#"foo{a="b",}"#), r#"foo{a="b",client_id="1999"}"#);
+        assert_eq!(ok(r#"foo{a="b" }"#), r#"foo{a="b" ,client_id="1999"}"#);
+        assert_eq!(ok(r#"foo{a="b", }"#), r#"foo{a="b", client_id="1999"}"#);
+        assert_eq!(ok("foo{}"), r#"foo{client_id="1999"}"#);
+        assert_eq!(
+            ok("foo{a=\"b\" # c,\n}"),
+            "foo{a=\"b\" # c,\n,client_id=\"1999\"}"
+        );
+    }
+
+    #[test]
+    fn no_selector_is_unchanged() {
+        assert_eq!(ok("1+1"), "1+1");
+        assert_eq!(ok("time()"), "time()");
+    }
+
+    #[test]
+    fn several_values_and_hostile_ones() {
+        assert_eq!(
+            rw("foo", &["a.b", "c|d"], ConflictPolicy::And, Dialect::Promql).unwrap(),
+            r#"foo{client_id=~"a\\.b|c\\|d"}"#
+        );
+        assert_eq!(
+            rw(
+                "foo",
+                &["1999\"} or vector(1) #"],
+                ConflictPolicy::And,
+                Dialect::Promql
+            )
+            .unwrap(),
+            r#"foo{client_id="1999\"} or vector(1) #"}"#
+        );
+        let quoted = TenantMatcher::new("tenant.id", &["x"]).unwrap();
+        assert_eq!(quoted.matcher_text(), r#""tenant.id"="x""#);
+        assert!(TenantMatcher::new("client_id", &[""]).is_err());
+        assert!(TenantMatcher::new("client_id", &[] as &[&str]).is_err());
+    }
+
+    #[test]
+    fn conflict_policies() {
+        let q = r#"foo{client_id="2000", a="b"}"#;
+        assert_eq!(
+            rw(q, &["1999"], ConflictPolicy::And, Dialect::Promql).unwrap(),
+            r#"foo{client_id="2000", a="b",client_id="1999"}"#
+        );
+        assert_eq!(
+            rw(q, &["1999"], ConflictPolicy::Replace, Dialect::Promql).unwrap(),
+            r#"foo{a="b",client_id="1999"}"#
+        );
+        assert!(matches!(
+            rw(q, &["1999"], ConflictPolicy::Reject, Dialect::Promql),
+            Err(RewriteError::Conflict(_))
+        ));
+        assert_eq!(
+            rw(
+                r#"foo{client_id="1999"}"#,
+                &["1999"],
+                ConflictPolicy::Reject,
+                Dialect::Promql
+            )
+            .unwrap(),
+            r#"foo{client_id="1999",client_id="1999"}"#
+        );
+        assert_eq!(
+            rw(
+                r#"foo{a="b", client_id="x"}"#,
+                &["1"],
+                ConflictPolicy::Replace,
+                Dialect::Promql
+            )
+            .unwrap(),
+            r#"foo{a="b", client_id="1"}"#
+        );
+        assert_eq!(
+            rw(
+                r#"foo{client_id="x"}"#,
+                &["1"],
+                ConflictPolicy::Replace,
+                Dialect::Promql
+            )
+            .unwrap(),
+            r#"foo{client_id="1"}"#
+        );
+        assert_eq!(
+            rw(
+                r#"foo{client_id="x",}"#,
+                &["1"],
+                ConflictPolicy::Replace,
+                Dialect::Promql
+            )
+            .unwrap(),
+            r#"foo{client_id="1"}"#
+        );
+    }
+
+    #[test]
+    fn metricsql_or_filters_get_the_matcher_in_every_branch() {
+        assert_eq!(
+            rw(
+                r#"foo{a="b" or c="d"}"#,
+                &["1999"],
+                ConflictPolicy::And,
+                Dialect::Metricsql
+            )
+            .unwrap(),
+            r#"foo{a="b",client_id="1999" or c="d",client_id="1999"}"#
+        );
+        assert_eq!(
+            rw(
+                "rate(x) default 0",
+                &["1"],
+                ConflictPolicy::And,
+                Dialect::Metricsql
+            )
+            .unwrap(),
+            r#"rate(x{client_id="1"}) default 0"#
+        );
+    }
 }

@@ -3,9 +3,16 @@
 //! The entry points are [`parse`] and [`inject::rewrite`].
 
 pub mod ast;
+mod check;
+mod duration;
+mod error;
 pub mod inject;
+pub mod lexer;
+mod parser;
+mod strings;
 
-use std::fmt;
+pub use error::ParseError;
+pub use strings::{is_legacy_label_name, quote_meta, write_quoted};
 
 /// Which query language the backend speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
@@ -31,34 +38,42 @@ impl std::str::FromStr for Dialect {
     }
 }
 
-/// A query that could not be parsed: where, and why, in words a user can act on.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ParseError {
-    /// Human message without the position, e.g. `unexpected "}", expected label matcher`.
-    pub message: String,
-    /// Byte offset into the input.
-    pub offset: usize,
-    /// 1-based line.
-    pub line: u32,
-    /// 1-based column, counted in characters.
-    pub column: u32,
-}
-
-impl fmt::Display for ParseError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} at {}:{}", self.message, self.line, self.column)
-    }
-}
-
-impl std::error::Error for ParseError {}
-
 /// Parses `input` into an AST, with every node carrying its byte span.
-pub fn parse(input: &str, dialect: Dialect) -> Result<ast::Expr, ParseError> {
-    let _ = (input, dialect);
-    Err(ParseError {
-        message: "parser not implemented yet".into(),
-        offset: 0,
-        line: 1,
-        column: 1,
-    })
+///
+/// Lexing, syntax and the type checks all happen here: an `Ok` is a query the
+/// backend would accept too.
+pub fn parse(input: &str, dialect: Dialect) -> Result<ast::Expr<'_>, ParseError> {
+    let tokens = lexer::lex(input, dialect)?;
+    parse_lexed(input, &tokens, dialect)
+}
+
+/// Parses and checks already-lexed tokens of `input`.
+pub(crate) fn parse_lexed<'a>(
+    input: &'a str,
+    tokens: &[lexer::Token],
+    dialect: Dialect,
+) -> Result<ast::Expr<'a>, ParseError> {
+    if tokens.is_empty() {
+        return Err(ParseError::at(
+            input,
+            input.len(),
+            "no expression found in input",
+        ));
+    }
+    if dialect == Dialect::Metricsql {
+        if let Some(at) = tokens.windows(2).find_map(|w| {
+            (w[0].0 == lexer::Tok::Ident(lexer::Kw::With) && w[1].0 == lexer::Tok::LParen)
+                .then_some(w[0].1.start)
+        }) {
+            return Err(ParseError::at(
+                input,
+                at,
+                "MetricsQL WITH templates are not supported: expand the template and send the resulting query",
+            ));
+        }
+    }
+    let expr =
+        parser::parse_tokens(input, tokens, dialect).map_err(|e| e.into_parse_error(input))?;
+    check::check(input, &expr, dialect)?;
+    Ok(expr)
 }

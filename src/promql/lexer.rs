@@ -1,0 +1,747 @@
+//! The lexer: turns query text into spanned tokens for the chumsky parser.
+//!
+//! It is hand-written because PromQL's lexing is context-sensitive, exactly like
+//! Prometheus' own lexer: inside `{...}` every word is a label name and `:` is an
+//! error; inside `[...]` a `:` separates range and step; `=~` and `!~` exist only
+//! inside braces. The lexer also enforces the nesting cap, so the recursive-descent
+//! parser after it can never exhaust the stack.
+
+use super::error::ParseError;
+use super::Dialect;
+
+/// Deepest nesting accepted: brackets, unary operators and `^` chains all count.
+///
+/// Real queries nest a few levels; the corpus' deepest stays far below this.
+pub const MAX_NESTING: usize = 64;
+
+/// Most binary operators accepted in one query. A chain `a + b + c ...` parses in a
+/// loop but makes a tree as deep as it is long, and walking that tree recurses.
+pub const MAX_BINARY_OPERATORS: usize = 2000;
+
+/// What a word means when it is not a name. Matched case-insensitively, like Prometheus.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kw {
+    /// A plain identifier.
+    None,
+    And,
+    Or,
+    Unless,
+    Atan2,
+    By,
+    Without,
+    On,
+    Ignoring,
+    GroupLeft,
+    GroupRight,
+    Bool,
+    Offset,
+    Start,
+    End,
+    Step,
+    Range,
+    MinOf,
+    MaxOf,
+    Smoothed,
+    Anchored,
+    Inf,
+    Nan,
+    // MetricsQL
+    Default,
+    If,
+    Ifnot,
+    KeepMetricNames,
+    Limit,
+    With,
+    /// An aggregation operator (`sum`, `topk`, ...).
+    Aggregation(AggOp),
+}
+
+/// Aggregation operators of PromQL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AggOp {
+    Sum,
+    Avg,
+    Count,
+    Min,
+    Max,
+    Group,
+    Stddev,
+    Stdvar,
+    Topk,
+    Bottomk,
+    CountValues,
+    Quantile,
+    Limitk,
+    LimitRatio,
+}
+
+impl AggOp {
+    /// The operator's name as Prometheus spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            AggOp::Sum => "sum",
+            AggOp::Avg => "avg",
+            AggOp::Count => "count",
+            AggOp::Min => "min",
+            AggOp::Max => "max",
+            AggOp::Group => "group",
+            AggOp::Stddev => "stddev",
+            AggOp::Stdvar => "stdvar",
+            AggOp::Topk => "topk",
+            AggOp::Bottomk => "bottomk",
+            AggOp::CountValues => "count_values",
+            AggOp::Quantile => "quantile",
+            AggOp::Limitk => "limitk",
+            AggOp::LimitRatio => "limit_ratio",
+        }
+    }
+}
+
+/// Token kinds. Text and values are read from the source through the span.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Tok {
+    Ident(Kw),
+    Number,
+    Duration,
+    /// A quoted string: `"..."`, `'...'` or `` `...` ``.
+    Str,
+    LParen,
+    RParen,
+    LBrace,
+    RBrace,
+    LBracket,
+    RBracket,
+    Comma,
+    Colon,
+    At,
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Mod,
+    Pow,
+    /// `==`
+    EqlEql,
+    /// `!=`
+    Neq,
+    Lt,
+    Lte,
+    Gt,
+    Gte,
+    /// `=`
+    Assign,
+    /// `=~`
+    EqlRegex,
+    /// `!~`
+    NeqRegex,
+}
+
+impl Tok {
+    /// How an error message names this token kind when it was expected.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Tok::Ident(_) => "identifier",
+            Tok::Number => "number",
+            Tok::Duration => "duration",
+            Tok::Str => "string",
+            Tok::LParen => "\"(\"",
+            Tok::RParen => "\")\"",
+            Tok::LBrace => "\"{\"",
+            Tok::RBrace => "\"}\"",
+            Tok::LBracket => "\"[\"",
+            Tok::RBracket => "\"]\"",
+            Tok::Comma => "\",\"",
+            Tok::Colon => "\":\"",
+            Tok::At => "\"@\"",
+            Tok::Add => "\"+\"",
+            Tok::Sub => "\"-\"",
+            Tok::Mul => "\"*\"",
+            Tok::Div => "\"/\"",
+            Tok::Mod => "\"%\"",
+            Tok::Pow => "\"^\"",
+            Tok::EqlEql => "\"==\"",
+            Tok::Neq => "\"!=\"",
+            Tok::Lt => "\"<\"",
+            Tok::Lte => "\"<=\"",
+            Tok::Gt => "\">\"",
+            Tok::Gte => "\">=\"",
+            Tok::Assign => "\"=\"",
+            Tok::EqlRegex => "\"=~\"",
+            Tok::NeqRegex => "\"!~\"",
+        }
+    }
+
+    /// True for tokens after which a `+`/`-` is binary rather than unary.
+    fn ends_operand(self) -> bool {
+        matches!(
+            self,
+            Tok::Ident(_)
+                | Tok::Number
+                | Tok::Duration
+                | Tok::Str
+                | Tok::RParen
+                | Tok::RBracket
+                | Tok::RBrace
+        )
+    }
+}
+
+/// A token and the byte range it covers (a tuple, so chumsky can split it).
+pub type Token = (Tok, chumsky::span::SimpleSpan);
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Group {
+    Paren,
+    Brace,
+    Bracket,
+}
+
+/// Splits `src` into tokens; comments and blanks are dropped.
+pub fn lex(src: &str, dialect: Dialect) -> Result<Vec<Token>, ParseError> {
+    Lexer {
+        src,
+        bytes: src.as_bytes(),
+        pos: 0,
+        dialect,
+        groups: Vec::new(),
+        out: Vec::new(),
+    }
+    .run()
+}
+
+struct Lexer<'a> {
+    src: &'a str,
+    bytes: &'a [u8],
+    pos: usize,
+    dialect: Dialect,
+    groups: Vec<Group>,
+    out: Vec<Token>,
+}
+
+fn is_ident_start(b: u8) -> bool {
+    b.is_ascii_alphabetic() || b == b'_'
+}
+
+fn is_ident_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_'
+}
+
+impl<'a> Lexer<'a> {
+    fn err(&self, at: usize, message: String) -> ParseError {
+        ParseError::at(self.src, at, message)
+    }
+
+    fn peek(&self) -> Option<u8> {
+        self.bytes.get(self.pos).copied()
+    }
+
+    fn peek_at(&self, n: usize) -> Option<u8> {
+        self.bytes.get(self.pos + n).copied()
+    }
+
+    fn push(&mut self, tok: Tok, start: usize) {
+        self.out.push((tok, (start..self.pos).into()));
+    }
+
+    fn innermost(&self) -> Option<Group> {
+        self.groups.last().copied()
+    }
+
+    fn in_brackets(&self) -> bool {
+        self.groups.contains(&Group::Bracket)
+    }
+
+    fn run(mut self) -> Result<Vec<Token>, ParseError> {
+        // Nesting score: open groups plus every unary operator and `^` seen; a generous
+        // over-estimate of the parser's recursion depth, checked before parsing starts.
+        let mut unary_and_pow = 0usize;
+        let mut binary_operators = 0usize;
+        while let Some(b) = self.peek() {
+            let start = self.pos;
+            match b {
+                b' ' | b'\t' | b'\n' | b'\r' => self.pos += 1,
+                b'#' => {
+                    while let Some(c) = self.peek() {
+                        if c == b'\n' {
+                            break;
+                        }
+                        self.pos += 1;
+                    }
+                }
+                b'(' | b'{' | b'[' => {
+                    let (group, tok) = match b {
+                        b'(' => (Group::Paren, Tok::LParen),
+                        b'{' => (Group::Brace, Tok::LBrace),
+                        _ => (Group::Bracket, Tok::LBracket),
+                    };
+                    if self.innermost() == Some(Group::Brace) {
+                        return Err(self.err(
+                            start,
+                            format!("unexpected character inside braces: {:?}", b as char),
+                        ));
+                    }
+                    self.groups.push(group);
+                    if self.groups.len() + unary_and_pow > MAX_NESTING {
+                        return Err(self.too_deep(start));
+                    }
+                    self.pos += 1;
+                    self.push(tok, start);
+                }
+                b')' | b'}' | b']' => {
+                    let (group, tok, name) = match b {
+                        b')' => (Group::Paren, Tok::RParen, "right parenthesis ')'"),
+                        b'}' => (Group::Brace, Tok::RBrace, "'}'"),
+                        _ => (Group::Bracket, Tok::RBracket, "right bracket ']'"),
+                    };
+                    if self.innermost() != Some(group) {
+                        return Err(self.err(start, format!("unexpected {name}")));
+                    }
+                    self.groups.pop();
+                    self.pos += 1;
+                    self.push(tok, start);
+                }
+                b'"' | b'\'' | b'`' => {
+                    self.string(b)?;
+                    self.push(Tok::Str, start);
+                }
+                b'0'..=b'9' => {
+                    let tok = self.number_or_duration()?;
+                    self.push(tok, start);
+                }
+                b'.' if self.peek_at(1).is_some_and(|c| c.is_ascii_digit()) => {
+                    let tok = self.number_or_duration()?;
+                    self.push(tok, start);
+                }
+                _ if is_ident_start(b) => {
+                    let colon_allowed =
+                        self.innermost() != Some(Group::Brace) && !self.in_brackets();
+                    while let Some(c) = self.peek() {
+                        if is_ident_char(c) || (c == b':' && colon_allowed) {
+                            self.pos += 1;
+                        } else {
+                            break;
+                        }
+                    }
+                    // A colon may also start a metric name (`:foo:rate5m`), handled below.
+                    let kw = if self.innermost() == Some(Group::Brace) {
+                        // Inside braces every word is a label name, except MetricsQL's `or`.
+                        match (self.dialect, &self.src[start..self.pos]) {
+                            (Dialect::Metricsql, w) if w.eq_ignore_ascii_case("or") => Kw::Or,
+                            _ => Kw::None,
+                        }
+                    } else {
+                        keyword(&self.src[start..self.pos])
+                    };
+                    if matches!(
+                        kw,
+                        Kw::And
+                            | Kw::Or
+                            | Kw::Unless
+                            | Kw::Atan2
+                            | Kw::Default
+                            | Kw::If
+                            | Kw::Ifnot
+                    ) {
+                        binary_operators += 1;
+                        if binary_operators > MAX_BINARY_OPERATORS {
+                            return Err(self.too_many_operators(start));
+                        }
+                    }
+                    self.push(Tok::Ident(kw), start);
+                }
+                b':' if self.innermost() != Some(Group::Brace)
+                    && !self.in_brackets()
+                    && self
+                        .peek_at(1)
+                        .is_some_and(|c| is_ident_start(c) || c == b':') =>
+                {
+                    while let Some(c) = self.peek() {
+                        if is_ident_char(c) || c == b':' {
+                            self.pos += 1;
+                        } else {
+                            break;
+                        }
+                    }
+                    self.push(Tok::Ident(Kw::None), start);
+                }
+                _ => {
+                    let tok = self.operator(b, start)?;
+                    let is_unary = matches!(tok, Tok::Add | Tok::Sub)
+                        && !self.out.last().is_some_and(|t| t.0.ends_operand());
+                    if is_unary || tok == Tok::Pow {
+                        unary_and_pow += 1;
+                        if self.groups.len() + unary_and_pow > MAX_NESTING {
+                            return Err(self.too_deep(start));
+                        }
+                    }
+                    if !is_unary && tok != Tok::Comma {
+                        binary_operators += 1;
+                        if binary_operators > MAX_BINARY_OPERATORS {
+                            return Err(self.too_many_operators(start));
+                        }
+                    }
+                    self.push(tok, start);
+                }
+            }
+        }
+        if let Some(open) = self.innermost() {
+            let message = match open {
+                Group::Paren => "unclosed left parenthesis",
+                Group::Brace => "unexpected end of input inside braces",
+                Group::Bracket => "unclosed left bracket",
+            };
+            return Err(self.err(self.src.len(), message.to_string()));
+        }
+        Ok(self.out)
+    }
+
+    fn too_deep(&self, at: usize) -> ParseError {
+        self.err(
+            at,
+            format!("query nests too deeply (more than {MAX_NESTING} levels)"),
+        )
+    }
+
+    fn too_many_operators(&self, at: usize) -> ParseError {
+        self.err(
+            at,
+            format!("query has too many operators (more than {MAX_BINARY_OPERATORS})"),
+        )
+    }
+
+    fn operator(&mut self, b: u8, start: usize) -> Result<Tok, ParseError> {
+        let in_braces = self.innermost() == Some(Group::Brace);
+        let next = self.peek_at(1);
+        let (tok, len) = match (b, next) {
+            (b',', _) => (Tok::Comma, 1),
+            (b'=', Some(b'~')) if in_braces => (Tok::EqlRegex, 2),
+            (b'!', Some(b'~')) if in_braces => (Tok::NeqRegex, 2),
+            (b'!', Some(b'=')) => (Tok::Neq, 2),
+            (b'=', Some(b'=')) if !in_braces => (Tok::EqlEql, 2),
+            (b'=', _) => (Tok::Assign, 1),
+            (b'!', Some(c)) => {
+                return Err(self.err(
+                    start,
+                    format!("unexpected character after '!': {:?}", c as char),
+                ))
+            }
+            (b'!', None) => return Err(self.err(start, "unexpected end of input after '!'".into())),
+            _ if in_braces => {
+                return Err(self.err(
+                    start,
+                    format!(
+                        "unexpected character inside braces: {}",
+                        self.char_at(start)
+                    ),
+                ))
+            }
+            (b':', _) if self.in_brackets() => (Tok::Colon, 1),
+            (b'@', _) => (Tok::At, 1),
+            (b'+', _) => (Tok::Add, 1),
+            (b'-', _) => (Tok::Sub, 1),
+            (b'*', _) => (Tok::Mul, 1),
+            (b'/', _) => (Tok::Div, 1),
+            (b'%', _) => (Tok::Mod, 1),
+            (b'^', _) => (Tok::Pow, 1),
+            (b'<', Some(b'=')) => (Tok::Lte, 2),
+            (b'<', _) => (Tok::Lt, 1),
+            (b'>', Some(b'=')) => (Tok::Gte, 2),
+            (b'>', _) => (Tok::Gt, 1),
+            _ => {
+                return Err(self.err(
+                    start,
+                    format!("unexpected character: {}", self.char_at(start)),
+                ))
+            }
+        };
+        self.pos += len;
+        Ok(tok)
+    }
+
+    fn char_at(&self, at: usize) -> String {
+        match self.src[at..].chars().next() {
+            Some(c) => format!("{c:?}"),
+            None => "end of input".to_string(),
+        }
+    }
+
+    /// Scans a quoted string, checking Go's escape rules; decoding happens later.
+    fn string(&mut self, quote: u8) -> Result<(), ParseError> {
+        let start = self.pos;
+        self.pos += 1;
+        if quote == b'`' {
+            match self.src[self.pos..].find('`') {
+                Some(n) => {
+                    self.pos += n + 1;
+                    return Ok(());
+                }
+                None => return Err(self.err(start, "unterminated raw string".into())),
+            }
+        }
+        loop {
+            let Some(c) = self.peek() else {
+                return Err(self.err(start, "unterminated quoted string".into()));
+            };
+            match c {
+                b'\\' => {
+                    self.pos += 1;
+                    self.escape(quote)?;
+                }
+                b'\n' => return Err(self.err(start, "unterminated quoted string".into())),
+                _ if c == quote => {
+                    self.pos += 1;
+                    return Ok(());
+                }
+                _ => self.pos += 1,
+            }
+        }
+    }
+
+    /// Validates one escape sequence after the backslash, as Go's lexer does.
+    fn escape(&mut self, quote: u8) -> Result<(), ParseError> {
+        let at = self.pos - 1;
+        let Some(c) = self.peek() else {
+            return Err(self.err(at, "escape sequence not terminated".into()));
+        };
+        let (digits, base, max): (usize, u32, u32) = match c {
+            b'a' | b'b' | b'f' | b'n' | b'r' | b't' | b'v' | b'\\' => {
+                self.pos += 1;
+                return Ok(());
+            }
+            _ if c == quote => {
+                self.pos += 1;
+                return Ok(());
+            }
+            b'0'..=b'7' => (3, 8, 255),
+            b'x' => (2, 16, 255),
+            b'u' => (4, 16, 0x10FFFF),
+            b'U' => (8, 16, 0x10FFFF),
+            _ => {
+                return Err(self.err(
+                    at,
+                    format!("unknown escape sequence {}", self.char_at(self.pos)),
+                ));
+            }
+        };
+        if c != b'0' && !(b'1'..=b'7').contains(&c) {
+            self.pos += 1;
+        }
+        let mut value: u32 = 0;
+        for _ in 0..digits {
+            let Some(d) = self.peek() else {
+                return Err(self.err(at, "escape sequence not terminated".into()));
+            };
+            let Some(v) = (d as char).to_digit(base) else {
+                return Err(self.err(
+                    at,
+                    format!(
+                        "illegal character {} in escape sequence",
+                        self.char_at(self.pos)
+                    ),
+                ));
+            };
+            value = value * base + v;
+            self.pos += 1;
+        }
+        if value > max || (0xD800..0xE000).contains(&value) && max > 255 {
+            return Err(self.err(
+                at,
+                "escape sequence is an invalid Unicode code point".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Numbers (`1`, `.5`, `5.`, `1e3`, `0x1F`, MetricsQL `2Ki`) and durations (`1h30m`).
+    fn number_or_duration(&mut self) -> Result<Tok, ParseError> {
+        let start = self.pos;
+        let bytes = self.bytes;
+        let digits = |mut i: usize| {
+            while i < bytes.len() && bytes[i].is_ascii_digit() {
+                i += 1;
+            }
+            i
+        };
+        if bytes[start] == b'0' && matches!(self.peek_at(1), Some(b'x' | b'X')) {
+            let mut i = start + 2;
+            while i < bytes.len() && bytes[i].is_ascii_hexdigit() {
+                i += 1;
+            }
+            if i == start + 2 {
+                return Err(self.bad_number(start, i + 1));
+            }
+            self.pos = i;
+            return self.finish_number(start);
+        }
+        let int_end = digits(start);
+        // A duration: digits followed by unit letters, repeated (`1h30m`, `5m`, `1.5h` in MetricsQL).
+        if int_end < bytes.len()
+            && bytes[int_end].is_ascii_alphabetic()
+            && !is_exponent(bytes, int_end)
+        {
+            return self.duration(start);
+        }
+        let mut i = int_end;
+        if i < bytes.len() && bytes[i] == b'.' {
+            i = digits(i + 1);
+        }
+        if is_exponent(bytes, i) {
+            i += 1;
+            if i < bytes.len() && (bytes[i] == b'+' || bytes[i] == b'-') {
+                i += 1;
+            }
+            i = digits(i);
+        }
+        self.pos = i;
+        if self.dialect == Dialect::Metricsql
+            && self.peek().is_some_and(|c| c.is_ascii_alphabetic())
+        {
+            // MetricsQL: fractional durations (`1.5h`) and size suffixes (`2Ki`, `5M`).
+            if let Some(len) = metricsql_suffix(&bytes[i..]) {
+                self.pos = i + len;
+                return self.finish_number(start);
+            }
+            return self.duration(start);
+        }
+        self.finish_number(start)
+    }
+
+    fn finish_number(&mut self, start: usize) -> Result<Tok, ParseError> {
+        if self.peek().is_some_and(|c| is_ident_char(c) || c == b'.') {
+            let mut end = self.pos + 1;
+            while end < self.bytes.len()
+                && (is_ident_char(self.bytes[end]) || self.bytes[end] == b'.')
+            {
+                end += 1;
+            }
+            return Err(self.bad_number(start, end));
+        }
+        let text = &self.src[start..self.pos];
+        if super::parser::number_value(text).is_infinite() {
+            return Err(self.err(
+                start,
+                format!("error parsing number: {text:?}: value out of range"),
+            ));
+        }
+        Ok(Tok::Number)
+    }
+
+    fn duration(&mut self, start: usize) -> Result<Tok, ParseError> {
+        let bytes = self.bytes;
+        let mut i = start;
+        loop {
+            let num_start = i;
+            while i < bytes.len()
+                && (bytes[i].is_ascii_digit()
+                    || (bytes[i] == b'.' && self.dialect == Dialect::Metricsql))
+            {
+                i += 1;
+            }
+            if i == num_start {
+                break;
+            }
+            let unit_start = i;
+            while i < bytes.len() && bytes[i].is_ascii_alphabetic() {
+                i += 1;
+            }
+            if i == unit_start {
+                // Digits without a unit after a unit: `5m1`.
+                return Err(self.bad_number(start, i));
+            }
+        }
+        if i < bytes.len() && (is_ident_char(bytes[i]) || bytes[i] == b'.') {
+            return Err(self.bad_number(start, i + 1));
+        }
+        self.pos = i;
+        super::duration::parse_duration_literal(&self.src[start..i], self.dialect)
+            .map_err(|m| self.err(start, m))?;
+        Ok(Tok::Duration)
+    }
+
+    fn bad_number(&self, start: usize, end: usize) -> ParseError {
+        let end = end.min(self.src.len());
+        let end = (end..=self.src.len())
+            .find(|&e| self.src.is_char_boundary(e))
+            .unwrap_or(self.src.len());
+        self.err(
+            start,
+            format!("bad number or duration syntax: {:?}", &self.src[start..end]),
+        )
+    }
+}
+
+fn is_exponent(bytes: &[u8], i: usize) -> bool {
+    if i >= bytes.len() || (bytes[i] != b'e' && bytes[i] != b'E') {
+        return false;
+    }
+    let mut j = i + 1;
+    if j < bytes.len() && (bytes[j] == b'+' || bytes[j] == b'-') {
+        j += 1;
+    }
+    j < bytes.len() && bytes[j].is_ascii_digit()
+}
+
+/// Length of a MetricsQL size suffix at the start of `rest`, if one stands there alone.
+fn metricsql_suffix(rest: &[u8]) -> Option<usize> {
+    const SUFFIXES: [&[u8]; 8] = [b"Ki", b"Mi", b"Gi", b"Ti", b"K", b"M", b"G", b"T"];
+    SUFFIXES
+        .iter()
+        .find(|s| rest.starts_with(s) && !rest.get(s.len()).is_some_and(|&c| is_ident_char(c)))
+        .map(|s| s.len())
+}
+
+/// Classifies a word outside braces. Keywords are case-insensitive, as in Prometheus.
+pub fn keyword(word: &str) -> Kw {
+    if word.len() > 17 {
+        return Kw::None;
+    }
+    let mut buf = [0u8; 17];
+    let lower = &mut buf[..word.len()];
+    lower.copy_from_slice(word.as_bytes());
+    lower.make_ascii_lowercase();
+    match &*lower {
+        b"and" => Kw::And,
+        b"or" => Kw::Or,
+        b"unless" => Kw::Unless,
+        b"atan2" => Kw::Atan2,
+        b"by" => Kw::By,
+        b"without" => Kw::Without,
+        b"on" => Kw::On,
+        b"ignoring" => Kw::Ignoring,
+        b"group_left" => Kw::GroupLeft,
+        b"group_right" => Kw::GroupRight,
+        b"bool" => Kw::Bool,
+        b"offset" => Kw::Offset,
+        b"start" => Kw::Start,
+        b"end" => Kw::End,
+        b"step" => Kw::Step,
+        b"range" => Kw::Range,
+        b"min_of" => Kw::MinOf,
+        b"max_of" => Kw::MaxOf,
+        b"smoothed" => Kw::Smoothed,
+        b"anchored" => Kw::Anchored,
+        b"inf" => Kw::Inf,
+        b"nan" => Kw::Nan,
+        b"default" => Kw::Default,
+        b"if" => Kw::If,
+        b"ifnot" => Kw::Ifnot,
+        b"keep_metric_names" => Kw::KeepMetricNames,
+        b"limit" => Kw::Limit,
+        b"with" => Kw::With,
+        b"sum" => Kw::Aggregation(AggOp::Sum),
+        b"avg" => Kw::Aggregation(AggOp::Avg),
+        b"count" => Kw::Aggregation(AggOp::Count),
+        b"min" => Kw::Aggregation(AggOp::Min),
+        b"max" => Kw::Aggregation(AggOp::Max),
+        b"group" => Kw::Aggregation(AggOp::Group),
+        b"stddev" => Kw::Aggregation(AggOp::Stddev),
+        b"stdvar" => Kw::Aggregation(AggOp::Stdvar),
+        b"topk" => Kw::Aggregation(AggOp::Topk),
+        b"bottomk" => Kw::Aggregation(AggOp::Bottomk),
+        b"count_values" => Kw::Aggregation(AggOp::CountValues),
+        b"quantile" => Kw::Aggregation(AggOp::Quantile),
+        b"limitk" => Kw::Aggregation(AggOp::Limitk),
+        b"limit_ratio" => Kw::Aggregation(AggOp::LimitRatio),
+        _ => Kw::None,
+    }
+}
