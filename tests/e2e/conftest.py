@@ -171,6 +171,16 @@ def bearer(token: str) -> dict[str, str]:
 REQUEST_TIMEOUT_S = 5
 
 
+def send(method: str, url: str, **kwargs) -> requests.Response:
+    """requests.request with the suite's timeout, and a plain failure when it hangs."""
+    try:
+        return requests.request(method, url, timeout=REQUEST_TIMEOUT_S, **kwargs)
+    except requests.Timeout:
+        pass  # failed outside the handler, so that the report is one line, not a chain
+    pytest.fail(f"{method} {url.split('?')[0]}: no answer within {REQUEST_TIMEOUT_S}s "
+                "(a filter that paused the request and never resumed it?)", pytrace=False)
+
+
 def call(proxy: Envoy, method: str, path: str, token: str | None = None,
          params: dict | list | None = None, headers: dict | None = None,
          **kwargs) -> requests.Response:
@@ -180,10 +190,8 @@ def call(proxy: Envoy, method: str, path: str, token: str | None = None,
         all_headers.update(bearer(token))
     url = proxy.url + path
     if method == "POST":
-        return requests.post(url, data=params, headers=all_headers,
-                             timeout=REQUEST_TIMEOUT_S, **kwargs)
-    return requests.request(method, url, params=params, headers=all_headers,
-                            timeout=REQUEST_TIMEOUT_S, **kwargs)
+        return send("POST", url, data=params, headers=all_headers, **kwargs)
+    return send(method, url, params=params, headers=all_headers, **kwargs)
 
 
 def assert_prometheus_error(response: requests.Response, status: int, error_type: str,

@@ -13,9 +13,8 @@ import datetime
 import json
 
 import pytest
-import requests
 import seed
-from conftest import REQUEST_TIMEOUT_S, call
+from conftest import call, send
 
 USER_TENANT = {"alice": seed.ALICE_TENANT, "bob": seed.BOB_TENANT}
 ANY_SERIES = '{__name__=~".+"}'
@@ -197,12 +196,11 @@ def test_every_spelling_and_copy_of_query_is_rewritten(proxy, vm, tokens, user, 
     url = f"{proxy.url}/api/v1/query?time={vm.seed_s}"
     headers = {"Authorization": f"Bearer {tokens[user]}", **FORM}
     if where == "url":
-        response = requests.get(f"{url}&{pair}", headers=headers, timeout=REQUEST_TIMEOUT_S)
+        response = send("GET", f"{url}&{pair}", headers=headers)
     elif where == "body":
-        response = requests.post(url, data=pair, headers=headers, timeout=REQUEST_TIMEOUT_S)
+        response = send("POST", url, data=pair, headers=headers)
     else:
-        response = requests.post(f"{url}&{pair}", data=f"{pair}&{pair}", headers=headers,
-                                 timeout=REQUEST_TIMEOUT_S)
+        response = send("POST", f"{url}&{pair}", data=f"{pair}&{pair}", headers=headers)
     data = success(response)
     assert {seed.as_key(s["metric"]) for s in data["result"]} == own_keys(user)
 
@@ -212,8 +210,7 @@ def test_every_spelling_of_match_is_rewritten(proxy, vm, tokens, user, spelling)
     url = f"{proxy.url}/api/v1/series?start={vm.start_s}&end={vm.seed_s + 60}"
     headers = {"Authorization": f"Bearer {tokens[user]}", **FORM}
     body = f"{spelling}={ANY_ENCODED}&{spelling}=http_requests_total"
-    data = success(requests.post(f"{url}&{spelling}={ANY_ENCODED}", data=body,
-                                 headers=headers, timeout=REQUEST_TIMEOUT_S))
+    data = success(send("POST", f"{url}&{spelling}={ANY_ENCODED}", data=body, headers=headers))
     assert {seed.as_key(s) for s in data} == own_keys(user)
 
 

@@ -9,8 +9,7 @@ a query that does not parse gets 400. Also the other refusals of the request han
 from __future__ import annotations
 
 import pytest
-import requests
-from conftest import REQUEST_TIMEOUT_S, assert_prometheus_error, bearer, call
+from conftest import assert_prometheus_error, bearer, call, send
 
 QUERY = {"query": "up"}
 
@@ -128,8 +127,8 @@ def test_buildinfo_by_post_is_405(envoy, tokens):
     ("text/plain", b"query=up"),
 ])
 def test_body_of_another_content_type_is_415(envoy, tokens, content_type, body):
-    response = requests.post(f"{envoy.url}/api/v1/query", data=body, timeout=REQUEST_TIMEOUT_S,
-                             headers={"Content-Type": content_type, **bearer(tokens["alice"])})
+    response = send("POST", f"{envoy.url}/api/v1/query", data=body,
+                    headers={"Content-Type": content_type, **bearer(tokens["alice"])})
     assert response.status_code == 415, response.text[:300]
     assert response.json()["status"] == "error"
 
