@@ -39,6 +39,9 @@ vm-deps:
 
 ## Build the filter module and print its size.
 wasm: rust-deps
+	@# The filter must abort on panic (a trap in the VM, never unwinding into the host).
+	@# wasm32-wasip1 builds abort by default; Cargo.toml says why the profile does not set it.
+	@rustc --print cfg --target wasm32-wasip1 | grep -qx 'panic="abort"' || { echo "wasm32-wasip1 does not build with panic=abort"; exit 1; }
 	$(CARGO) build --release --target wasm32-wasip1 --lib
 	@echo "wasm size: $$(stat -c %s $(WASM)) bytes ($(WASM))"
 
@@ -47,7 +50,7 @@ lint:
 	$(CARGO) clippy --all-targets -- -D warnings
 
 unit:
-	$(CARGO) test --release
+	$(CARGO) test --release --no-fail-fast
 
 ## End-to-end: real Envoy + the freshly built .wasm, VictoriaMetrics, OIDC provider.
 e2e: deps wasm
@@ -58,3 +61,44 @@ test: deps wasm lint unit e2e
 
 bench:
 	$(CARGO) bench --bench engine
+
+## Deployment checks (deploy/README.md): the compose file's wiring, and the compose stack
+## run as processes on 127.0.0.1 (dashboard queries as alice and bob); `envoy --mode
+## validate` of every Envoy config with the built module; the Helm chart rendered by real
+## Helm; manifests against the Kubernetes schemas. No Docker, no cluster.
+.PHONY: deploy-deps deploy-check oci
+DEPLOY_VENV ?= .venv
+DEPLOY_REQUIREMENTS := tests/deploy/requirements.txt
+
+## The checks' Python packages, into the same venv as the end-to-end tests. helm-sdkpy
+## declares Python >= 3.12 but runs on Debian 12's 3.11 (it is a thin cffi wrapper around
+## Helm built as a C library), hence --ignore-requires-python.
+deploy-deps: $(DEPLOY_VENV)/.deploy-installed
+	@# VictoriaMetrics from Debian (/usr/bin/victoria-metrics) for the compose smoke run.
+	@command -v victoria-metrics >/dev/null || { apt-get update -qq \
+	  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq victoria-metrics >/dev/null; }
+
+$(DEPLOY_VENV)/.deploy-installed: $(DEPLOY_REQUIREMENTS)
+	@command -v python3 >/dev/null || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv >/dev/null; }
+	@test -x $(DEPLOY_VENV)/bin/python || python3 -m venv $(DEPLOY_VENV) 2>/dev/null || { rm -rf $(DEPLOY_VENV); \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null \
+	  && python3 -m venv $(DEPLOY_VENV); }
+	$(DEPLOY_VENV)/bin/pip install -q --disable-pip-version-check --ignore-requires-python -r $(DEPLOY_REQUIREMENTS)
+	@touch $@
+
+deploy-check: deploy-deps wasm
+	$(DEPLOY_VENV)/bin/python -m pytest tests/deploy
+
+## OCI images of the module (deploy/oci/Dockerfile): the Istio plugin image and the
+## gateway's init image. Needs a running Docker engine; without one it says so and stops.
+OCI_IMAGE ?= promql-tenant-filter:dev
+OCI_INIT_IMAGE ?= promql-tenant-filter-init:dev
+oci: wasm
+	@if command -v docker >/dev/null && docker info >/dev/null 2>&1; then \
+	  DOCKER_BUILDKIT=1 docker build -f deploy/oci/Dockerfile -t $(OCI_IMAGE) . && \
+	  DOCKER_BUILDKIT=1 docker build -f deploy/oci/Dockerfile --target init -t $(OCI_INIT_IMAGE) . && \
+	  echo "built $(OCI_IMAGE) (Istio WasmPlugin) and $(OCI_INIT_IMAGE) (gateway init container)"; \
+	else \
+	  echo "make oci: no running Docker engine here, images not built (deploy/oci/Dockerfile needs one)"; \
+	fi

@@ -501,7 +501,10 @@ impl Request {
             Err(refusal) => return self.refuse(worker, &refusal),
         };
         for name in api::STRIPPED_HEADERS {
-            let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, name);
+            if hostcalls::remove_map_value(MapType::HttpRequestHeaders, name).is_err() {
+                let refusal = Refusal::unavailable("the request could not be rewritten");
+                return self.refuse(worker, &refusal);
+            }
         }
         self.content_type = request_header("content-type");
         if !end_of_stream {
@@ -645,16 +648,34 @@ impl Request {
                 return self.refuse(worker, &refusal);
             }
         };
+        // A rewrite the host did not take would let the original request through: any
+        // failed write refuses the request instead.
+        let mut written = Ok(());
         if let Some(path) = &rewritten.path {
-            let _ = hostcalls::set_map_value_bytes(
+            written = written.and(hostcalls::set_map_value_bytes(
                 MapType::HttpRequestHeaders,
                 ":path",
                 Some(path.as_bytes()),
-            );
+            ));
         }
         if let Some(body) = &rewritten.body {
-            let _ = hostcalls::set_buffer(BufferType::HttpRequestBody, 0, self.body_size, body);
-            let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, "content-length");
+            written = written
+                .and(hostcalls::set_buffer(
+                    BufferType::HttpRequestBody,
+                    0,
+                    self.body_size,
+                    body,
+                ))
+                .and(hostcalls::remove_map_value(
+                    MapType::HttpRequestHeaders,
+                    "content-length",
+                ));
+        }
+        if written.is_err() {
+            return self.refuse(
+                worker,
+                &Refusal::unavailable("the request could not be rewritten"),
+            );
         }
         worker.metrics.bump(worker.metrics.requests_allowed);
         self.stage = Stage::Forwarded;
@@ -675,9 +696,22 @@ impl Request {
             return Action::Pause;
         }
         self.body_size = body_size;
-        self.body = hostcalls::get_buffer(BufferType::HttpRequestBody, 0, body_size)
-            .ok()
-            .flatten();
+        // A body we cannot read is a body we cannot rewrite: refuse rather than forward it.
+        self.body = match hostcalls::get_buffer(BufferType::HttpRequestBody, 0, body_size) {
+            Ok(body) => body,
+            Err(_) => {
+                return self.refuse(
+                    worker,
+                    &Refusal::unavailable("the request body could not be read"),
+                )
+            }
+        };
+        if body_size > 0 && self.body.is_none() {
+            return self.refuse(
+                worker,
+                &Refusal::unavailable("the request body could not be read"),
+            );
+        }
         self.stage = Stage::Identity;
         Action::Continue
     }

@@ -174,7 +174,10 @@ pub fn classify_userinfo(
                 ),
             }
         }
-        Some(401 | 403) => UserinfoOutcome::Rejected,
+        // 400 too: a userinfo GET carries nothing but the token, so a "bad request" is a
+        // bad token (some providers, the mock among them, answer 400 for a revoked one).
+        // Treating it as an outage would turn every dead token into a 503 and a retry.
+        Some(400 | 401 | 403) => UserinfoOutcome::Rejected,
         Some(429) => UserinfoOutcome::Unavailable("identity provider rate limit reached".into()),
         Some(code) => {
             UserinfoOutcome::Unavailable(format!("identity provider answered HTTP {code}"))
@@ -186,6 +189,16 @@ pub fn classify_userinfo(
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_bad_request_from_the_idp_is_a_bad_token() {
+        for status in [&b"400"[..], b"401", b"403"] {
+            let outcome = classify_userinfo(Some(status), Some(b"{}"), &path(&["client_id"]));
+            assert!(matches!(outcome, UserinfoOutcome::Rejected), "{status:?}");
+        }
+        let outcome = classify_userinfo(Some(b"500"), None, &path(&["client_id"]));
+        assert!(matches!(outcome, UserinfoOutcome::Unavailable(_)));
+    }
 
     fn path(keys: &[&str]) -> Vec<String> {
         keys.iter().map(|k| k.to_string()).collect()

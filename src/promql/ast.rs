@@ -223,44 +223,60 @@ pub struct RangeExpr<'s> {
 
 impl<'s> Expr<'s> {
     /// Calls `visit` on every series selector in the tree, in source order.
+    ///
+    /// Iterative, with its own stack: operator chains make trees far deeper than
+    /// their nesting, and a recursive walk could exhaust the wasm VM's stack.
     pub fn for_each_selector<'a>(&'a self, visit: &mut impl FnMut(&'a Selector<'s>)) {
-        match &self.kind {
-            ExprKind::Number(_) | ExprKind::Duration(_) | ExprKind::String(_) => {}
-            ExprKind::Selector(sel) => visit(sel),
-            ExprKind::Paren(e) | ExprKind::Unary { expr: e, .. } | ExprKind::KeepMetricNames(e) => {
-                e.for_each_selector(visit)
-            }
-            ExprKind::Binary(b) => {
-                b.lhs.for_each_selector(visit);
-                b.rhs.for_each_selector(visit);
-            }
-            ExprKind::Call(c) => {
-                for a in &c.args {
-                    a.for_each_selector(visit);
+        let mut pending: Vec<&'a Expr<'s>> = vec![self];
+        while let Some(e) = pending.pop() {
+            // Children are pushed in reverse so they pop in source order.
+            match &e.kind {
+                ExprKind::Number(_) | ExprKind::Duration(_) | ExprKind::String(_) => {}
+                ExprKind::Selector(sel) => visit(sel),
+                ExprKind::Paren(inner)
+                | ExprKind::Unary { expr: inner, .. }
+                | ExprKind::KeepMetricNames(inner) => pending.push(inner),
+                ExprKind::Binary(b) => {
+                    pending.push(&b.rhs);
+                    pending.push(&b.lhs);
                 }
-                if let Some(l) = &c.limit {
-                    l.for_each_selector(visit);
+                ExprKind::Call(c) => {
+                    if let Some(l) = &c.limit {
+                        pending.push(l);
+                    }
+                    pending.extend(c.args.iter().rev());
                 }
-            }
-            ExprKind::Range(r) => {
-                r.expr.for_each_selector(visit);
-                r.range.for_each_selector(visit);
-                if let Some(Some(step)) = &r.subquery_step {
-                    step.for_each_selector(visit);
+                ExprKind::Range(r) => {
+                    if let Some(Some(step)) = &r.subquery_step {
+                        pending.push(step);
+                    }
+                    pending.push(&r.range);
+                    pending.push(&r.expr);
                 }
-            }
-            ExprKind::Offset {
-                expr,
-                offset: other,
-            }
-            | ExprKind::At { expr, at: other } => {
-                expr.for_each_selector(visit);
-                other.for_each_selector(visit);
-            }
-            ExprKind::DurationFn { args, .. } => {
-                for a in args {
-                    a.for_each_selector(visit);
+                ExprKind::Offset {
+                    expr,
+                    offset: other,
                 }
+                | ExprKind::At { expr, at: other } => {
+                    pending.push(other);
+                    pending.push(expr);
+                }
+                ExprKind::DurationFn { args, .. } => pending.extend(args.iter().rev()),
+            }
+        }
+    }
+}
+
+impl Drop for Expr<'_> {
+    /// Dismantles binary chains in a loop; the derived drop would recurse once per operator.
+    fn drop(&mut self) {
+        let mut chain = Vec::new();
+        if let ExprKind::Binary(b) = &mut self.kind {
+            chain.push(std::mem::replace(&mut b.lhs.kind, ExprKind::Number(0.0)));
+        }
+        while let Some(mut kind) = chain.pop() {
+            if let ExprKind::Binary(b) = &mut kind {
+                chain.push(std::mem::replace(&mut b.lhs.kind, ExprKind::Number(0.0)));
             }
         }
     }

@@ -167,6 +167,19 @@ static FUNCTIONS: &[Function] = &[
 /// Longest duration Prometheus represents: `time.Duration` is int64 nanoseconds.
 const MAX_DURATION_SECONDS: f64 = i64::MAX as f64 / 1e9;
 
+/// Argument types of the first eight arguments of a call; callers re-check the rare
+/// arguments past those.
+struct ArgTypes {
+    first: [ValueType; 8],
+}
+
+impl std::ops::Index<usize> for ArgTypes {
+    type Output = ValueType;
+    fn index(&self, i: usize) -> &ValueType {
+        &self.first[i.min(7)]
+    }
+}
+
 struct Checker<'q> {
     src: &'q str,
     dialect: Dialect,
@@ -209,7 +222,22 @@ impl Checker<'_> {
                 }
                 Ok(t)
             }
-            ExprKind::Binary(b) => self.check_binary(b, &expr.span),
+            ExprKind::Binary(_) => {
+                // Walk the left spine of `a + b + c ...` in a loop: a long chain makes a
+                // tree as deep as it is long, and recursing down it could exhaust the stack.
+                let mut spine = Vec::new();
+                let mut leftmost = expr;
+                while let ExprKind::Binary(b) = &leftmost.kind {
+                    spine.push((b, &leftmost.span));
+                    leftmost = &b.lhs;
+                }
+                let mut lt = self.check(leftmost)?;
+                for (b, span) in spine.into_iter().rev() {
+                    let rt = self.check(&b.rhs)?;
+                    lt = self.check_binary(b, lt, rt, span)?;
+                }
+                Ok(lt)
+            }
             ExprKind::Call(c) => self.check_call(c, &expr.span),
             ExprKind::Range(r) => self.check_range(r, &expr.span),
             ExprKind::Offset {
@@ -272,9 +300,13 @@ impl Checker<'_> {
         Ok(())
     }
 
-    fn check_binary(&self, b: &Binary<'_>, span: &Span) -> Result<ValueType, ParseError> {
-        let lt = self.check(&b.lhs)?;
-        let rt = self.check(&b.rhs)?;
+    fn check_binary(
+        &self,
+        b: &Binary<'_>,
+        lt: ValueType,
+        rt: ValueType,
+        span: &Span,
+    ) -> Result<ValueType, ParseError> {
         if !self.promql() {
             return Ok(if lt == S && rt == S { S } else { V });
         }
@@ -333,11 +365,7 @@ impl Checker<'_> {
         if let Some(op) = call.aggregation {
             return self.check_aggregation(call, op, span);
         }
-        let arg_types = call
-            .args
-            .iter()
-            .map(|a| self.check(a))
-            .collect::<Result<Vec<_>, _>>()?;
+        let arg_types = self.check_args(&call.args)?;
         if !self.promql() {
             return Ok(V);
         }
@@ -353,7 +381,7 @@ impl Checker<'_> {
         let Some(func) = FUNCTIONS.iter().find(|f| f.name == call.name) else {
             return Err(self.err(span, format!("unknown function with name {:?}", call.name)));
         };
-        let n = arg_types.len();
+        let n = call.args.len();
         let min = func.args.len() - func.optional;
         if func.variadic {
             if n < func.args.len() - 1 {
@@ -387,7 +415,12 @@ impl Checker<'_> {
             };
             return Err(self.err(span, message));
         }
-        for (i, (arg, got)) in call.args.iter().zip(&arg_types).enumerate() {
+        for (i, arg) in call.args.iter().enumerate() {
+            let got = &if i < 8 {
+                arg_types[i]
+            } else {
+                self.check(arg)?
+            };
             let want = func.args[i.min(func.args.len() - 1)];
             if *got != want {
                 return Err(self.err(
@@ -420,17 +453,26 @@ impl Checker<'_> {
         Ok(func.returns)
     }
 
+    /// Checks every argument; returns the types of the first few (calls rarely have more,
+    /// and this runs once per call on the hot path, so it does not allocate).
+    fn check_args(&self, args: &[Expr<'_>]) -> Result<ArgTypes, ParseError> {
+        let mut types = ArgTypes { first: [S; 8] };
+        for (i, a) in args.iter().enumerate() {
+            let t = self.check(a)?;
+            if let Some(slot) = types.first.get_mut(i) {
+                *slot = t;
+            }
+        }
+        Ok(types)
+    }
+
     fn check_aggregation(
         &self,
         call: &Call<'_>,
         op: AggOp,
         span: &Span,
     ) -> Result<ValueType, ParseError> {
-        let arg_types = call
-            .args
-            .iter()
-            .map(|a| self.check(a))
-            .collect::<Result<Vec<_>, _>>()?;
+        let arg_types = self.check_args(&call.args)?;
         if !self.promql() {
             return Ok(V);
         }

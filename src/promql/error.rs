@@ -54,23 +54,80 @@ impl fmt::Display for ParseError {
 
 impl std::error::Error for ParseError {}
 
-/// One thing the parser would have accepted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Expectation {
-    Token(Tok),
-    Label(&'static str),
-    EndOfInput,
+/// Labels the grammar puts on its parts; an error records them as bits.
+const LABELS: [&str; 10] = [
+    "label name",
+    "label matching operator",
+    "label matcher",
+    "string",
+    "number, duration, step(), or range()",
+    "timestamp",
+    "expression",
+    "\"(\"",
+    "end of input",
+    "something else",
+];
+const END_OF_INPUT: u32 = 1 << 8;
+const OTHER_LABEL: u32 = 1 << 9;
+
+/// Every token kind, in bit order (identifiers share one bit).
+const TOKENS: [Tok; 28] = [
+    Tok::Ident(super::lexer::Kw::None),
+    Tok::Number,
+    Tok::Duration,
+    Tok::Str,
+    Tok::LParen,
+    Tok::RParen,
+    Tok::LBrace,
+    Tok::RBrace,
+    Tok::LBracket,
+    Tok::RBracket,
+    Tok::Comma,
+    Tok::Colon,
+    Tok::At,
+    Tok::Add,
+    Tok::Sub,
+    Tok::Mul,
+    Tok::Div,
+    Tok::Mod,
+    Tok::Pow,
+    Tok::EqlEql,
+    Tok::Neq,
+    Tok::Lt,
+    Tok::Lte,
+    Tok::Gt,
+    Tok::Gte,
+    Tok::Assign,
+    Tok::EqlRegex,
+    Tok::NeqRegex,
+];
+
+fn token_bit(t: Tok) -> u32 {
+    match t {
+        Tok::Ident(_) => 1,
+        other => TOKENS
+            .iter()
+            .position(|k| *k == other)
+            .map_or(0, |i| 1 << i),
+    }
 }
 
-const MAX_EXPECTATIONS: usize = 8;
+fn label_bit(label: &str) -> u32 {
+    LABELS
+        .iter()
+        .position(|l| *l == label)
+        .map_or(OTHER_LABEL, |i| 1 << i)
+}
 
-/// The syntax error chumsky builds. Fixed-size, so trying alternatives never allocates.
+/// The syntax error chumsky builds while it tries alternatives. It is a few words of
+/// bit sets, so the many errors of a successful parse cost no allocation and little copying.
 #[derive(Debug, Clone, Copy)]
 pub struct SyntaxError {
     span: SimpleSpan,
     found: Option<Tok>,
     custom: Option<&'static str>,
-    expected: [Option<Expectation>; MAX_EXPECTATIONS],
+    tokens: u32,
+    labels: u32,
 }
 
 impl SyntaxError {
@@ -79,7 +136,8 @@ impl SyntaxError {
             span,
             found,
             custom: None,
-            expected: [None; MAX_EXPECTATIONS],
+            tokens: 0,
+            labels: 0,
         }
     }
 
@@ -89,20 +147,8 @@ impl SyntaxError {
             span,
             found: None,
             custom: Some(message),
-            expected: [None; MAX_EXPECTATIONS],
-        }
-    }
-
-    fn add(&mut self, e: Expectation) {
-        for slot in self.expected.iter_mut() {
-            match slot {
-                Some(existing) if *existing == e => return,
-                Some(_) => {}
-                None => {
-                    *slot = Some(e);
-                    return;
-                }
-            }
+            tokens: 0,
+            labels: 0,
         }
     }
 
@@ -126,14 +172,14 @@ impl SyntaxError {
             }
         };
         let mut names: Vec<&str> = Vec::new();
-        for e in self.expected.iter().flatten() {
-            let name = match e {
-                Expectation::Token(t) => t.describe(),
-                Expectation::Label(l) => l,
-                Expectation::EndOfInput => "end of input",
-            };
-            if !names.contains(&name) {
-                names.push(name);
+        for (i, label) in LABELS.iter().enumerate() {
+            if self.labels & (1 << i) != 0 && (1 << i) != OTHER_LABEL {
+                names.push(label);
+            }
+        }
+        for (i, tok) in TOKENS.iter().enumerate() {
+            if self.tokens & (1 << i) != 0 && !names.contains(&tok.describe()) {
+                names.push(tok.describe());
             }
         }
         let mut err = ParseError::at(src, start, message);
@@ -158,8 +204,8 @@ where
         let mut err = SyntaxError::new(span, found.map(|t| *t));
         for e in expected {
             match e {
-                DefaultExpected::Token(t) => err.add(Expectation::Token(*t)),
-                DefaultExpected::EndOfInput => err.add(Expectation::EndOfInput),
+                DefaultExpected::Token(t) => err.tokens |= token_bit(*t),
+                DefaultExpected::EndOfInput => err.labels |= END_OF_INPUT,
                 _ => {}
             }
         }
@@ -178,14 +224,14 @@ where
     ) -> Self {
         let mut err = SyntaxError::new(span, found.map(|t| *t));
         for l in expected {
-            err.add(Expectation::Label(l));
+            err.labels |= label_bit(l);
         }
         err
     }
 
     fn label_with(&mut self, label: &'static str) {
-        self.expected = [None; MAX_EXPECTATIONS];
-        self.add(Expectation::Label(label));
+        self.tokens = 0;
+        self.labels = label_bit(label);
     }
 }
 
@@ -194,9 +240,8 @@ where
     I: Input<'src, Token = Tok, Span = SimpleSpan>,
 {
     fn merge(mut self, other: Self) -> Self {
-        for e in other.expected.iter().flatten() {
-            self.add(*e);
-        }
+        self.tokens |= other.tokens;
+        self.labels |= other.labels;
         self
     }
 }

@@ -204,7 +204,7 @@ pub fn lex(src: &str, dialect: Dialect) -> Result<Vec<Token>, ParseError> {
         pos: 0,
         dialect,
         groups: Vec::new(),
-        out: Vec::new(),
+        out: Vec::with_capacity(src.len() / 4 + 4),
     }
     .run()
 }
@@ -574,6 +574,13 @@ impl<'a> Lexer<'a> {
             return self.finish_number(start);
         }
         let int_end = digits(start);
+        // MetricsQL size suffixes (`2Ki`, `5M`) come before durations, whose `m` they resemble.
+        if self.dialect == Dialect::Metricsql {
+            if let Some(len) = metricsql_suffix(&bytes[int_end..]) {
+                self.pos = int_end + len;
+                return self.finish_number(start);
+            }
+        }
         // A duration: digits followed by unit letters, repeated (`1h30m`, `5m`, `1.5h` in MetricsQL).
         if int_end < bytes.len()
             && bytes[int_end].is_ascii_alphabetic()

@@ -77,3 +77,145 @@ pub(crate) fn parse_lexed<'a>(
     check::check(input, &expr, dialect)?;
     Ok(expr)
 }
+
+#[doc(hidden)]
+pub fn __lex_only(input: &str) -> usize {
+    lexer::lex(input, Dialect::Promql)
+        .map(|t| t.len())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nesting_is_capped_with_a_clear_error() {
+        let deep = format!("{}x{}", "(".repeat(100_000), ")".repeat(100_000));
+        let err = parse(&deep, Dialect::Promql).unwrap_err();
+        assert!(err.message.contains("nests too deeply"), "{err}");
+        let unary = format!("{}1", "-".repeat(100_000));
+        assert!(parse(&unary, Dialect::Metricsql)
+            .unwrap_err()
+            .message
+            .contains("nests too deeply"));
+        let pow = format!("1{}", "^1".repeat(100_000));
+        assert!(parse(&pow, Dialect::Promql).is_err());
+        let chain = format!("x{}", " + x".repeat(100_000));
+        assert!(parse(&chain, Dialect::Promql)
+            .unwrap_err()
+            .message
+            .contains("too many operators"));
+    }
+
+    #[test]
+    fn the_deepest_accepted_queries_fit_a_small_stack() {
+        // The wasm module gets a 1 MiB stack. An optimised build must fit the deepest
+        // accepted queries in a quarter of that (measured: about 3 KiB per nesting
+        // level); unoptimised frames are several times larger, so debug runs get more.
+        let queries = [
+            format!(
+                "{}x{}",
+                "(".repeat(lexer::MAX_NESTING - 1),
+                ")".repeat(lexer::MAX_NESTING - 1)
+            ),
+            format!("{}x", "-".repeat(lexer::MAX_NESTING - 1)),
+            format!("x{}", "^x".repeat(lexer::MAX_NESTING - 1)),
+            format!("x{}", " + x".repeat(lexer::MAX_BINARY_OPERATORS)),
+            format!(
+                "{}x{}",
+                "sum(".repeat(lexer::MAX_NESTING - 1),
+                ")".repeat(lexer::MAX_NESTING - 1)
+            ),
+        ];
+        std::thread::Builder::new()
+            .stack_size(if cfg!(debug_assertions) {
+                4 << 20
+            } else {
+                256 << 10
+            })
+            .spawn(move || {
+                let tenant = inject::TenantMatcher::new("client_id", &["1"]).unwrap();
+                for q in &queries {
+                    let out =
+                        inject::rewrite(q, &tenant, inject::ConflictPolicy::And, Dialect::Promql);
+                    assert!(out.is_ok(), "{:?}", out.err());
+                }
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+
+    #[test]
+    fn errors_carry_position_and_expectation() {
+        let err = parse("sum(rate(foo{a=\"b\",}[5m])) by (", Dialect::Promql).unwrap_err();
+        assert_eq!((err.line, err.column), (1, 32));
+        let err = parse("foo{a=\"b\", }}", Dialect::Promql).unwrap_err();
+        assert!(err.to_string().contains("at 1:"), "{err}");
+        let err = parse("foo{a=}", Dialect::Promql).unwrap_err();
+        assert_eq!(err.to_string(), "unexpected \"}\" at 1:7, expected string");
+        let err = parse("WITH (x = y) x", Dialect::Metricsql).unwrap_err();
+        assert!(
+            err.message.contains("WITH templates are not supported"),
+            "{err}"
+        );
+    }
+}
+
+#[cfg(test)]
+mod precedence_tests {
+    use super::ast::{Expr, ExprKind};
+    use super::*;
+
+    /// The tree as an s-expression, to see how operators grouped.
+    fn shape(src: &str, e: &Expr<'_>) -> String {
+        match &e.kind {
+            ExprKind::Binary(b) => format!(
+                "({} {} {})",
+                b.op.symbol(),
+                shape(src, &b.lhs),
+                shape(src, &b.rhs)
+            ),
+            ExprKind::Unary { negative, expr } => format!(
+                "({} {})",
+                if *negative { "neg" } else { "pos" },
+                shape(src, expr)
+            ),
+            ExprKind::Paren(inner) => shape(src, inner),
+            _ => src[e.span.clone()].to_string(),
+        }
+    }
+
+    fn check(src: &str, dialect: Dialect, expected: &str) {
+        let e = parse(src, dialect).unwrap();
+        assert_eq!(shape(src, &e), expected, "{src}");
+    }
+
+    #[test]
+    fn operators_group_like_prometheus() {
+        check(
+            "a + b * c ^ d ^ e - f",
+            Dialect::Promql,
+            "(- (+ a (* b (^ c (^ d e)))) f)",
+        );
+        check("-1 ^ 2", Dialect::Promql, "(neg (^ 1 2))");
+        check("-a * b", Dialect::Promql, "(* (neg a) b)");
+        check("2 ^ -3 * 4", Dialect::Promql, "(* (^ 2 (neg 3)) 4)");
+        check(
+            "a or b and c unless d",
+            Dialect::Promql,
+            "(or a (unless (and b c) d))",
+        );
+        check("1 < bool 2 - 1 * 2", Dialect::Promql, "(< 1 (- 2 (* 1 2)))");
+        check("a == b or c > d", Dialect::Promql, "(or (== a b) (> c d))");
+        check("a / b / c", Dialect::Promql, "(/ (/ a b) c)");
+        check("a atan2 b + c", Dialect::Promql, "(+ (atan2 a b) c)");
+        check(
+            "a default b or c if d",
+            Dialect::Metricsql,
+            "(default a (if (or b c) d))",
+        );
+        check("- - a ^ b", Dialect::Promql, "(neg (neg (^ a b)))");
+    }
+}

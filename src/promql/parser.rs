@@ -47,6 +47,14 @@ enum Postfix<'a> {
     KeepMetricNames(usize),
 }
 
+/// What follows a word at the start of an atom.
+#[derive(Clone)]
+enum AfterWord<'a> {
+    Call(Vec<Expr<'a>>, Option<Grouping<'a>>, Option<Expr<'a>>),
+    Braces(Vec<MatcherGroup<'a>>, Span),
+    Bare,
+}
+
 /// Binary operator with its `bool` and vector-matching modifiers.
 type BinOpWithModifiers<'a> = (BinOp, bool, Option<VectorMatching<'a>>);
 
@@ -160,29 +168,14 @@ fn expr_parser<'s, 'a: 's>(
         })
         .boxed();
 
-    let metric_name = select! {
-        Tok::Ident(k) = e if !matches!(k, Kw::Inf | Kw::Nan) => (Cow::Borrowed(text(e.span())), span_of(e.span())),
-    };
-    let selector = metric_name
-        .then(braces.clone().or_not())
-        .map(|(name, braces)| {
-            let (groups, braces) = match braces {
-                Some((g, b)) => (g, Some(b)),
-                None => (Vec::new(), None),
-            };
-            Selector {
-                name: Some(name),
-                braces,
+    let brace_selector = braces
+        .clone()
+        .map_with(|(groups, b), e| Expr {
+            kind: ExprKind::Selector(Box::new(Selector {
+                name: None,
+                braces: Some(b),
                 groups,
-            }
-        })
-        .or(braces.map(|(groups, b)| Selector {
-            name: None,
-            braces: Some(b),
-            groups,
-        }))
-        .map_with(|sel, e| Expr {
-            kind: ExprKind::Selector(Box::new(sel)),
+            })),
             span: span_of(e.span()),
         })
         .boxed();
@@ -196,8 +189,7 @@ fn expr_parser<'s, 'a: 's>(
     .map_with(|v, e| Expr {
         kind: ExprKind::Number(v),
         span: span_of(e.span()),
-    })
-    .boxed();
+    });
     let duration = select! { Tok::Duration = e => duration_value(text(e.span()), dialect) }
         .map_with(|v, e| Expr {
             kind: ExprKind::Duration(v),
@@ -248,7 +240,7 @@ fn expr_parser<'s, 'a: 's>(
                 span: span_of(e.span()),
             });
         let term = choice((
-            number.clone(),
+            number,
             duration.clone(),
             paren,
             empty_call(Kw::Step),
@@ -275,7 +267,7 @@ fn expr_parser<'s, 'a: 's>(
 
     // `offset` takes one signed term; `foo offset 5s - 8` subtracts 8 from the selector.
     let offset_term = choice((
-        number.clone(),
+        number,
         duration.clone(),
         duration_expr
             .clone()
@@ -305,7 +297,7 @@ fn expr_parser<'s, 'a: 's>(
     let offset_value = signed(offset_term.boxed())
         .labelled("number, duration, step(), or range()")
         .boxed();
-    let at_value = signed(choice((number.clone(), duration.clone())))
+    let at_value = signed(choice((number, duration.clone())))
         .or(empty_call(Kw::Start))
         .or(empty_call(Kw::End))
         .labelled("timestamp")
@@ -354,39 +346,84 @@ fn expr_parser<'s, 'a: 's>(
             .collect::<Vec<_>>()
             .delimited_by(just(Tok::LParen), just(Tok::RParen));
 
-        // Aggregations may put `by`/`without` before the arguments; in MetricsQL any
-        // function may, since its aggregations are ordinary functions.
-        let call_name = select! { Tok::Ident(k) = e => (k, text(e.span())) };
-        let aggregation_name = select! { Tok::Ident(k) = e if metricsql || matches!(k, Kw::Aggregation(_)) => (k, text(e.span())) };
+        // Everything that starts with a word: a call (an aggregation may put `by`/`without`
+        // before its arguments; in MetricsQL any function may, since its aggregations are
+        // ordinary functions), a preprocessor, or a selector. The word is read once and the
+        // next token decides, so a selector costs no failed attempts at being a call.
         let limit = select! { Tok::Ident(Kw::Limit) if metricsql => () }
-            .ignore_then(number.clone())
+            .ignore_then(number)
             .or_not();
-        let call = aggregation_name
-            .then(grouping.clone())
-            .then(args.clone())
-            .map(|((name, grouping), args)| (name, args, Some(grouping)))
-            .or(call_name
-                .then(args)
+        let after_word = choice((
+            args.clone()
                 .then(grouping.clone().or_not())
-                .map(|((name, args), grouping)| (name, args, grouping)))
-            .then(limit)
-            .map_with(|(((k, name), args, grouping), limit), e| {
-                let aggregation = match k {
-                    Kw::Aggregation(op) => Some(op),
-                    _ => None,
-                };
-                let call = Call {
-                    name,
-                    aggregation,
-                    args,
-                    grouping,
-                    limit: limit.map(Box::new),
-                };
-                Expr {
-                    kind: ExprKind::Call(Box::new(call)),
-                    span: span_of(e.span()),
-                }
-            })
+                .then(limit)
+                .map(|((args, grouping), limit)| AfterWord::Call(args, grouping, limit)),
+            grouping
+                .clone()
+                .then(args)
+                .then(limit)
+                .map(|((grouping, args), limit)| AfterWord::Call(args, Some(grouping), limit)),
+            braces
+                .clone()
+                .map(|(groups, span)| AfterWord::Braces(groups, span)),
+            empty().to(AfterWord::Bare),
+        ));
+        let word =
+            select! { Tok::Ident(k) = e if !matches!(k, Kw::Inf | Kw::Nan) => (k, e.span()) };
+        let word_led = word
+            .then(after_word)
+            .try_map(
+                move |((k, word_span), after): ((Kw, SimpleSpan), AfterWord<'a>), span| {
+                    let name = text(word_span);
+                    let kind = match after {
+                        AfterWord::Call(args, grouping, limit) => {
+                            let aggregation = match k {
+                                Kw::Aggregation(op) => Some(op),
+                                _ => None,
+                            };
+                            if matches!(k, Kw::Start | Kw::End)
+                                && args.is_empty()
+                                && grouping.is_none()
+                                && limit.is_none()
+                            {
+                                ExprKind::DurationFn { func: k, args }
+                            } else {
+                                ExprKind::Call(Box::new(Call {
+                                    name,
+                                    aggregation,
+                                    args,
+                                    grouping,
+                                    limit: limit.map(Box::new),
+                                }))
+                            }
+                        }
+                        AfterWord::Braces(groups, braces) => {
+                            ExprKind::Selector(Box::new(Selector {
+                                name: Some((Cow::Borrowed(name), span_of(word_span))),
+                                braces: Some(braces),
+                                groups,
+                            }))
+                        }
+                        AfterWord::Bare => ExprKind::Selector(Box::new(Selector {
+                            name: Some((Cow::Borrowed(name), span_of(word_span))),
+                            braces: None,
+                            groups: Vec::new(),
+                        })),
+                    };
+                    if let ExprKind::Call(call) = &kind {
+                        if call.aggregation.is_none() && call.grouping.is_some() && !metricsql {
+                            return Err(SyntaxError::custom(
+                                span,
+                                "only aggregations take by/without",
+                            ));
+                        }
+                    }
+                    Ok(Expr {
+                        kind,
+                        span: span_of(span),
+                    })
+                },
+            )
             .boxed();
 
         let paren = expr
@@ -397,16 +434,13 @@ fn expr_parser<'s, 'a: 's>(
                 span: span_of(e.span()),
             });
 
-        // `start()` and `end()` are Prometheus preprocessors, valid on their own too.
-        let preprocessor = empty_call(Kw::Start).or(empty_call(Kw::End));
         let atom = choice((
-            number.clone(),
-            string_literal,
-            duration.clone(),
+            word_led,
+            number,
             paren,
-            preprocessor,
-            call,
-            selector.clone(),
+            string_literal,
+            brace_selector.clone(),
+            duration.clone(),
         ))
         .labelled("expression")
         .foldl(postfix.clone().repeated(), |lhs: Expr<'a>, post| {
@@ -468,33 +502,146 @@ fn expr_parser<'s, 'a: 's>(
         let return_bool = kw(Kw::Bool).or_not().map(|b| b.is_some());
         let modifiers = return_bool.then(matching).boxed();
 
-        atom.pratt((
-            prefix(15, select! { Tok::Add => false, Tok::Sub => true }, unary),
-            infix(right(16), with_modifiers(just(Tok::Pow).to(BinOp::Pow), modifiers.clone()), binary),
-            infix(
-                left(14),
-                with_modifiers(select! { Tok::Mul => BinOp::Mul, Tok::Div => BinOp::Div, Tok::Mod => BinOp::Mod, Tok::Ident(Kw::Atan2) => BinOp::Atan2 }, modifiers.clone()),
-                binary,
-            ),
-            infix(left(12), with_modifiers(select! { Tok::Add => BinOp::Add, Tok::Sub => BinOp::Sub }, modifiers.clone()), binary),
-            infix(
-                left(10),
-                with_modifiers(select! {
-                    Tok::EqlEql => BinOp::Eql, Tok::Neq => BinOp::Neq, Tok::Lt => BinOp::Lt,
-                    Tok::Lte => BinOp::Lte, Tok::Gt => BinOp::Gt, Tok::Gte => BinOp::Gte,
-                }, modifiers.clone()),
-                binary,
-            ),
-            infix(left(8), with_modifiers(select! { Tok::Ident(Kw::And) => BinOp::And, Tok::Ident(Kw::Unless) => BinOp::Unless }, modifiers.clone()), binary),
-            infix(left(6), with_modifiers(select! { Tok::Ident(Kw::Or) => BinOp::Or }, modifiers.clone()), binary),
-            infix(
-                left(4),
-                with_modifiers(select! { Tok::Ident(Kw::If) if metricsql => BinOp::If, Tok::Ident(Kw::Ifnot) if metricsql => BinOp::Ifnot }, modifiers.clone()),
-                binary,
-            ),
-            infix(left(2), with_modifiers(select! { Tok::Ident(Kw::Default) if metricsql => BinOp::Default }, modifiers.clone()), binary),
-        ))
+        // An operand: its prefix signs, then an atom. Operators between operands are
+        // read flat, each with one token look-up, and `build_tree` applies precedence and
+        // associativity afterwards: trying every precedence level as a separate parser
+        // at each position cost more than the rest of the parse together.
+        let signs = select! { Tok::Add => false, Tok::Sub => true }
+            .map_with(|negative, e| {
+                let s: SimpleSpan = e.span();
+                (negative, s.start)
+            })
+            .repeated()
+            .collect::<Vec<_>>();
+        let operand = signs.then(atom);
+        let operator = select! {
+            Tok::Pow => BinOp::Pow,
+            Tok::Mul => BinOp::Mul,
+            Tok::Div => BinOp::Div,
+            Tok::Mod => BinOp::Mod,
+            Tok::Ident(Kw::Atan2) => BinOp::Atan2,
+            Tok::Add => BinOp::Add,
+            Tok::Sub => BinOp::Sub,
+            Tok::EqlEql => BinOp::Eql,
+            Tok::Neq => BinOp::Neq,
+            Tok::Lt => BinOp::Lt,
+            Tok::Lte => BinOp::Lte,
+            Tok::Gt => BinOp::Gt,
+            Tok::Gte => BinOp::Gte,
+            Tok::Ident(Kw::And) => BinOp::And,
+            Tok::Ident(Kw::Unless) => BinOp::Unless,
+            Tok::Ident(Kw::Or) => BinOp::Or,
+            Tok::Ident(Kw::If) if metricsql => BinOp::If,
+            Tok::Ident(Kw::Ifnot) if metricsql => BinOp::Ifnot,
+            Tok::Ident(Kw::Default) if metricsql => BinOp::Default,
+        };
+        operand
+            .clone()
+            .then(
+                with_modifiers(operator, modifiers)
+                    .then(operand)
+                    .repeated()
+                    .collect::<Vec<_>>(),
+            )
+            .map(|(first, rest)| build_tree(first, rest))
     })
+}
+
+/// An operand as read: prefix signs (negative?, byte offset) and the atom.
+type Operand<'a> = (Vec<(bool, usize)>, Expr<'a>);
+
+/// Binding power of a binary operator, as in Prometheus (MetricsQL's `if`, `ifnot` and
+/// `default` bind loosest). Unary minus sits between `*` and `^`: `-a^b` is `-(a^b)`.
+fn precedence(op: BinOp) -> u8 {
+    match op {
+        BinOp::Pow => 16,
+        BinOp::Mul | BinOp::Div | BinOp::Mod | BinOp::Atan2 => 14,
+        BinOp::Add | BinOp::Sub => 12,
+        BinOp::Eql | BinOp::Neq | BinOp::Lt | BinOp::Lte | BinOp::Gt | BinOp::Gte => 10,
+        BinOp::And | BinOp::Unless => 8,
+        BinOp::Or => 6,
+        BinOp::If | BinOp::Ifnot => 4,
+        BinOp::Default => 2,
+    }
+}
+
+/// Builds the expression tree of `first (op operand)*` by precedence climbing.
+///
+/// Left-associative chains are folded in a loop; only `^` (right-associative) and signs
+/// recurse, and the lexer caps how many of those a query may hold.
+fn build_tree<'a>(
+    first: Operand<'a>,
+    rest: Vec<(BinOpWithModifiers<'a>, Operand<'a>)>,
+) -> Expr<'a> {
+    let mut items = rest.into_iter().peekable();
+    climb(first, &mut items, 0)
+}
+
+type Items<'a> = std::iter::Peekable<std::vec::IntoIter<(BinOpWithModifiers<'a>, Operand<'a>)>>;
+
+fn climb<'a>(first: Operand<'a>, items: &mut Items<'a>, min_precedence: u8) -> Expr<'a> {
+    let mut lhs = primary(first, items);
+    while let Some(((op, ..), _)) = items.peek() {
+        let precedence = precedence(*op);
+        if precedence < min_precedence {
+            break;
+        }
+        let Some(((op, return_bool, matching), operand)) = items.next() else {
+            break;
+        };
+        let next_min = if op == BinOp::Pow {
+            precedence
+        } else {
+            precedence + 1
+        };
+        let rhs = climb(operand, items, next_min);
+        lhs = join(lhs, (op, return_bool, matching), rhs);
+    }
+    lhs
+}
+
+/// An operand with its signs: they apply to the atom and any `^` chain after it.
+fn primary<'a>((signs, atom): Operand<'a>, items: &mut Items<'a>) -> Expr<'a> {
+    if signs.is_empty() {
+        return atom;
+    }
+    let mut expr = atom;
+    while let Some(((BinOp::Pow, ..), _)) = items.peek() {
+        let Some((op, operand)) = items.next() else {
+            break;
+        };
+        let rhs = climb(operand, items, precedence(BinOp::Pow));
+        expr = join(expr, op, rhs);
+    }
+    for (negative, start) in signs.into_iter().rev() {
+        let end = expr.span.end;
+        expr = Expr {
+            kind: ExprKind::Unary {
+                negative,
+                expr: Box::new(expr),
+            },
+            span: start..end,
+        };
+    }
+    expr
+}
+
+fn join<'a>(
+    lhs: Expr<'a>,
+    (op, return_bool, matching): BinOpWithModifiers<'a>,
+    rhs: Expr<'a>,
+) -> Expr<'a> {
+    let span = lhs.span.start..rhs.span.end;
+    Expr {
+        kind: ExprKind::Binary(Box::new(Binary {
+            op,
+            lhs,
+            rhs,
+            return_bool,
+            matching,
+        })),
+        span,
+    }
 }
 
 /// A binary operator token followed by its `bool` and vector-matching modifiers.

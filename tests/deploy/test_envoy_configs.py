@@ -1,0 +1,135 @@
+"""`envoy --mode validate` on every Envoy config of the repo, with the real built module.
+
+Envoy's validate mode builds the whole config (listeners, clusters, TLS contexts) and
+loads the wasm module and runs its on_configure with the plugin JSON, so a wrong plugin
+field fails here exactly as it would fail at start. Configs come from envoy/*.yaml, the
+Kubernetes ConfigMap, the Helm chart as rendered by real Helm, and the Istio WasmPlugin's
+pluginConfig dropped into a minimal config with Istio's cluster name.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from conftest import (ROOT, by_kind, envoy_validate, fill_placeholders, load_all_yaml,
+                      render_chart, wasm_filters)
+
+ENVOY_FILES = sorted((ROOT / "envoy").glob("*.yaml"))
+# The rendered variants of the Auth0 template (git-ignored) are the user's, not the repo's.
+ENVOY_FILES = [p for p in ENVOY_FILES if not p.name.endswith(".local.yaml")]
+
+
+def configmap_envoy_yaml(docs: list[dict]) -> str:
+    return by_kind(docs, "ConfigMap")["data"]["envoy.yaml"]
+
+
+def kubernetes_config() -> str:
+    return configmap_envoy_yaml(load_all_yaml((ROOT / "deploy/kubernetes/envoy-configmap.yaml").read_text()))
+
+
+# name -> a function giving the config text (templates still holding their placeholders).
+CONFIGS = {f"envoy/{p.name}": (lambda p=p: p.read_text()) for p in ENVOY_FILES}
+CONFIGS["deploy/kubernetes/envoy-configmap.yaml"] = kubernetes_config
+CONFIGS["helm: default values"] = lambda: configmap_envoy_yaml(render_chart())
+CONFIGS["helm: VictoriaMetrics cluster over https"] = lambda: configmap_envoy_yaml(render_chart({
+    "victoriametrics": {"url": "https://vmselect.monitoring:8481/select/42/prometheus"},
+    "identity": {"claim": ["app_metadata", "tenant"]},
+    "onConflict": "reject",
+    "dialect": "metricsql",
+}))
+
+
+def test_every_envoy_file_is_checked():
+    # The repo's own configs must not silently drop out of the list.
+    names = {p.name for p in ENVOY_FILES}
+    assert {"envoy.compose.yaml", "envoy.auth0.yaml"} <= names
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_envoy_validates(name, wasm, jwks, tmp_path):
+    text = fill_placeholders(CONFIGS[name](), wasm, jwks)
+    result = envoy_validate(text, tmp_path)
+    assert result.returncode == 0, f"{name}:\n{result.stdout}\n{result.stderr}"
+    assert "OK" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_wasm_filter_is_safe(name, wasm, jwks):
+    """What no deployment may lack, even though Envoy would accept the config without it."""
+    config = yaml.safe_load(fill_placeholders(CONFIGS[name](), wasm, jwks))
+    filters = wasm_filters(config)
+    assert filters, f"{name}: no wasm filter"
+    for f in filters:
+        # A module that fails to load must not turn into a pass-through.
+        assert f.get("failure_policy") == "FAIL_CLOSED", f"{name}: set `failure_policy: FAIL_CLOSED`"
+        # Without it Envoy never hands the filter a POST body (Grafana's default), and
+        # every POST query ends in a refusal after a wait.
+        assert f.get("allow_on_headers_stop_iteration") is True, (
+            f"{name}: add `allow_on_headers_stop_iteration: true` to the wasm filter's config")
+        assert f["vm_config"]["runtime"] == "envoy.wasm.runtime.v8", name
+        assert f["vm_config"].get("vm_id"), name
+    hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    # The allowlist judges the path Envoy routes: it must be the canonical one.
+    assert hcm.get("normalize_path") is True and hcm.get("merge_slashes") is True, name
+
+
+def test_helm_cluster_url_rewrites_the_prefix(wasm):
+    docs = render_chart({"victoriametrics": {"url": "http://vmselect:8481/select/0/prometheus"}})
+    config = yaml.safe_load(configmap_envoy_yaml(docs))
+    route = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0][
+        "typed_config"]["route_config"]["virtual_hosts"][0]["routes"][0]["route"]
+    # The filter judges /api/v1/...; vmselect is asked /select/0/prometheus/api/v1/...
+    assert route["prefix_rewrite"] == "/select/0/prometheus/"
+    backend = next(c for c in config["static_resources"]["clusters"] if c["name"] == "backend")
+    address = backend["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+    assert address["socket_address"] == {"address": "vmselect", "port_value": 8481}
+    assert "transport_socket" not in backend
+
+
+def test_helm_single_node_url_has_no_rewrite():
+    config = yaml.safe_load(configmap_envoy_yaml(render_chart()))
+    route = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0][
+        "typed_config"]["route_config"]["virtual_hosts"][0]["routes"][0]["route"]
+    assert "prefix_rewrite" not in route
+
+
+def test_helm_refuses_a_backend_url_without_scheme():
+    import helm_sdkpy
+
+    with pytest.raises(helm_sdkpy.HelmError, match="victoriametrics.url"):
+        render_chart({"victoriametrics": {"url": "victoria-metrics:8428"}})
+
+
+def test_validation_reaches_the_plugin_config(wasm, jwks, tmp_path):
+    """Control: a wrong plugin field must fail validation, or the checks above prove little."""
+    text = fill_placeholders(CONFIGS["envoy/envoy.compose.yaml"](), wasm, jwks)
+    bad = text.replace('"on_conflict": "and"', '"on_conflict": "merge"')
+    assert bad != text
+    result = envoy_validate(bad, tmp_path)
+    assert result.returncode != 0
+    assert "on_conflict" in result.stdout + result.stderr
+
+
+def istio_documents() -> list[dict]:
+    docs = []
+    for path in sorted((ROOT / "deploy/istio").glob("*.yaml")):
+        docs += load_all_yaml(path.read_text())
+    return docs
+
+
+def test_istio_plugin_config_loads_under_istios_cluster_name(wasm, jwks, tmp_path):
+    """The WasmPlugin's pluginConfig, as Istio hands it to the module, in a real Envoy
+    whose IdP cluster carries the name Istio gives a ServiceEntry host."""
+    plugin = by_kind(istio_documents(), "WasmPlugin")["spec"]["pluginConfig"]
+    cluster = plugin["identity"]["cluster"]
+    config = yaml.safe_load(
+        fill_placeholders((ROOT / "envoy/envoy.auth0.yaml").read_text(), wasm, jwks))
+    wasm_filters(config)[0]["configuration"]["value"] = json.dumps(plugin)
+    for c in config["static_resources"]["clusters"]:
+        if c["name"] == "auth0":
+            c["name"] = c["load_assignment"]["cluster_name"] = cluster
+    result = envoy_validate(yaml.safe_dump(config), tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
