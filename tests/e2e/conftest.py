@@ -1,0 +1,209 @@
+"""Fixtures of the end-to-end tests: real VictoriaMetrics, OIDC provider and Envoy.
+
+Session-wide: one VictoriaMetrics seeded with both tenants' series, one OIDC provider
+with the users, tokens from its authorization-code flow, and one Envoy running the built
+filter with `envoy/envoy.yaml`. Tests that need another config (short cache, broken IdP,
+bad plugin config) start their own Envoy through `envoy_factory`, stopped after the test.
+Logs of every process are kept under the session's temporary directory.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import envoy_config  # noqa: E402
+import seed  # noqa: E402
+from procs import free_port, stop_all, wait_until  # noqa: E402
+from services import Envoy, OidcProvider, VictoriaMetrics  # noqa: E402
+
+WASM = envoy_config.REPO / "target/wasm32-wasip1/release/promql_tenant_filter.wasm"
+USERS = {
+    "alice": {"client_id": seed.ALICE_TENANT},  # a string claim
+    "bob": {"client_id": int(seed.BOB_TENANT)},  # an integer claim: its decimal text
+    "carol": {"name": "Carol"},  # authenticated, but no tenant claim
+}
+
+
+def pytest_sessionfinish(session, exitstatus):
+    stop_all()
+
+
+@pytest.fixture(scope="session")
+def workdir(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("e2e")
+    print(f"\ne2e logs and configs: {path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def vm(workdir):
+    """VictoriaMetrics with every series of seed.py written and queryable."""
+    server = VictoriaMetrics(workdir)
+    try:
+        end_ms = int(time.time() * 1000)
+        server.import_prometheus(seed.exposition(end_ms))
+        server.force_flush()
+        server.seed_s = end_ms // 1000
+        server.start_s = server.seed_s - seed.POINTS * seed.STEP_S
+        want = len(seed.ALL_SERIES)
+        wait_until(lambda: len(server.series('{__name__=~".+"}', server.start_s,
+                                             server.seed_s + 60)) == want,
+                   f"{want} seeded series to be queryable", timeout_s=30, proc=server.proc)
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def oidc(workdir):
+    provider = OidcProvider(workdir, USERS)
+    try:
+        yield provider
+    finally:
+        provider.stop()
+
+
+@pytest.fixture(scope="session")
+def tokens(oidc) -> dict[str, str]:
+    """One access token per user, each from the provider's authorization-code flow."""
+    return {user: oidc.login(user) for user in USERS}
+
+
+@pytest.fixture(scope="session")
+def wasm() -> Path:
+    if not WASM.is_file():
+        pytest.fail(f"{WASM} is missing: `make e2e` builds it first (`make wasm`)")
+    return WASM
+
+
+def filter_config(vm, oidc_port: int, wasm_path: Path,
+                  template: str = "envoy.yaml", **extra: object) -> dict:
+    """A committed template filled in for this session; returns the config and its ports."""
+    listen, admin = free_port(), free_port()
+    config = envoy_config.render(
+        envoy_config.ENVOY_DIR / template,
+        LISTEN_PORT=listen, ADMIN_PORT=admin, OIDC_PORT=oidc_port,
+        BACKEND_PORT=vm.port, WASM_PATH=wasm_path, **extra,
+    )
+    config["_ports"] = (listen, admin)
+    return config
+
+
+def launch(workdir: Path, name: str, config: dict, concurrency: int = 2) -> Envoy:
+    config = dict(config)
+    listen, admin = config.pop("_ports")
+    return Envoy(workdir, name, config, admin_port=admin, listen_port=listen,
+                 concurrency=concurrency)
+
+
+class EnvoyFactory:
+    """Starts Envoys for one test and stops them all afterwards."""
+
+    def __init__(self, workdir, vm, oidc, wasm):
+        self.workdir, self.vm, self.oidc, self.wasm = workdir, vm, oidc, wasm
+        self.started: list[Envoy] = []
+        self.count = 0
+
+    def config(self, template: str = "envoy.yaml", oidc_port: int | None = None,
+               **extra: object) -> dict:
+        port = self.oidc.port if oidc_port is None else oidc_port
+        return filter_config(self.vm, port, self.wasm, template, **extra)
+
+    def start(self, config: dict, name: str = "envoy", concurrency: int = 2) -> Envoy:
+        self.count += 1
+        proxy = launch(self.workdir, f"{name}-{self.count}-{time.monotonic_ns()}", config,
+                       concurrency)
+        self.started.append(proxy)
+        return proxy
+
+    def stop(self) -> None:
+        for proxy in self.started:
+            proxy.stop()
+
+
+@pytest.fixture
+def envoy_factory(workdir, vm, oidc, wasm):
+    factory = EnvoyFactory(workdir, vm, oidc, wasm)
+    try:
+        yield factory
+    finally:
+        factory.stop()
+
+
+@pytest.fixture(scope="session")
+def envoy(workdir, vm, oidc, wasm):
+    """Envoy with the filter and the committed config, exactly as in envoy/envoy.yaml."""
+    proxy = launch(workdir, "envoy-main", filter_config(vm, oidc.port, wasm))
+    try:
+        yield proxy.wait_ready()
+    finally:
+        proxy.stop()
+
+
+@pytest.fixture(scope="session")
+def envoy_without_vm_label(workdir, vm, oidc, wasm):
+    """The same, but without `extra_label` to VictoriaMetrics: the PromQL rewrite alone
+    must isolate tenants (otherwise VictoriaMetrics' own enforcement hides a bug)."""
+    config = filter_config(vm, oidc.port, wasm)
+    plugin = envoy_config.plugin_config(config)
+    plugin["victoriametrics_extra_label"] = False
+    config = {**envoy_config.with_plugin_config(config, plugin), "_ports": config["_ports"]}
+    proxy = launch(workdir, "envoy-no-extra-label", config)
+    try:
+        yield proxy.wait_ready()
+    finally:
+        proxy.stop()
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+# Every answer here takes milliseconds; a request that hangs (a filter that paused and
+# never resumed) must fail fast instead of stalling the suite.
+REQUEST_TIMEOUT_S = 5
+
+
+def send(method: str, url: str, **kwargs) -> requests.Response:
+    """requests.request with the suite's timeout, and a plain failure when it hangs."""
+    try:
+        return requests.request(method, url, timeout=REQUEST_TIMEOUT_S, **kwargs)
+    except requests.Timeout:
+        pass  # failed outside the handler, so that the report is one line, not a chain
+    pytest.fail(f"{method} {url.split('?')[0]}: no answer within {REQUEST_TIMEOUT_S}s "
+                "(a filter that paused the request and never resumed it?)", pytrace=False)
+
+
+def call(proxy: Envoy, method: str, path: str, token: str | None = None,
+         params: dict | list | None = None, headers: dict | None = None,
+         **kwargs) -> requests.Response:
+    """One request through Envoy; POST carries `params` as a form body, like Grafana."""
+    all_headers = dict(headers or {})
+    if token is not None:
+        all_headers.update(bearer(token))
+    url = proxy.url + path
+    if method == "POST":
+        return send("POST", url, data=params, headers=all_headers, **kwargs)
+    return send(method, url, params=params, headers=all_headers, **kwargs)
+
+
+def assert_prometheus_error(response: requests.Response, status: int, error_type: str,
+                            secret: str | None = None) -> dict:
+    """A refusal in Prometheus' JSON error shape that never echoes the token."""
+    assert response.status_code == status, (response.status_code, response.text[:500])
+    assert response.headers.get("content-type", "").startswith("application/json"), \
+        response.headers
+    body = response.json()
+    assert body.get("status") == "error", body
+    assert body.get("errorType") == error_type, body
+    assert isinstance(body.get("error"), str) and body["error"], body
+    if secret:
+        assert secret not in response.text
+    return body

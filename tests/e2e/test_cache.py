@@ -1,0 +1,123 @@
+"""The identity cache, counted where it matters: at the identity provider.
+
+Sequential requests with one token make one /userinfo call; 20 concurrent requests with a
+fresh token make at most one call per Envoy worker (a Grafana dashboard opening its
+panels); expired entries are asked again, so a revoked token stops working once its
+entry has expired. Calls are counted in the provider's own request log, and the filter's
+counters must agree with it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import envoy_config
+import pytest
+from conftest import call
+from services import IdpRelay
+
+SEQUENTIAL = 10
+CONCURRENT = 20
+
+
+def query(proxy, vm, token):
+    # /api/v1/metadata needs the caller's identity but is answered by the filter itself:
+    # these tests are about the identity cache, not about the rewrite or the backend.
+    return call(proxy, "GET", "/api/v1/metadata", token)
+
+
+def test_sequential_requests_make_one_userinfo_call(envoy, vm, oidc):
+    token = oidc.login("alice")
+    before = oidc.userinfo_calls()
+    for _ in range(SEQUENTIAL):
+        assert query(envoy, vm, token).status_code == 200
+    assert oidc.userinfo_calls() - before == 1
+
+
+def test_cached_identity_is_per_token(envoy, vm, oidc):
+    # Two users, fresh tokens, interleaved: one call each, and each keeps their tenant.
+    alice, bob = oidc.login("alice"), oidc.login("bob")
+    before = oidc.userinfo_calls()
+    for _ in range(3):
+        for token, tenant in ((alice, "1999"), (bob, "2000")):
+            r = call(envoy, "GET", "/api/v1/label/client_id/values", token,
+                     {"start": vm.start_s, "end": vm.seed_s + 60})
+            assert r.status_code == 200, r.text[:300]
+            assert r.json()["data"] == [tenant]
+    assert oidc.userinfo_calls() - before == 2
+
+
+def test_concurrent_requests_with_a_fresh_token_share_one_call_per_worker(
+        envoy_factory, vm, oidc):
+    # The provider is slowed down behind a relay, so that all 20 requests are surely in
+    # flight while the first /userinfo call is still open.
+    relay = IdpRelay(oidc.url)
+    relay.delay_s = 0.5
+    try:
+        proxy = envoy_factory.start(envoy_factory.config(oidc_port=relay.port), "envoy-cache")
+        proxy.wait_ready()
+        token = oidc.login("bob")
+        before = oidc.userinfo_calls()
+        start = threading.Barrier(CONCURRENT)
+
+        def one(_):
+            start.wait()
+            return query(proxy, vm, token).status_code
+
+        with ThreadPoolExecutor(CONCURRENT) as pool:
+            statuses = list(pool.map(one, range(CONCURRENT)))
+        assert statuses == [200] * CONCURRENT
+        calls = oidc.userinfo_calls() - before
+        assert 1 <= calls <= proxy.concurrency, f"{calls} /userinfo calls for one token"
+        assert relay.calls == calls
+    finally:
+        relay.stop()
+
+
+def test_filter_counters_agree_with_the_provider(envoy_factory, vm, oidc):
+    proxy = envoy_factory.start(envoy_factory.config(), "envoy-counters").wait_ready()
+    token = oidc.login("alice")
+    before = oidc.userinfo_calls()
+    for _ in range(SEQUENTIAL):
+        assert query(proxy, vm, token).status_code == 200
+    assert call(proxy, "GET", "/api/v1/query", None, {"query": "up"}).status_code == 401
+    assert call(proxy, "GET", "/api/v1/query", token, {"query": "sum("}).status_code == 400
+    counter = proxy.filter_counter
+    assert counter("userinfo_calls") == oidc.userinfo_calls() - before == 1
+    # Exact hit/miss split depends on which worker took each connection (a miss in one
+    # worker's first level may still hit the shared level), so bounds only.
+    assert counter("cache_misses") >= 1
+    assert counter("cache_hits") >= SEQUENTIAL - 1
+    assert counter("requests_allowed") == SEQUENTIAL
+    assert counter("requests_denied") >= 2
+    assert counter("bad_queries") == 1
+    assert counter("idp_errors") == 0
+
+
+@pytest.fixture
+def short_cache_envoy(envoy_factory):
+    config = envoy_config.with_identity(envoy_factory.config(), cache_ttl_s=2,
+                                        negative_cache_ttl_s=2)
+    return envoy_factory.start(config, "envoy-short-cache").wait_ready()
+
+
+def test_expired_entry_is_asked_again_and_revocation_then_takes_effect(short_cache_envoy, vm, oidc):
+    oidc.set_user("erin", {"client_id": "2000"})
+    token = oidc.login("erin")
+    before = oidc.userinfo_calls()
+    assert query(short_cache_envoy, vm, token).status_code == 200
+    oidc.revoke_tokens("erin")
+    assert query(short_cache_envoy, vm, token).status_code == 200  # still cached
+    time.sleep(2.5)
+    assert query(short_cache_envoy, vm, token).status_code == 401
+    assert oidc.userinfo_calls() - before == 2
+
+
+def test_negative_result_is_cached(short_cache_envoy, vm, oidc):
+    token = "unknown-token-for-negative-cache"
+    before = oidc.userinfo_calls()
+    for _ in range(5):
+        assert query(short_cache_envoy, vm, token).status_code == 401
+    assert oidc.userinfo_calls() - before == 1
