@@ -201,53 +201,10 @@ fn expr_parser<'s, 'a: 's>(
         span,
     });
 
-    let empty_call = |k: Kw| {
-        kw(k)
-            .then(just(Tok::LParen))
-            .then(just(Tok::RParen))
-            .map_with(move |_, e| Expr {
-                kind: ExprKind::DurationFn {
-                    func: k,
-                    args: Vec::new(),
-                },
-                span: span_of(e.span()),
-            })
-    };
-
     // ---- Duration expressions (inside `[...]` and after `offset`) ---------------------
     let duration_expr = recursive(|dexpr| {
-        let two_args =
-            select! { Tok::Ident(Kw::MinOf) => Kw::MinOf, Tok::Ident(Kw::MaxOf) => Kw::MaxOf }
-                .then(
-                    dexpr
-                        .clone()
-                        .then_ignore(just(Tok::Comma))
-                        .then(dexpr.clone())
-                        .delimited_by(just(Tok::LParen), just(Tok::RParen)),
-                )
-                .map_with(|(func, (a, b)), e| Expr {
-                    kind: ExprKind::DurationFn {
-                        func,
-                        args: vec![a, b],
-                    },
-                    span: span_of(e.span()),
-                });
-        let paren = dexpr
-            .clone()
-            .delimited_by(just(Tok::LParen), just(Tok::RParen))
-            .map_with(|inner, e| Expr {
-                kind: ExprKind::Paren(Box::new(inner)),
-                span: span_of(e.span()),
-            });
-        let term = choice((
-            number,
-            duration.clone(),
-            paren,
-            empty_call(Kw::Step),
-            empty_call(Kw::Range),
-            two_args,
-        ))
-        .labelled("number, duration, step(), or range()");
+        let term = duration_term(number, duration.clone(), dexpr)
+            .labelled("number, duration, step(), or range()");
         term.pratt((
             prefix(5, select! { Tok::Add => false, Tok::Sub => true }, unary),
             infix(right(4), just(Tok::Pow).to(BinOp::Pow), plain_binary),
@@ -266,34 +223,7 @@ fn expr_parser<'s, 'a: 's>(
     });
 
     // `offset` takes one signed term; `foo offset 5s - 8` subtracts 8 from the selector.
-    let offset_term = choice((
-        number,
-        duration.clone(),
-        duration_expr
-            .clone()
-            .delimited_by(just(Tok::LParen), just(Tok::RParen))
-            .map_with(|inner, e| Expr {
-                kind: ExprKind::Paren(Box::new(inner)),
-                span: span_of(e.span()),
-            }),
-        empty_call(Kw::Step),
-        empty_call(Kw::Range),
-        select! { Tok::Ident(Kw::MinOf) => Kw::MinOf, Tok::Ident(Kw::MaxOf) => Kw::MaxOf }
-            .then(
-                duration_expr
-                    .clone()
-                    .then_ignore(just(Tok::Comma))
-                    .then(duration_expr.clone())
-                    .delimited_by(just(Tok::LParen), just(Tok::RParen)),
-            )
-            .map_with(|(func, (a, b)), e| Expr {
-                kind: ExprKind::DurationFn {
-                    func,
-                    args: vec![a, b],
-                },
-                span: span_of(e.span()),
-            }),
-    ));
+    let offset_term = duration_term(number, duration.clone(), duration_expr.clone());
     let offset_value = signed(offset_term.boxed())
         .labelled("number, duration, step(), or range()")
         .boxed();
@@ -642,6 +572,59 @@ fn join<'a>(
         })),
         span,
     }
+}
+
+/// `step()`, `range()`, `start()`, `end()`: a duration function without arguments.
+fn empty_call<'s, 'a: 's>(func: Kw) -> impl Parser<'s, TokenInput<'s>, Expr<'a>, Extra> + Clone {
+    just(Tok::Ident(func))
+        .then(just(Tok::LParen))
+        .then(just(Tok::RParen))
+        .map_with(move |_, e| Expr {
+            kind: ExprKind::DurationFn {
+                func,
+                args: Vec::new(),
+            },
+            span: span_of(e.span()),
+        })
+}
+
+/// One term of a duration expression: a number, a duration, `(expr)`, `step()`, `range()`,
+/// `min_of(a, b)` or `max_of(a, b)`. `inner` parses the full duration expression.
+fn duration_term<'s, 'a: 's>(
+    number: impl Parser<'s, TokenInput<'s>, Expr<'a>, Extra> + Clone,
+    duration: impl Parser<'s, TokenInput<'s>, Expr<'a>, Extra> + Clone,
+    inner: impl Parser<'s, TokenInput<'s>, Expr<'a>, Extra> + Clone,
+) -> impl Parser<'s, TokenInput<'s>, Expr<'a>, Extra> + Clone {
+    let two_args =
+        select! { Tok::Ident(Kw::MinOf) => Kw::MinOf, Tok::Ident(Kw::MaxOf) => Kw::MaxOf }
+            .then(
+                inner
+                    .clone()
+                    .then_ignore(just(Tok::Comma))
+                    .then(inner.clone())
+                    .delimited_by(just(Tok::LParen), just(Tok::RParen)),
+            )
+            .map_with(|(func, (a, b)), e| Expr {
+                kind: ExprKind::DurationFn {
+                    func,
+                    args: vec![a, b],
+                },
+                span: span_of(e.span()),
+            });
+    let paren = inner
+        .delimited_by(just(Tok::LParen), just(Tok::RParen))
+        .map_with(|inner, e| Expr {
+            kind: ExprKind::Paren(Box::new(inner)),
+            span: span_of(e.span()),
+        });
+    choice((
+        number,
+        duration,
+        paren,
+        empty_call(Kw::Step),
+        empty_call(Kw::Range),
+        two_args,
+    ))
 }
 
 /// A binary operator token followed by its `bool` and vector-matching modifiers.
