@@ -254,7 +254,13 @@ fn expr_parser<'s, 'a: 's>(
                 end: end.end,
             }
         });
-    let postfix = choice((
+    // Most atoms have no modifier after them: one look at the next token rules out all
+    // four before any of them is tried (each failed attempt costs error bookkeeping).
+    let postfix_start = any().filter(move |t: &Tok| {
+        matches!(t, Tok::LBracket | Tok::At | Tok::Ident(Kw::Offset))
+            || (metricsql && *t == Tok::Ident(Kw::KeepMetricNames))
+    });
+    let postfix = postfix_start.rewind().ignore_then(choice((
         bracket,
         kw(Kw::Offset).ignore_then(offset_value).map_with(|v, e| {
             let s: SimpleSpan = e.span();
@@ -265,7 +271,7 @@ fn expr_parser<'s, 'a: 's>(
             Postfix::At(v, s.end)
         }),
         select! { Tok::Ident(Kw::KeepMetricNames) = e if metricsql => { let s: SimpleSpan = e.span(); Postfix::KeepMetricNames(s.end) } },
-    ))
+    )))
     .boxed();
 
     // ---- Expressions -----------------------------------------------------------------
@@ -283,21 +289,31 @@ fn expr_parser<'s, 'a: 's>(
         let limit = select! { Tok::Ident(Kw::Limit) if metricsql => () }
             .ignore_then(number)
             .or_not();
-        let after_word = choice((
-            args.clone()
-                .then(grouping.clone().or_not())
-                .then(limit)
-                .map(|((args, grouping), limit)| AfterWord::Call(args, grouping, limit)),
-            grouping
-                .clone()
-                .then(args)
-                .then(limit)
-                .map(|((grouping, args), limit)| AfterWord::Call(args, Some(grouping), limit)),
-            braces
-                .clone()
-                .map(|(groups, span)| AfterWord::Braces(groups, span)),
-            empty().to(AfterWord::Bare),
-        ));
+        // Likewise, a bare name (the commonest atom) is ruled out of being a call or a
+        // braced selector by one look at the next token.
+        let after_word_start = any().filter(|t: &Tok| {
+            matches!(
+                t,
+                Tok::LParen | Tok::LBrace | Tok::Ident(Kw::By) | Tok::Ident(Kw::Without)
+            )
+        });
+        let after_word = after_word_start
+            .rewind()
+            .ignore_then(choice((
+                args.clone()
+                    .then(grouping.clone().or_not())
+                    .then(limit)
+                    .map(|((args, grouping), limit)| AfterWord::Call(args, grouping, limit)),
+                grouping
+                    .clone()
+                    .then(args)
+                    .then(limit)
+                    .map(|((grouping, args), limit)| AfterWord::Call(args, Some(grouping), limit)),
+                braces
+                    .clone()
+                    .map(|(groups, span)| AfterWord::Braces(groups, span)),
+            )))
+            .or(empty().to(AfterWord::Bare));
         let word =
             select! { Tok::Ident(k) = e if !matches!(k, Kw::Inf | Kw::Nan) => (k, e.span()) };
         let word_led = word
