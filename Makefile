@@ -48,6 +48,7 @@ wasm: rust-deps
 	@rustc --print cfg --target wasm32-wasip1 | grep -qx 'panic="abort"' || { echo "wasm32-wasip1 does not build with panic=abort"; exit 1; }
 	$(CARGO) build --release --target wasm32-wasip1 --lib
 	@echo "wasm size: $$(stat -c %s $(WASM)) bytes ($(WASM))"
+	@test $$(stat -c %s $(WASM)) -lt 1048576 || { echo "the module must stay under 1 MiB"; exit 1; }
 
 lint:
 	$(CARGO) fmt --all -- --check
