@@ -175,11 +175,14 @@ _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 
 def run_wrk(url: str, script: Path, seconds: float, connections: int, threads: int = 1) -> dict:
     """Runs wrk; returns requests/s, p50 and p99 in ms, and the non-2xx count."""
-    out = subprocess.run(
-        ["wrk", "--latency", f"-t{threads}", f"-c{connections}", f"-d{seconds}s",
+    proc = subprocess.run(
+        ["wrk", "--latency", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s",
          "--timeout", "5s", "-s", str(script), url],
-        capture_output=True, text=True, timeout=seconds + 30, check=True,
-    ).stdout
+        capture_output=True, text=True, timeout=seconds + 30,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"wrk failed ({proc.returncode}): {proc.stderr or proc.stdout}")
+    out = proc.stdout
     result = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))}
     for pct in ("50", "99"):
         m = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
