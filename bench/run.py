@@ -52,10 +52,19 @@ GRAFANA_QUERY = (
 )
 GRAFANA_PARAMS = {"query": GRAFANA_QUERY, "start": "1764028800", "end": "1764032400", "step": "15"}
 QUERY_PATH = "/api/v1/query_range"
+# (label, method, path, form): the Grafana query both ways, and a request the filter
+# authenticates but has no PromQL to rewrite in, which splits its fixed cost from the engine's.
+OVERHEAD_CASES = [
+    ("GET", "GET", QUERY_PATH, GRAFANA_PARAMS),
+    ("POST", "POST", QUERY_PATH, GRAFANA_PARAMS),
+    ("nopromql", "GET", "/api/v1/status/buildinfo", {}),
+]
 # What VictoriaMetrics would answer, so that B's upstream costs nothing either.
 EMPTY_MATRIX = '{"status":"success","data":{"resultType":"matrix","result":[]}}'
 
-ROUNDS = 2 if QUICK else 5  # A/B alternations per figure
+ROUNDS = 2 if QUICK else 5
+# Selectors of the large query in the VM-cost phase (about 9 KB of PromQL).
+SELECTORS_LARGE = 200  # A/B alternations per figure
 SATURATION_S = 2 if QUICK else 3
 FIXED_RATE_S = 2 if QUICK else 4
 WRK_CONNECTIONS = 16
@@ -87,6 +96,17 @@ def base_config(listen: int, admin: int, oidc_port: int, cache_max_entries: int 
         # Not a content type the filter cares about; VictoriaMetrics answers JSON.
         "response_headers_to_add": [{"header": {"key": "content-type", "value": "application/json"}}],
     }]
+    # Without it, B would answer a POST from its headers, before reading the body, and
+    # Envoy then closes the connection: one TCP handshake per POST for B only (seen as
+    # downstream_cx_total = requests). The buffer filter reads the whole body first, in A
+    # and in B alike, so both keep their connections and differ by the wasm filter alone.
+    manager["http_filters"].insert(0, {
+        "name": "envoy.filters.http.buffer",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer",
+            "max_request_bytes": 2 * 1048576,
+        },
+    })
     if cache_max_entries is not None:
         plugin = envoy_config.plugin_config(config)
         plugin["identity"]["cache_max_entries"] = cache_max_entries
@@ -141,14 +161,15 @@ def start_envoy(workdir: Path, name: str, config: dict, listen: int, admin: int,
 
 
 def wrk_script(workdir: Path, name: str, method: str, token: str | None,
-               delay_ms: int | None = None, tokens: int | None = None) -> Path:
+               delay_ms: int | None = None, tokens: int | None = None,
+               params: dict | None = None, path: str = QUERY_PATH) -> Path:
     """A wrk Lua script: the Grafana request by GET or POST, optionally paced or rotating tokens."""
-    form = urllib.parse.urlencode(GRAFANA_PARAMS)
+    form = urllib.parse.urlencode(GRAFANA_PARAMS if params is None else params)
     lines = []
     if method == "GET":
-        lines.append(f'wrk.method = "GET"\nwrk.path = "{QUERY_PATH}?{form}"')
+        lines.append(f'wrk.method = "GET"\nwrk.path = "{path}{"?" + form if form else ""}"')
     else:
-        lines.append(f'wrk.method = "POST"\nwrk.path = "{QUERY_PATH}"\nwrk.body = "{form}"')
+        lines.append(f'wrk.method = "POST"\nwrk.path = "{path}"\nwrk.body = "{form}"')
         lines.append('wrk.headers["Content-Type"] = "application/x-www-form-urlencoded"')
     if token is not None:
         lines.append(f'wrk.headers["Authorization"] = "Bearer {token}"')
@@ -210,21 +231,22 @@ def measure_overhead(workdir: Path, oidc: OidcProvider, token: str) -> list[dict
     url = {k: e.url for k, e in envoys.items()}
 
     # Warm A's identity, and check that both answer what we measure with a 200.
-    for method in ("GET", "POST"):
+    for label, method, path, params in OVERHEAD_CASES:
         for k in "AB":
-            r = requests.request(method, f"{url[k]}{QUERY_PATH}",
-                                 params=GRAFANA_PARAMS if method == "GET" else None,
-                                 data=GRAFANA_PARAMS if method == "POST" else None,
+            r = requests.request(method, f"{url[k]}{path}",
+                                 params=params if method == "GET" else None,
+                                 data=params if method == "POST" else None,
                                  headers={"Authorization": f"Bearer {token}"}, timeout=10)
             if r.status_code != 200:
-                raise RuntimeError(f"{k} {method}: {r.status_code} {r.text[:200]}")
+                raise RuntimeError(f"{k} {label}: {r.status_code} {r.text[:200]}")
     calls_before = envoys["A"].filter_counter("userinfo_calls")
 
     rows = []
-    for method in ("GET", "POST"):
+    for label, method, path, params in OVERHEAD_CASES:
         # B gets the same Authorization header: the same bytes on the wire.
-        script = wrk_script(workdir, f"grafana-{method}", method, token)
-        paced = wrk_script(workdir, f"grafana-{method}-paced", method, token, delay_ms=FIXED_DELAY_MS)
+        script = wrk_script(workdir, f"{label}", method, token, params=params, path=path)
+        paced = wrk_script(workdir, f"{label}-paced", method, token, delay_ms=FIXED_DELAY_MS,
+                           params=params, path=path)
         for k in "AB":  # a short warm-up of each
             run_wrk(url[k], script, 1, WRK_CONNECTIONS)
         sat = {"A": [], "B": []}
@@ -236,7 +258,7 @@ def measure_overhead(workdir: Path, oidc: OidcProvider, token: str) -> list[dict
             for k in ("AB" if i % 2 == 0 else "BA"):
                 fixed[k].append(run_wrk(url[k], paced, FIXED_RATE_S, FIXED_CONNECTIONS))
         errors = sum(r["errors"] for k in "AB" for r in sat[k] + fixed[k])
-        row = {"method": method, "errors": errors}
+        row = {"method": label, "errors": errors}
         for k in "AB":
             row[f"rps_{k}"] = median([r["rps"] for r in sat[k]])
             row[f"fixed_rps_{k}"] = median([r["rps"] for r in fixed[k]])
@@ -245,6 +267,7 @@ def measure_overhead(workdir: Path, oidc: OidcProvider, token: str) -> list[dict
             row[f"sat_p50_{k}"] = median([r["p50"] for r in sat[k]])
             row[f"raw_{k}"] = {"saturation": sat[k], "fixed": fixed[k]}
         row["throughput_ratio"] = row["rps_A"] / row["rps_B"]
+        row["cost_us"] = 1e6 / row["rps_A"] - 1e6 / row["rps_B"]
         row["p99_delta_ms"] = row["p99_A"] - row["p99_B"]
         row["p50_delta_ms"] = row["p50_A"] - row["p50_B"]
         rows.append(row)
@@ -254,6 +277,50 @@ def measure_overhead(workdir: Path, oidc: OidcProvider, token: str) -> list[dict
     for e in envoys.values():
         e.stop()
     return rows
+
+
+def selectors_query(n: int) -> str:
+    # The same family as benches/scaling.rs, so the per-selector costs compare.
+    return " + ".join(f'rate(http_requests_{i}_total{{job="api"}}[5m])' for i in range(n))
+
+
+def measure_vm(workdir: Path, oidc: OidcProvider, token: str) -> dict:
+    """Measurement 2, from outside: the engine's cost per selector inside V8.
+
+    POSTs of a query with 1 and with SELECTORS_LARGE selectors, through A and B at
+    saturation; A's extra time per request grows with the query only through the engine
+    (and the body codec), so (A-B at large - A-B at 1) / (large - 1) is the cost of one
+    selector inside the VM, to compare with benches/scaling.rs' native figure."""
+    large = SELECTORS_LARGE
+    ports = {k: (free_port(), free_port()) for k in "AB"}
+    envoys = {
+        "A": start_envoy(workdir, "envoy-vm-A", base_config(*ports["A"], oidc.port), *ports["A"], 1),
+        "B": start_envoy(workdir, "envoy-vm-B", envoy_config.without_wasm(
+            base_config(*ports["B"], oidc.port)), *ports["B"], 1),
+    }
+    scripts = {}
+    for n in (1, large):
+        params = {**GRAFANA_PARAMS, "query": selectors_query(n)}
+        r = requests.post(f"{envoys['A'].url}{QUERY_PATH}", data=params,
+                          headers={"Authorization": f"Bearer {token}"}, timeout=10)
+        if r.status_code != 200:
+            raise RuntimeError(f"{n} selectors through A: {r.status_code} {r.text[:200]}")
+        scripts[n] = wrk_script(workdir, f"selectors-{n}", "POST", token, params=params)
+    per_request_us: dict = {(k, n): [] for k in "AB" for n in (1, large)}
+    for i in range(ROUNDS):
+        for n in (1, large):
+            for k in ("AB" if i % 2 == 0 else "BA"):
+                r = run_wrk(envoys[k].url, scripts[n], SATURATION_S, WRK_CONNECTIONS)
+                per_request_us[(k, n)].append(1e6 / r["rps"])
+    for e in envoys.values():
+        e.stop()
+    t = {key: median(v) for key, v in per_request_us.items()}
+    filter_small = t[("A", 1)] - t[("B", 1)]
+    filter_large = t[("A", large)] - t[("B", large)]
+    return {"selectors": large, "query_bytes": len(selectors_query(large)),
+            "filter_us_1": filter_small, "filter_us_large": filter_large,
+            "per_selector_us": (filter_large - filter_small) / (large - 1),
+            "per_request_us": {f"{k}{n}": v for (k, n), v in t.items()}}
 
 
 def grafana_get(url: str, token: str, timeout: float = 10) -> requests.Response:
@@ -380,22 +447,28 @@ def measure_footprint(workdir: Path) -> dict:
 # ---------------------------------------------------------------------------- report
 
 
-def report(overhead, cold, footprint) -> str:
+def report(overhead, vm, cold, footprint) -> str:
     out = []
     if overhead:
         out.append("Envoy overhead, warm cache (A = filter, B = no filter; direct_response upstream;"
                    f" 1 worker; medians of {ROUNDS} alternated runs)")
-        out.append(f"{'':6} {'A req/s':>9} {'B req/s':>9} {'A/B':>6}   at ~{FIXED_CONNECTIONS * 1000 // FIXED_DELAY_MS}/s:"
+        out.append(f"{'':8} {'A req/s':>9} {'B req/s':>9} {'A/B':>6}   at ~{FIXED_CONNECTIONS * 1000 // FIXED_DELAY_MS}/s:"
                    f" {'p50 A':>7} {'p50 B':>7} {'p99 A':>7} {'p99 B':>7} {'p99 A-B':>8}")
         for r in overhead:
-            out.append(f"{r['method']:6} {r['rps_A']:9.0f} {r['rps_B']:9.0f} {r['throughput_ratio']:6.1%}"
+            out.append(f"{r['method']:8} {r['rps_A']:9.0f} {r['rps_B']:9.0f} {r['throughput_ratio']:6.1%}"
                        f"   {'':>9}{r['p50_A']:6.2f}ms {r['p50_B']:5.2f}ms {r['p99_A']:5.2f}ms"
                        f" {r['p99_B']:5.2f}ms {r['p99_delta_ms']:+6.2f}ms")
         for r in overhead:
-            out.append(f"  {r['method']}: target A/B >= 90%: {'met' if r['throughput_ratio'] >= 0.9 else 'NOT met'};"
+            out.append(f"  {r['method']}: per request A-B {r['cost_us']:.1f} µs at saturation; target A/B >= 90%: {'met' if r['throughput_ratio'] >= 0.9 else 'NOT met'};"
                        f" p99 A-B <= 0.5 ms: {'met' if r['p99_delta_ms'] <= 0.5 else 'NOT met'};"
                        f" non-2xx: {r['errors']}; fixed rate reached A {r['fixed_rps_A']:.0f}/s, B {r['fixed_rps_B']:.0f}/s")
         out.append(f"  /userinfo calls by A while measuring: {overhead[0]['userinfo_calls_during']}")
+    if vm:
+        out.append("")
+        out.append(f"Engine inside V8 (POST, saturation, A-B per request): 1 selector {vm['filter_us_1']:.1f} µs,"
+                   f" {vm['selectors']} selectors ({vm['query_bytes']:,} B) {vm['filter_us_large']:.1f} µs"
+                   f" -> {vm['per_selector_us'] * 1000:.0f} ns per selector in the VM"
+                   " (native: benches/scaling.rs' per-selector figure above)")
     if cold:
         out.append("")
         out.append(f"Cold tokens (real OIDC provider, {cold['workers']} Envoy workers)")
@@ -430,15 +503,18 @@ def main() -> int:
     if not WASM.is_file():
         print(f"{WASM} missing: `make wasm`")
         return 1
-    phases = os.environ.get("BENCH_PHASES", "overhead,cold,footprint").split(",")
+    phases = os.environ.get("BENCH_PHASES", "overhead,vm,cold,footprint").split(",")
     workdir = Path(tempfile.mkdtemp(prefix="bench-"))
     print(f"bench logs and configs: {workdir}")
-    overhead = cold = footprint = None
+    overhead = vm = cold = footprint = None
     try:
         oidc = OidcProvider(workdir, {"alice": {"client_id": TENANT}})
         if "overhead" in phases:
             print("overhead: A/B through Envoy ...", flush=True)
             overhead = measure_overhead(workdir, oidc, oidc.login("alice"))
+        if "vm" in phases:
+            print("engine inside the VM: 1 vs many selectors ...", flush=True)
+            vm = measure_vm(workdir, oidc, oidc.login("alice"))
         if "cold" in phases:
             print("cold tokens ...", flush=True)
             cold = measure_cold(workdir, oidc)
@@ -448,9 +524,9 @@ def main() -> int:
     finally:
         stop_all()
     (workdir / "results.json").write_text(json.dumps(
-        {"overhead": overhead, "cold": cold, "footprint": footprint}, indent=2, default=str))
+        {"overhead": overhead, "vm": vm, "cold": cold, "footprint": footprint}, indent=2, default=str))
     print()
-    print(report(overhead, cold, footprint))
+    print(report(overhead, vm, cold, footprint))
     print(f"\nraw results: {workdir / 'results.json'}")
     return 0
 
