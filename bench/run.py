@@ -68,9 +68,11 @@ SELECTORS_LARGE = 200  # A/B alternations per figure
 SATURATION_S = 2 if QUICK else 3
 FIXED_RATE_S = 2 if QUICK else 4
 WRK_CONNECTIONS = 16
-# Fixed rate: wrk has no open-loop mode, so each connection waits `delay()` between its
-# requests (a Lua hook); 8 connections x 1 request per 8 ms is about 1,000 requests/s,
-# well below either setup's saturation on this machine.
+# Fixed rate, well below either setup's saturation on this machine: with oha (when
+# installed, `cargo install oha --locked`, 12 minutes here) an open-loop 1,000 requests/s;
+# otherwise wrk, which has no open-loop mode: each connection waits `delay()` (a Lua
+# hook) between its requests, 8 connections x 1 request per 8 ms, about 1,000/s.
+FIXED_RATE = 1000
 FIXED_CONNECTIONS = 8
 FIXED_DELAY_MS = 8
 
@@ -194,6 +196,37 @@ def wrk_script(workdir: Path, name: str, method: str, token: str | None,
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 
 
+def oha_binary() -> str | None:
+    """oha (crates.io), when installed: `OHA=path`, on PATH, or in ~/.cargo/bin."""
+    for candidate in (os.environ.get("OHA"), shutil.which("oha"),
+                      str(Path.home() / ".cargo" / "bin" / "oha")):
+        if candidate and Path(candidate).is_file():
+            return candidate
+    return None
+
+
+def run_oha(oha: str, url: str, method: str, token: str, params: dict, path: str,
+            seconds: float, rate: int, connections: int) -> dict:
+    """A fixed (open-loop) rate with oha; latencies corrected for coordinated omission."""
+    form = urllib.parse.urlencode(params)
+    argv = [oha, "--no-tui", "--output-format", "json", "--latency-correction",
+            "-z", f"{max(1, round(seconds))}s", "-q", str(rate), "-c", str(connections),
+            "-H", f"Authorization: Bearer {token}", "-m", method]
+    if method == "GET":
+        argv.append(f"{url}{path}{'?' + form if form else ''}")
+    else:
+        argv += ["-T", "application/x-www-form-urlencoded", "-d", form, f"{url}{path}"]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30)
+    if proc.returncode != 0:
+        raise RuntimeError(f"oha failed ({proc.returncode}): {proc.stderr or proc.stdout}")
+    out = json.loads(proc.stdout)
+    codes = out.get("statusCodeDistribution") or {}
+    return {"rps": out["summary"]["requestsPerSec"],
+            "p50": out["latencyPercentiles"]["p50"] * 1e3,
+            "p99": out["latencyPercentiles"]["p99"] * 1e3,
+            "errors": sum(n for code, n in codes.items() if code != "200")}
+
+
 def run_wrk(url: str, script: Path, seconds: float, connections: int, threads: int = 1) -> dict:
     """Runs wrk; returns requests/s, p50 and p99 in ms, and the non-2xx count."""
     proc = subprocess.run(
@@ -251,14 +284,20 @@ def measure_overhead(workdir: Path, oidc: OidcProvider, token: str) -> list[dict
             run_wrk(url[k], script, 1, WRK_CONNECTIONS)
         sat = {"A": [], "B": []}
         fixed = {"A": [], "B": []}
+        oha = oha_binary()
         for i in range(ROUNDS):
             # Alternate which goes first, so a drift in the machine's load hits both.
             for k in ("AB" if i % 2 == 0 else "BA"):
                 sat[k].append(run_wrk(url[k], script, SATURATION_S, WRK_CONNECTIONS))
             for k in ("AB" if i % 2 == 0 else "BA"):
-                fixed[k].append(run_wrk(url[k], paced, FIXED_RATE_S, FIXED_CONNECTIONS))
+                if oha:
+                    fixed[k].append(run_oha(oha, url[k], method, token, params, path,
+                                            FIXED_RATE_S, FIXED_RATE, FIXED_CONNECTIONS))
+                else:
+                    fixed[k].append(run_wrk(url[k], paced, FIXED_RATE_S, FIXED_CONNECTIONS))
         errors = sum(r["errors"] for k in "AB" for r in sat[k] + fixed[k])
-        row = {"method": label, "errors": errors}
+        row = {"method": label, "errors": errors,
+               "fixed_tool": "oha -q (open loop)" if oha else "wrk + delay() (closed loop)"}
         for k in "AB":
             row[f"rps_{k}"] = median([r["rps"] for r in sat[k]])
             row[f"fixed_rps_{k}"] = median([r["rps"] for r in fixed[k]])
@@ -452,7 +491,7 @@ def report(overhead, vm, cold, footprint) -> str:
     if overhead:
         out.append("Envoy overhead, warm cache (A = filter, B = no filter; direct_response upstream;"
                    f" 1 worker; medians of {ROUNDS} alternated runs)")
-        out.append(f"{'':8} {'A req/s':>9} {'B req/s':>9} {'A/B':>6}   at ~{FIXED_CONNECTIONS * 1000 // FIXED_DELAY_MS}/s:"
+        out.append(f"{'':8} {'A req/s':>9} {'B req/s':>9} {'A/B':>6}   at {FIXED_RATE}/s:"
                    f" {'p50 A':>7} {'p50 B':>7} {'p99 A':>7} {'p99 B':>7} {'p99 A-B':>8}")
         for r in overhead:
             out.append(f"{r['method']:8} {r['rps_A']:9.0f} {r['rps_B']:9.0f} {r['throughput_ratio']:6.1%}"
@@ -462,6 +501,7 @@ def report(overhead, vm, cold, footprint) -> str:
             out.append(f"  {r['method']}: per request A-B {r['cost_us']:.1f} µs at saturation; target A/B >= 90%: {'met' if r['throughput_ratio'] >= 0.9 else 'NOT met'};"
                        f" p99 A-B <= 0.5 ms: {'met' if r['p99_delta_ms'] <= 0.5 else 'NOT met'};"
                        f" non-2xx: {r['errors']}; fixed rate reached A {r['fixed_rps_A']:.0f}/s, B {r['fixed_rps_B']:.0f}/s")
+        out.append(f"  fixed rate by {overhead[0]['fixed_tool']}")
         out.append(f"  /userinfo calls by A while measuring: {overhead[0]['userinfo_calls_during']}")
     if vm:
         out.append("")
