@@ -45,7 +45,8 @@ WASM = REPO / "target" / "wasm32-wasip1" / "release" / "promql_tenant_filter.was
 QUICK = os.environ.get("BENCH_QUICK") == "1"
 TENANT = "1999"
 
-# What a Grafana panel sends: an error-ratio range query over the last hour.
+# What a Grafana panel sends: an error-ratio range query over the last hour (benches/scaling.rs
+# times the same query natively: keep the two alike).
 GRAFANA_QUERY = (
     'sum by (service) (rate(http_requests_total{job="api",code=~"5.."}[5m]))'
     ' / sum by (service) (rate(http_requests_total{job="api"}[5m]))'
