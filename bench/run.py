@@ -5,6 +5,7 @@ Measures, on 127.0.0.1 only, with the end-to-end harness' process wrappers (test
              `direct_response` route, warm identity: wrk throughput at saturation and
              p50/p99 at a fixed rate, Grafana query by GET and by POST form; A and B are
              alternated and the medians compared.
+  backend    for context, A against B in front of a real VictoriaMetrics.
   cold       new tokens against the real OIDC provider: 50 concurrent requests with one
              new token, 1,000 requests over 100 tokens, and what a cold request adds.
   footprint  the .wasm size; Envoy's memory while 100,000 requests over 10,000 tokens go
@@ -39,7 +40,7 @@ import requests  # noqa: E402
 
 import envoy_config  # noqa: E402
 from procs import free_port, stop_all  # noqa: E402
-from services import Envoy, OidcProvider  # noqa: E402
+from services import Envoy, OidcProvider, VictoriaMetrics  # noqa: E402
 
 WASM = REPO / "target" / "wasm32-wasip1" / "release" / "promql_tenant_filter.wasm"
 QUICK = os.environ.get("BENCH_QUICK") == "1"
@@ -85,20 +86,24 @@ def median(values):
 # ---------------------------------------------------------------------------- Envoy configs
 
 
-def base_config(listen: int, admin: int, oidc_port: int, cache_max_entries: int | None = None) -> dict:
-    """envoy/envoy.yaml with its backend route answered by Envoy itself (`direct_response`)."""
+def base_config(listen: int, admin: int, oidc_port: int, cache_max_entries: int | None = None,
+                backend_port: int | None = None) -> dict:
+    """envoy/envoy.yaml with its backend route answered by Envoy itself (`direct_response`),
+    or routed to a real backend on `backend_port`."""
     config = envoy_config.render(
         envoy_config.ENVOY_DIR / "envoy.yaml",
         LISTEN_PORT=listen, ADMIN_PORT=admin, OIDC_PORT=oidc_port,
-        BACKEND_PORT=free_port(), WASM_PATH=WASM,
+        BACKEND_PORT=backend_port or free_port(), WASM_PATH=WASM,
     )
     manager = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
-    manager["route_config"]["virtual_hosts"][0]["routes"] = [{
-        "match": {"prefix": "/"},
-        "direct_response": {"status": 200, "body": {"inline_string": EMPTY_MATRIX}},
-        # Not a content type the filter cares about; VictoriaMetrics answers JSON.
-        "response_headers_to_add": [{"header": {"key": "content-type", "value": "application/json"}}],
-    }]
+    if backend_port is None:
+        manager["route_config"]["virtual_hosts"][0]["routes"] = [{
+            "match": {"prefix": "/"},
+            "direct_response": {"status": 200, "body": {"inline_string": EMPTY_MATRIX}},
+            # Not a content type the filter cares about; VictoriaMetrics answers JSON.
+            "response_headers_to_add": [{"header": {"key": "content-type",
+                                                    "value": "application/json"}}],
+        }]
     # Without it, B would answer a POST from its headers, before reading the body, and
     # Envoy then closes the connection: one TCP handshake per POST for B only (seen as
     # downstream_cx_total = requests). The buffer filter reads the whole body first, in A
@@ -319,6 +324,47 @@ def measure_overhead(workdir: Path, oidc: OidcProvider, token: str) -> list[dict
     return rows
 
 
+def measure_real_backend(workdir: Path, oidc: OidcProvider, token: str) -> dict:
+    """For context: A against B in front of a real VictoriaMetrics answering the Grafana
+    query over an hour of samples (GET, saturation), where the backend's own cost counts."""
+    vm = VictoriaMetrics(workdir)
+    end_s = int(time.time())
+    lines = []
+    for tenant in (TENANT, "2000"):
+        for service in ("checkout", "search"):
+            for code in ("200", "500"):
+                labels = f'client_id="{tenant}",job="api",service="{service}",code="{code}"'
+                lines += [f"http_requests_total{{{labels}}} {i * 10} {(end_s - 3600 + i * 15) * 1000}"
+                          for i in range(241)]
+    vm.import_prometheus("\n".join(lines) + "\n")
+    vm.force_flush()
+    params = {**GRAFANA_PARAMS, "start": str(end_s - 3600), "end": str(end_s)}
+    ports = {k: (free_port(), free_port()) for k in "AB"}
+    config = {k: base_config(*ports[k], oidc.port, backend_port=vm.port) for k in "AB"}
+    config["B"] = envoy_config.without_wasm(config["B"])
+    envoys = {k: start_envoy(workdir, f"envoy-vm-backend-{k}", config[k], *ports[k], 1) for k in "AB"}
+    answers = {}
+    for k in "AB":
+        r = requests.get(f"{envoys[k].url}{QUERY_PATH}", params=params,
+                         headers={"Authorization": f"Bearer {token}"}, timeout=10)
+        r.raise_for_status()
+        answers[k] = len(r.json()["data"]["result"])
+    script = wrk_script(workdir, "real-backend", "GET", token, params=params)
+    runs: dict = {"A": [], "B": []}
+    for i in range(3):
+        for k in ("AB" if i % 2 == 0 else "BA"):
+            runs[k].append(run_wrk(envoys[k].url, script, SATURATION_S, WRK_CONNECTIONS))
+    for e in envoys.values():
+        e.stop()
+    vm.stop()
+    result = {"series_A": answers["A"], "series_B": answers["B"]}
+    for k in "AB":
+        result[f"rps_{k}"] = median([r["rps"] for r in runs[k]])
+        result[f"p50_{k}"] = median([r["p50"] for r in runs[k]])
+    result["throughput_ratio"] = result["rps_A"] / result["rps_B"]
+    return result
+
+
 def selectors_query(n: int) -> str:
     # The same family as benches/scaling.rs, so the per-selector costs compare.
     return " + ".join(f'rate(http_requests_{i}_total{{job="api"}}[5m])' for i in range(n))
@@ -487,7 +533,7 @@ def measure_footprint(workdir: Path) -> dict:
 # ---------------------------------------------------------------------------- report
 
 
-def report(overhead, vm, cold, footprint) -> str:
+def report(overhead, vm, backend, cold, footprint) -> str:
     out = []
     if overhead:
         out.append("Envoy overhead, warm cache (A = filter, B = no filter; direct_response upstream;"
@@ -510,6 +556,12 @@ def report(overhead, vm, cold, footprint) -> str:
                    f" {vm['selectors']} selectors ({vm['query_bytes']:,} B) {vm['filter_us_large']:.1f} µs"
                    f" -> {vm['per_selector_us'] * 1000:.0f} ns per selector in the VM"
                    " (native: benches/scaling.rs' per-selector figure above)")
+    if backend:
+        out.append("")
+        out.append(f"For context, in front of a real VictoriaMetrics (GET, saturation, median of 3):"
+                   f" A {backend['rps_A']:.0f} req/s, B {backend['rps_B']:.0f} req/s, A/B"
+                   f" {backend['throughput_ratio']:.1%}; p50 A {backend['p50_A']:.2f} ms, B {backend['p50_B']:.2f} ms;"
+                   f" result series A {backend['series_A']}, B {backend['series_B']}")
     if cold:
         out.append("")
         out.append(f"Cold tokens (real OIDC provider, {cold['workers']} Envoy workers)")
@@ -544,10 +596,10 @@ def main() -> int:
     if not WASM.is_file():
         print(f"{WASM} missing: `make wasm`")
         return 1
-    phases = os.environ.get("BENCH_PHASES", "overhead,vm,cold,footprint").split(",")
+    phases = os.environ.get("BENCH_PHASES", "overhead,vm,backend,cold,footprint").split(",")
     workdir = Path(tempfile.mkdtemp(prefix="bench-"))
     print(f"bench logs and configs: {workdir}")
-    overhead = vm = cold = footprint = None
+    overhead = vm = backend = cold = footprint = None
     try:
         oidc = OidcProvider(workdir, {"alice": {"client_id": TENANT}})
         if "overhead" in phases:
@@ -556,6 +608,9 @@ def main() -> int:
         if "vm" in phases:
             print("engine inside the VM: 1 vs many selectors ...", flush=True)
             vm = measure_vm(workdir, oidc, oidc.login("alice"))
+        if "backend" in phases:
+            print("overhead in front of a real VictoriaMetrics ...", flush=True)
+            backend = measure_real_backend(workdir, oidc, oidc.login("alice"))
         if "cold" in phases:
             print("cold tokens ...", flush=True)
             cold = measure_cold(workdir, oidc)
@@ -565,9 +620,9 @@ def main() -> int:
     finally:
         stop_all()
     (workdir / "results.json").write_text(json.dumps(
-        {"overhead": overhead, "vm": vm, "cold": cold, "footprint": footprint}, indent=2, default=str))
+        {"overhead": overhead, "vm": vm, "backend": backend, "cold": cold, "footprint": footprint}, indent=2, default=str))
     print()
-    print(report(overhead, vm, cold, footprint))
+    print(report(overhead, vm, backend, cold, footprint))
     print(f"\nraw results: {workdir / 'results.json'}")
     return 0
 
