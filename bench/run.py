@@ -5,6 +5,8 @@ Measures, on 127.0.0.1 only, with the end-to-end harness' process wrappers (test
              `direct_response` route, warm identity: wrk throughput at saturation and
              p50/p99 at a fixed rate, Grafana query by GET and by POST form; A and B are
              alternated and the medians compared.
+  vm         the engine's cost per selector inside V8: POSTs of 1 and of 200 selectors,
+             A against B, to compare with benches/scaling.rs' native figure.
   backend    for context, A against B in front of a real VictoriaMetrics.
   cold       new tokens against the real OIDC provider: 50 concurrent requests with one
              new token, 1,000 requests over 100 tokens, and what a cold request adds.
