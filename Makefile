@@ -73,8 +73,16 @@ demo-check: deps wasm
 ## THE test command: installs, builds, lints, runs every test.
 test: deps wasm lint unit e2e deploy-check demo-check
 
-bench:
+## Benchmarks (BENCHMARKS.md): the engine against promql-parser, rewrite time against query
+## size, then through Envoy (bench/run.py): the filter against no filter, cold tokens,
+## footprint. Prints the figures; asserts nothing. wrk comes from Debian; oha (crates.io,
+## `cargo install oha --locked`, 12 minutes here) is used for the fixed rate when installed.
+bench: rust-deps py-deps vm-deps wasm
+	@command -v wrk >/dev/null || { apt-get update -qq \
+	  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
 	$(CARGO) bench --bench engine
+	$(CARGO) bench --bench scaling
+	$(VENV)/bin/python bench/run.py
 
 ## Deployment checks (deploy/README.md): the compose file's wiring, and the compose stack
 ## run as processes on 127.0.0.1 (dashboard queries as alice and bob); `envoy --mode

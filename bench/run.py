@@ -1,0 +1,633 @@
+"""`make bench`, the part through Envoy: the filter's cost against the same Envoy without it.
+
+Measures, on 127.0.0.1 only, with the end-to-end harness' process wrappers (tests/e2e):
+  overhead   Envoy with the filter (A) against the same Envoy without it (B), upstream a
+             `direct_response` route, warm identity: wrk throughput at saturation and
+             p50/p99 at a fixed rate, Grafana query by GET and by POST form; A and B are
+             alternated and the medians compared.
+  vm         the engine's cost per selector inside V8: POSTs of 1 and of 200 selectors,
+             A against B, to compare with benches/scaling.rs' native figure.
+  backend    for context, A against B in front of a real VictoriaMetrics.
+  cold       new tokens against the real OIDC provider: 50 concurrent requests with one
+             new token, 1,000 requests over 100 tokens, and what a cold request adds.
+  footprint  the .wasm size; Envoy's memory while 100,000 requests over 10,000 tokens go
+             through a small cache (a `direct_response` /userinfo so the IdP costs nothing).
+
+Every figure is a ratio or difference against a baseline from the same run; nothing here
+asserts a time. BENCH_QUICK=1 shortens every phase (for trying the harness out).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import random
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.parse
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+# The same process wrappers and config helpers as the end-to-end tests and the demo.
+sys.path.insert(0, str(REPO / "tests" / "e2e"))
+
+import requests  # noqa: E402
+
+import envoy_config  # noqa: E402
+from procs import free_port, stop_all  # noqa: E402
+from services import Envoy, OidcProvider, VictoriaMetrics  # noqa: E402
+
+WASM = REPO / "target" / "wasm32-wasip1" / "release" / "promql_tenant_filter.wasm"
+QUICK = os.environ.get("BENCH_QUICK") == "1"
+TENANT = "1999"
+
+# What a Grafana panel sends: an error-ratio range query over the last hour (benches/scaling.rs
+# times the same query natively: keep the two alike).
+GRAFANA_QUERY = (
+    'sum by (service) (rate(http_requests_total{job="api",code=~"5.."}[5m]))'
+    ' / sum by (service) (rate(http_requests_total{job="api"}[5m]))'
+)
+GRAFANA_PARAMS = {"query": GRAFANA_QUERY, "start": "1764028800", "end": "1764032400", "step": "15"}
+QUERY_PATH = "/api/v1/query_range"
+# (label, method, path, form): the Grafana query both ways, and a request the filter
+# authenticates but has no PromQL to rewrite in, which splits its fixed cost from the engine's.
+OVERHEAD_CASES = [
+    ("GET", "GET", QUERY_PATH, GRAFANA_PARAMS),
+    ("POST", "POST", QUERY_PATH, GRAFANA_PARAMS),
+    ("nopromql", "GET", "/api/v1/status/buildinfo", {}),
+]
+# What VictoriaMetrics would answer, so that B's upstream costs nothing either.
+EMPTY_MATRIX = '{"status":"success","data":{"resultType":"matrix","result":[]}}'
+
+ROUNDS = 2 if QUICK else 5
+# Selectors of the large query in the VM-cost phase (about 9 KB of PromQL).
+SELECTORS_LARGE = 200  # A/B alternations per figure
+SATURATION_S = 2 if QUICK else 3
+FIXED_RATE_S = 2 if QUICK else 4
+WRK_CONNECTIONS = 16
+# Fixed rate, well below either setup's saturation on this machine: with oha (when
+# installed, `cargo install oha --locked`, 12 minutes here) an open-loop 1,000 requests/s;
+# otherwise wrk, which has no open-loop mode: each connection waits `delay()` (a Lua
+# hook) between its requests, 8 connections x 1 request per 8 ms, about 1,000/s.
+FIXED_RATE = 1000
+FIXED_CONNECTIONS = 8
+FIXED_DELAY_MS = 8
+
+
+def median(values):
+    return statistics.median(values) if values else float("nan")
+
+
+# ---------------------------------------------------------------------------- Envoy configs
+
+
+def base_config(listen: int, admin: int, oidc_port: int, cache_max_entries: int | None = None,
+                backend_port: int | None = None) -> dict:
+    """envoy/envoy.yaml with its backend route answered by Envoy itself (`direct_response`),
+    or routed to a real backend on `backend_port`."""
+    config = envoy_config.render(
+        envoy_config.ENVOY_DIR / "envoy.yaml",
+        LISTEN_PORT=listen, ADMIN_PORT=admin, OIDC_PORT=oidc_port,
+        BACKEND_PORT=backend_port or free_port(), WASM_PATH=WASM,
+    )
+    manager = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    if backend_port is None:
+        manager["route_config"]["virtual_hosts"][0]["routes"] = [{
+            "match": {"prefix": "/"},
+            "direct_response": {"status": 200, "body": {"inline_string": EMPTY_MATRIX}},
+            # Not a content type the filter cares about; VictoriaMetrics answers JSON.
+            "response_headers_to_add": [{"header": {"key": "content-type",
+                                                    "value": "application/json"}}],
+        }]
+    # Without it, B would answer a POST from its headers, before reading the body, and
+    # Envoy then closes the connection: one TCP handshake per POST for B only (seen as
+    # downstream_cx_total = requests). The buffer filter reads the whole body first, in A
+    # and in B alike, so both keep their connections and differ by the wasm filter alone.
+    manager["http_filters"].insert(0, {
+        "name": "envoy.filters.http.buffer",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer",
+            "max_request_bytes": 2 * 1048576,
+        },
+    })
+    if cache_max_entries is not None:
+        plugin = envoy_config.plugin_config(config)
+        plugin["identity"]["cache_max_entries"] = cache_max_entries
+        config = envoy_config.with_plugin_config(config, plugin)
+    return config
+
+
+def with_fake_userinfo(config: dict, port: int) -> dict:
+    """A second listener on `port` answering every /userinfo with tenant 1999, at once.
+
+    For the footprint run, where 10,000 tokens would otherwise need 10,000 logins at the
+    real provider and its Python /userinfo would be the bottleneck."""
+    listener = {
+        "name": "fake_userinfo",
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+        "filter_chains": [{"filters": [{
+            "name": "envoy.filters.network.http_connection_manager",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network."
+                         "http_connection_manager.v3.HttpConnectionManager",
+                "stat_prefix": "fake_userinfo",
+                "route_config": {"virtual_hosts": [{
+                    "name": "userinfo", "domains": ["*"],
+                    "routes": [{
+                        "match": {"prefix": "/userinfo"},
+                        "direct_response": {"status": 200, "body": {
+                            "inline_string": json.dumps({"sub": "bench", "client_id": TENANT})}},
+                        "response_headers_to_add": [{"header": {
+                            "key": "content-type", "value": "application/json"}}],
+                    }],
+                }]},
+                "http_filters": [{
+                    "name": "envoy.filters.http.router",
+                    "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters."
+                                              "http.router.v3.Router"},
+                }],
+            },
+        }]}],
+    }
+    config = envoy_config.set_cluster_port(config, "oidc", port)
+    config["static_resources"]["listeners"].append(listener)
+    return config
+
+
+def start_envoy(workdir: Path, name: str, config: dict, listen: int, admin: int,
+                concurrency: int) -> Envoy:
+    return Envoy(workdir, name, config, admin_port=admin, listen_port=listen,
+                 concurrency=concurrency).wait_ready()
+
+
+# ---------------------------------------------------------------------------- wrk
+
+
+def wrk_script(workdir: Path, name: str, method: str, token: str | None,
+               delay_ms: int | None = None, tokens: int | None = None,
+               params: dict | None = None, path: str = QUERY_PATH) -> Path:
+    """A wrk Lua script: the Grafana request by GET or POST, optionally paced or rotating tokens."""
+    form = urllib.parse.urlencode(GRAFANA_PARAMS if params is None else params)
+    lines = []
+    if method == "GET":
+        lines.append(f'wrk.method = "GET"\nwrk.path = "{path}{"?" + form if form else ""}"')
+    else:
+        lines.append(f'wrk.method = "POST"\nwrk.path = "{path}"\nwrk.body = "{form}"')
+        lines.append('wrk.headers["Content-Type"] = "application/x-www-form-urlencoded"')
+    if token is not None:
+        lines.append(f'wrk.headers["Authorization"] = "Bearer {token}"')
+    if delay_ms is not None:
+        lines.append(f"function delay() return {delay_ms} end")
+    if tokens is not None:
+        # Each request a token drawn at random from `tokens` (seeded per thread).
+        lines.append(
+            "local n = 0\n"
+            "function setup(thread) n = n + 1; thread:set('seed', n) end\n"
+            "function init(args) math.randomseed(seed * 7919) end\n"
+            "function request()\n"
+            f'  wrk.headers["Authorization"] = "Bearer bench-token-" .. math.random(1, {tokens})\n'
+            "  return wrk.format()\n"
+            "end"
+        )
+    path = workdir / f"{name}.lua"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def oha_binary() -> str | None:
+    """oha (crates.io), when installed: `OHA=path`, on PATH, or in ~/.cargo/bin."""
+    for candidate in (os.environ.get("OHA"), shutil.which("oha"),
+                      str(Path.home() / ".cargo" / "bin" / "oha")):
+        if candidate and Path(candidate).is_file():
+            return candidate
+    return None
+
+
+def run_oha(oha: str, url: str, method: str, token: str, params: dict, path: str,
+            seconds: float, rate: int, connections: int) -> dict:
+    """A fixed (open-loop) rate with oha; latencies corrected for coordinated omission."""
+    form = urllib.parse.urlencode(params)
+    argv = [oha, "--no-tui", "--output-format", "json", "--latency-correction",
+            "-z", f"{max(1, round(seconds))}s", "-q", str(rate), "-c", str(connections),
+            "-H", f"Authorization: Bearer {token}", "-m", method]
+    if method == "GET":
+        argv.append(f"{url}{path}{'?' + form if form else ''}")
+    else:
+        argv += ["-T", "application/x-www-form-urlencoded", "-d", form, f"{url}{path}"]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30)
+    if proc.returncode != 0:
+        raise RuntimeError(f"oha failed ({proc.returncode}): {proc.stderr or proc.stdout}")
+    out = json.loads(proc.stdout)
+    codes = out.get("statusCodeDistribution") or {}
+    return {"rps": out["summary"]["requestsPerSec"],
+            "p50": out["latencyPercentiles"]["p50"] * 1e3,
+            "p99": out["latencyPercentiles"]["p99"] * 1e3,
+            "errors": sum(n for code, n in codes.items() if code != "200")}
+
+
+def run_wrk(url: str, script: Path, seconds: float, connections: int, threads: int = 1) -> dict:
+    """Runs wrk; returns requests/s, p50 and p99 in ms, and the non-2xx count."""
+    proc = subprocess.run(
+        ["wrk", "--latency", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s",
+         "--timeout", "5s", "-s", str(script), url],
+        capture_output=True, text=True, timeout=seconds + 30,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"wrk failed ({proc.returncode}): {proc.stderr or proc.stdout}")
+    out = proc.stdout
+    result = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))}
+    for pct in ("50", "99"):
+        m = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        result[f"p{pct}"] = float(m.group(1)) * _UNITS[m.group(2)]
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    result["errors"] = int(m.group(1)) if m else 0
+    m = re.search(r"Socket errors: (.*)", out)
+    result["socket_errors"] = m.group(1) if m else ""
+    return result
+
+
+# ---------------------------------------------------------------------------- measurements
+
+
+def measure_overhead(workdir: Path, oidc: OidcProvider, token: str) -> list[dict]:
+    """Measurement 3: A (filter) against B (no filter), alternated, medians."""
+    ports = {k: (free_port(), free_port()) for k in "AB"}
+    config_a = base_config(*ports["A"], oidc.port)
+    config_b = envoy_config.without_wasm(base_config(*ports["B"], oidc.port))
+    # One worker each, so that wrk keeps the other core (the machine has 2).
+    envoys = {
+        "A": start_envoy(workdir, "envoy-A-filter", config_a, *ports["A"], concurrency=1),
+        "B": start_envoy(workdir, "envoy-B-plain", config_b, *ports["B"], concurrency=1),
+    }
+    url = {k: e.url for k, e in envoys.items()}
+
+    # Warm A's identity, and check that both answer what we measure with a 200.
+    for label, method, path, params in OVERHEAD_CASES:
+        for k in "AB":
+            r = requests.request(method, f"{url[k]}{path}",
+                                 params=params if method == "GET" else None,
+                                 data=params if method == "POST" else None,
+                                 headers={"Authorization": f"Bearer {token}"}, timeout=10)
+            if r.status_code != 200:
+                raise RuntimeError(f"{k} {label}: {r.status_code} {r.text[:200]}")
+    calls_before = envoys["A"].filter_counter("userinfo_calls")
+
+    rows = []
+    for label, method, path, params in OVERHEAD_CASES:
+        # B gets the same Authorization header: the same bytes on the wire.
+        script = wrk_script(workdir, f"{label}", method, token, params=params, path=path)
+        paced = wrk_script(workdir, f"{label}-paced", method, token, delay_ms=FIXED_DELAY_MS,
+                           params=params, path=path)
+        for k in "AB":  # a short warm-up of each
+            run_wrk(url[k], script, 1, WRK_CONNECTIONS)
+        sat = {"A": [], "B": []}
+        fixed = {"A": [], "B": []}
+        oha = oha_binary()
+        for i in range(ROUNDS):
+            # Alternate which goes first, so a drift in the machine's load hits both.
+            for k in ("AB" if i % 2 == 0 else "BA"):
+                sat[k].append(run_wrk(url[k], script, SATURATION_S, WRK_CONNECTIONS))
+            for k in ("AB" if i % 2 == 0 else "BA"):
+                if oha:
+                    fixed[k].append(run_oha(oha, url[k], method, token, params, path,
+                                            FIXED_RATE_S, FIXED_RATE, FIXED_CONNECTIONS))
+                else:
+                    fixed[k].append(run_wrk(url[k], paced, FIXED_RATE_S, FIXED_CONNECTIONS))
+        errors = sum(r["errors"] for k in "AB" for r in sat[k] + fixed[k])
+        row = {"method": label, "errors": errors,
+               "fixed_tool": "oha -q (open loop)" if oha else "wrk + delay() (closed loop)"}
+        for k in "AB":
+            row[f"rps_{k}"] = median([r["rps"] for r in sat[k]])
+            row[f"fixed_rps_{k}"] = median([r["rps"] for r in fixed[k]])
+            row[f"p50_{k}"] = median([r["p50"] for r in fixed[k]])
+            row[f"p99_{k}"] = median([r["p99"] for r in fixed[k]])
+            row[f"sat_p50_{k}"] = median([r["p50"] for r in sat[k]])
+            row[f"raw_{k}"] = {"saturation": sat[k], "fixed": fixed[k]}
+        row["throughput_ratio"] = row["rps_A"] / row["rps_B"]
+        row["cost_us"] = 1e6 / row["rps_A"] - 1e6 / row["rps_B"]
+        row["p99_delta_ms"] = row["p99_A"] - row["p99_B"]
+        row["p50_delta_ms"] = row["p50_A"] - row["p50_B"]
+        rows.append(row)
+    calls_after = envoys["A"].filter_counter("userinfo_calls")
+    for row in rows:
+        row["userinfo_calls_during"] = (calls_after or 0) - (calls_before or 0)
+    for e in envoys.values():
+        e.stop()
+    return rows
+
+
+def measure_real_backend(workdir: Path, oidc: OidcProvider, token: str) -> dict:
+    """For context: A against B in front of a real VictoriaMetrics answering the Grafana
+    query over an hour of samples (GET, saturation), where the backend's own cost counts."""
+    vm = VictoriaMetrics(workdir)
+    end_s = int(time.time())
+    lines = []
+    for tenant in (TENANT, "2000"):
+        for service in ("checkout", "search"):
+            for code in ("200", "500"):
+                labels = f'client_id="{tenant}",job="api",service="{service}",code="{code}"'
+                lines += [f"http_requests_total{{{labels}}} {i * 10} {(end_s - 3600 + i * 15) * 1000}"
+                          for i in range(241)]
+    vm.import_prometheus("\n".join(lines) + "\n")
+    vm.force_flush()
+    params = {**GRAFANA_PARAMS, "start": str(end_s - 3600), "end": str(end_s)}
+    ports = {k: (free_port(), free_port()) for k in "AB"}
+    config = {k: base_config(*ports[k], oidc.port, backend_port=vm.port) for k in "AB"}
+    config["B"] = envoy_config.without_wasm(config["B"])
+    envoys = {k: start_envoy(workdir, f"envoy-vm-backend-{k}", config[k], *ports[k], 1) for k in "AB"}
+    answers = {}
+    for k in "AB":
+        r = requests.get(f"{envoys[k].url}{QUERY_PATH}", params=params,
+                         headers={"Authorization": f"Bearer {token}"}, timeout=10)
+        r.raise_for_status()
+        answers[k] = len(r.json()["data"]["result"])
+    script = wrk_script(workdir, "real-backend", "GET", token, params=params)
+    runs: dict = {"A": [], "B": []}
+    for i in range(3):
+        for k in ("AB" if i % 2 == 0 else "BA"):
+            runs[k].append(run_wrk(envoys[k].url, script, SATURATION_S, WRK_CONNECTIONS))
+    for e in envoys.values():
+        e.stop()
+    vm.stop()
+    result = {"series_A": answers["A"], "series_B": answers["B"]}
+    for k in "AB":
+        result[f"rps_{k}"] = median([r["rps"] for r in runs[k]])
+        result[f"p50_{k}"] = median([r["p50"] for r in runs[k]])
+    result["throughput_ratio"] = result["rps_A"] / result["rps_B"]
+    return result
+
+
+def selectors_query(n: int) -> str:
+    # The same family as benches/scaling.rs, so the per-selector costs compare.
+    return " + ".join(f'rate(http_requests_{i}_total{{job="api"}}[5m])' for i in range(n))
+
+
+def measure_vm(workdir: Path, oidc: OidcProvider, token: str) -> dict:
+    """Measurement 2, from outside: the engine's cost per selector inside V8.
+
+    POSTs of a query with 1 and with SELECTORS_LARGE selectors, through A and B at
+    saturation; A's extra time per request grows with the query only through the engine
+    (and the body codec), so (A-B at large - A-B at 1) / (large - 1) is the cost of one
+    selector inside the VM, to compare with benches/scaling.rs' native figure."""
+    large = SELECTORS_LARGE
+    ports = {k: (free_port(), free_port()) for k in "AB"}
+    envoys = {
+        "A": start_envoy(workdir, "envoy-vm-A", base_config(*ports["A"], oidc.port), *ports["A"], 1),
+        "B": start_envoy(workdir, "envoy-vm-B", envoy_config.without_wasm(
+            base_config(*ports["B"], oidc.port)), *ports["B"], 1),
+    }
+    scripts = {}
+    for n in (1, large):
+        params = {**GRAFANA_PARAMS, "query": selectors_query(n)}
+        r = requests.post(f"{envoys['A'].url}{QUERY_PATH}", data=params,
+                          headers={"Authorization": f"Bearer {token}"}, timeout=10)
+        if r.status_code != 200:
+            raise RuntimeError(f"{n} selectors through A: {r.status_code} {r.text[:200]}")
+        scripts[n] = wrk_script(workdir, f"selectors-{n}", "POST", token, params=params)
+    per_request_us: dict = {(k, n): [] for k in "AB" for n in (1, large)}
+    for i in range(ROUNDS):
+        for n in (1, large):
+            for k in ("AB" if i % 2 == 0 else "BA"):
+                r = run_wrk(envoys[k].url, scripts[n], SATURATION_S, WRK_CONNECTIONS)
+                per_request_us[(k, n)].append(1e6 / r["rps"])
+    for e in envoys.values():
+        e.stop()
+    t = {key: median(v) for key, v in per_request_us.items()}
+    filter_small = t[("A", 1)] - t[("B", 1)]
+    filter_large = t[("A", large)] - t[("B", large)]
+    return {"selectors": large, "query_bytes": len(selectors_query(large)),
+            "filter_us_1": filter_small, "filter_us_large": filter_large,
+            "per_selector_us": (filter_large - filter_small) / (large - 1),
+            "per_request_us": {f"{k}{n}": v for (k, n), v in t.items()}}
+
+
+def grafana_get(url: str, token: str, timeout: float = 10) -> requests.Response:
+    return requests.get(f"{url}{QUERY_PATH}", params=GRAFANA_PARAMS,
+                        headers={"Authorization": f"Bearer {token}"}, timeout=timeout)
+
+
+def measure_cold(workdir: Path, oidc: OidcProvider) -> dict:
+    """Measurement 4: single-flight, exact call counts, and the cost of a cold request."""
+    listen, admin = free_port(), free_port()
+    workers = 2
+    envoy = start_envoy(workdir, "envoy-cold", base_config(listen, admin, oidc.port),
+                        listen, admin, concurrency=workers)
+    result: dict = {"workers": workers}
+
+    def calls() -> tuple[int, int]:
+        return oidc.userinfo_calls(), envoy.filter_counter("userinfo_calls") or 0
+
+    # (a) 50 concurrent requests with one new token, several times over.
+    bursts = 2 if QUICK else 5
+    burst_calls = []
+    with concurrent.futures.ThreadPoolExecutor(50) as pool:
+        for b in range(bursts):
+            token = oidc.login("alice")
+            before = calls()
+            gate = threading.Barrier(50)
+
+            def one(_):
+                gate.wait()
+                # A fresh connection per request, so that Envoy spreads them over workers.
+                with requests.Session() as s:
+                    return s.get(f"{envoy.url}{QUERY_PATH}", params=GRAFANA_PARAMS,
+                                 headers={"Authorization": f"Bearer {token}"}, timeout=10).status_code
+
+            statuses = list(pool.map(one, range(50)))
+            time.sleep(0.3)  # the provider's access log is written after the answer
+            after = calls()
+            burst_calls.append({"provider": after[0] - before[0], "filter": after[1] - before[1],
+                                "ok": statuses.count(200)})
+    result["burst"] = burst_calls
+
+    # (b) 1,000 requests over 100 tokens, 10 each, shuffled, 10 at a time.
+    n_tokens = 20 if QUICK else 100
+    tokens = [oidc.login("alice") for _ in range(n_tokens)]
+    work = [t for t in tokens for _ in range(10)]
+    random.Random(5).shuffle(work)
+    before = calls()
+    with concurrent.futures.ThreadPoolExecutor(10) as pool:
+        statuses = list(pool.map(lambda t: grafana_get(envoy.url, t).status_code, work))
+    time.sleep(0.3)
+    after = calls()
+    result["spread"] = {"tokens": n_tokens, "requests": len(work), "ok": statuses.count(200),
+                        "provider": after[0] - before[0], "filter": after[1] - before[1]}
+
+    # (c) What a cold request adds: first request of a new token against its second.
+    # Sequential, one connection, so that the same worker answers both.
+    n_pairs = 10 if QUICK else 30
+    cold_ms, warm_ms, direct_ms = [], [], []
+    with requests.Session() as s:
+        for _ in range(n_pairs):
+            token = oidc.login("alice")
+            for target in (cold_ms, warm_ms):
+                t0 = time.perf_counter()
+                r = s.get(f"{envoy.url}{QUERY_PATH}", params=GRAFANA_PARAMS,
+                          headers={"Authorization": f"Bearer {token}"}, timeout=10)
+                target.append((time.perf_counter() - t0) * 1e3)
+                assert r.status_code == 200, r.text
+            # The provider's own /userinfo, asked directly, for comparison.
+            t0 = time.perf_counter()
+            oidc.userinfo(token).raise_for_status()
+            direct_ms.append((time.perf_counter() - t0) * 1e3)
+    result["latency"] = {"pairs": n_pairs, "cold_ms": median(cold_ms), "warm_ms": median(warm_ms),
+                         "added_ms": median([c - w for c, w in zip(cold_ms, warm_ms)]),
+                         "userinfo_direct_ms": median(direct_ms)}
+    envoy.stop()
+    return result
+
+
+def memory_stats(envoy: Envoy) -> dict:
+    stats = envoy.counters()
+    picked = {k: v for k, v in stats.items()
+              if k.startswith("server.memory_") or k.startswith("wasm.")}
+    status = Path(f"/proc/{envoy.proc.pid}/status").read_text()
+    picked["VmRSS_kB"] = int(re.search(r"VmRSS:\s+(\d+)", status).group(1))
+    return picked
+
+
+def measure_footprint(workdir: Path) -> dict:
+    """Measurement 5: the .wasm size, and memory over 100,000 requests and 10,000 tokens."""
+    result = {"wasm_bytes": WASM.stat().st_size}
+    listen, admin, idp = free_port(), free_port(), free_port()
+    slots = 1000
+    config = with_fake_userinfo(base_config(listen, admin, idp, cache_max_entries=slots), idp)
+    envoy = start_envoy(workdir, "envoy-footprint", config, listen, admin, concurrency=2)
+    n_tokens = 10_000
+    target = 20_000 if QUICK else 100_000
+    rounds = 5
+    script = wrk_script(workdir, "rotating-tokens", "GET", None, tokens=n_tokens)
+    samples = [{"requests": 0, **memory_stats(envoy)}]
+    done = 0
+    # Rounds of about target/rounds requests each, sized from the rate so far; bounded.
+    seconds = 3.0
+    for _ in range(rounds * 3):
+        if done >= target:
+            break
+        r = run_wrk(envoy.url, script, seconds, WRK_CONNECTIONS)
+        if r["errors"]:
+            result.setdefault("errors", 0)
+            result["errors"] += r["errors"]
+        done = (envoy.filter_counter("requests_allowed") or 0) + (envoy.filter_counter("requests_denied") or 0)
+        samples.append({"requests": done, **memory_stats(envoy)})
+        rate = max(r["rps"], 100.0)
+        seconds = min(30.0, max(2.0, (target / rounds) / rate))
+    result["samples"] = samples
+    result["counters"] = {k: envoy.filter_counter(k) for k in
+                          ("requests_allowed", "requests_denied", "userinfo_calls", "cache_hits",
+                           "cache_misses", "idp_errors")}
+    result["slots"] = slots
+    result["tokens"] = n_tokens
+    envoy.stop()
+    return result
+
+
+# ---------------------------------------------------------------------------- report
+
+
+def report(overhead, vm, backend, cold, footprint) -> str:
+    out = []
+    if overhead:
+        out.append("Envoy overhead, warm cache (A = filter, B = no filter; direct_response upstream;"
+                   f" 1 worker; medians of {ROUNDS} alternated runs)")
+        out.append(f"{'':8} {'A req/s':>9} {'B req/s':>9} {'A/B':>6}   at {FIXED_RATE}/s:"
+                   f" {'p50 A':>7} {'p50 B':>7} {'p99 A':>7} {'p99 B':>7} {'p99 A-B':>8}")
+        for r in overhead:
+            out.append(f"{r['method']:8} {r['rps_A']:9.0f} {r['rps_B']:9.0f} {r['throughput_ratio']:6.1%}"
+                       f"   {'':>9}{r['p50_A']:6.2f}ms {r['p50_B']:5.2f}ms {r['p99_A']:5.2f}ms"
+                       f" {r['p99_B']:5.2f}ms {r['p99_delta_ms']:+6.2f}ms")
+        for r in overhead:
+            out.append(f"  {r['method']}: per request A-B {r['cost_us']:.1f} µs at saturation; target A/B >= 90%: {'met' if r['throughput_ratio'] >= 0.9 else 'NOT met'};"
+                       f" p99 A-B <= 0.5 ms: {'met' if r['p99_delta_ms'] <= 0.5 else 'NOT met'};"
+                       f" non-2xx: {r['errors']}; fixed rate reached A {r['fixed_rps_A']:.0f}/s, B {r['fixed_rps_B']:.0f}/s")
+        out.append(f"  fixed rate by {overhead[0]['fixed_tool']}")
+        out.append(f"  /userinfo calls by A while measuring: {overhead[0]['userinfo_calls_during']}")
+    if vm:
+        out.append("")
+        out.append(f"Engine inside V8 (POST, saturation, A-B per request): 1 selector {vm['filter_us_1']:.1f} µs,"
+                   f" {vm['selectors']} selectors ({vm['query_bytes']:,} B) {vm['filter_us_large']:.1f} µs"
+                   f" -> {vm['per_selector_us'] * 1000:.0f} ns per selector in the VM"
+                   " (native: benches/scaling.rs' per-selector figure above)")
+    if backend:
+        out.append("")
+        out.append(f"For context, in front of a real VictoriaMetrics (GET, saturation, median of 3):"
+                   f" A {backend['rps_A']:.0f} req/s, B {backend['rps_B']:.0f} req/s, A/B"
+                   f" {backend['throughput_ratio']:.1%}; p50 A {backend['p50_A']:.2f} ms, B {backend['p50_B']:.2f} ms;"
+                   f" result series A {backend['series_A']}, B {backend['series_B']}")
+    if cold:
+        out.append("")
+        out.append(f"Cold tokens (real OIDC provider, {cold['workers']} Envoy workers)")
+        for b in cold["burst"]:
+            out.append(f"  50 concurrent, 1 new token: /userinfo provider {b['provider']}, filter {b['filter']},"
+                       f" 200s {b['ok']}/50  (target <= {cold['workers']})")
+        s = cold["spread"]
+        out.append(f"  {s['requests']} requests over {s['tokens']} tokens: /userinfo provider {s['provider']},"
+                   f" filter {s['filter']}, 200s {s['ok']}  (target exactly {s['tokens']})")
+        lat = cold["latency"]
+        out.append(f"  cold {lat['cold_ms']:.2f} ms, warm {lat['warm_ms']:.2f} ms, a cold request adds"
+                   f" {lat['added_ms']:.2f} ms (median of {lat['pairs']}); the provider's /userinfo"
+                   f" asked directly: {lat['userinfo_direct_ms']:.2f} ms")
+    if footprint:
+        out.append("")
+        size = footprint["wasm_bytes"]
+        out.append(f"Footprint: .wasm {size:,} bytes = {size / 2**20:.2f} MiB (target < 1 MiB:"
+                   f" {'met' if size < 2**20 else 'NOT met'})")
+        out.append(f"  {footprint['tokens']:,} tokens, cache_max_entries {footprint['slots']},"
+                   f" direct_response /userinfo; counters {footprint['counters']}")
+        keys = ["server.memory_allocated", "server.memory_heap_size", "VmRSS_kB"]
+        out.append(f"  {'requests':>9} " + " ".join(f"{k:>24}" for k in keys))
+        for s in footprint["samples"]:
+            out.append(f"  {s['requests']:9,} " + " ".join(f"{s.get(k, 0):24,}" for k in keys))
+    return "\n".join(out)
+
+
+def main() -> int:
+    if shutil.which("wrk") is None:
+        print("wrk not found: `make bench` installs it (apt-get install wrk)")
+        return 1
+    if not WASM.is_file():
+        print(f"{WASM} missing: `make wasm`")
+        return 1
+    phases = os.environ.get("BENCH_PHASES", "overhead,vm,backend,cold,footprint").split(",")
+    workdir = Path(tempfile.mkdtemp(prefix="bench-"))
+    print(f"bench logs and configs: {workdir}")
+    overhead = vm = backend = cold = footprint = None
+    try:
+        oidc = OidcProvider(workdir, {"alice": {"client_id": TENANT}})
+        if "overhead" in phases:
+            print("overhead: A/B through Envoy ...", flush=True)
+            overhead = measure_overhead(workdir, oidc, oidc.login("alice"))
+        if "vm" in phases:
+            print("engine inside the VM: 1 vs many selectors ...", flush=True)
+            vm = measure_vm(workdir, oidc, oidc.login("alice"))
+        if "backend" in phases:
+            print("overhead in front of a real VictoriaMetrics ...", flush=True)
+            backend = measure_real_backend(workdir, oidc, oidc.login("alice"))
+        if "cold" in phases:
+            print("cold tokens ...", flush=True)
+            cold = measure_cold(workdir, oidc)
+        if "footprint" in phases:
+            print("footprint ...", flush=True)
+            footprint = measure_footprint(workdir)
+    finally:
+        stop_all()
+    (workdir / "results.json").write_text(json.dumps(
+        {"overhead": overhead, "vm": vm, "backend": backend, "cold": cold, "footprint": footprint}, indent=2, default=str))
+    print()
+    print(report(overhead, vm, backend, cold, footprint))
+    print(f"\nraw results: {workdir / 'results.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
