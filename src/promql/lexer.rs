@@ -374,7 +374,26 @@ impl<'a> Lexer<'a> {
                             return Err(self.too_deep(start));
                         }
                     }
-                    if !is_unary && tok != Tok::Comma {
+                    // Only operators that join expressions make the tree deeper; `=`, `=~`,
+                    // `!=` inside braces, `:` and `@` do not.
+                    let joins_expressions = !is_unary
+                        && self.innermost() != Some(Group::Brace)
+                        && matches!(
+                            tok,
+                            Tok::Add
+                                | Tok::Sub
+                                | Tok::Mul
+                                | Tok::Div
+                                | Tok::Mod
+                                | Tok::Pow
+                                | Tok::EqlEql
+                                | Tok::Neq
+                                | Tok::Lt
+                                | Tok::Lte
+                                | Tok::Gt
+                                | Tok::Gte
+                        );
+                    if joins_expressions {
                         binary_operators += 1;
                         if binary_operators > MAX_BINARY_OPERATORS {
                             return Err(self.too_many_operators(start));

@@ -109,6 +109,16 @@ mod tests {
     }
 
     #[test]
+    fn matchers_do_not_count_as_operators() {
+        // 1,000 selectors with three matchers each: 999 operators, 3,000 `=`.
+        let query = (0..1000)
+            .map(|i| format!("m{i}{{a=\"1\",b!=\"2\",c=~\"3\"}}"))
+            .collect::<Vec<_>>()
+            .join(" or ");
+        assert!(parse(&query, Dialect::Promql).is_ok());
+    }
+
+    #[test]
     fn the_deepest_accepted_queries_fit_a_small_stack() {
         // The wasm module gets a 1 MiB stack. An optimised build must fit the deepest
         // accepted queries in a quarter of that (measured: about 3 KiB per nesting
