@@ -685,32 +685,15 @@ fn unary<'s, 'p, 'a>(
     }
 }
 
-fn binary<'s, 'p, 'a>(
-    lhs: Expr<'a>,
-    (op, return_bool, matching): BinOpWithModifiers<'a>,
-    rhs: Expr<'a>,
-    e: &mut chumsky::input::MapExtra<'s, 'p, TokenInput<'s>, Extra>,
-) -> Expr<'a> {
-    let span = span_of(e.span());
-    Expr {
-        kind: ExprKind::Binary(Box::new(Binary {
-            op,
-            lhs,
-            rhs,
-            return_bool,
-            matching,
-        })),
-        span,
-    }
-}
-
+/// A binary node of a duration expression (chumsky's pratt calls it with the span too,
+/// which equals the operands' combined span).
 fn plain_binary<'s, 'p, 'a>(
     lhs: Expr<'a>,
     op: BinOp,
     rhs: Expr<'a>,
-    e: &mut chumsky::input::MapExtra<'s, 'p, TokenInput<'s>, Extra>,
+    _: &mut chumsky::input::MapExtra<'s, 'p, TokenInput<'s>, Extra>,
 ) -> Expr<'a> {
-    binary(lhs, (op, false, None), rhs, e)
+    join(lhs, (op, false, None), rhs)
 }
 
 /// The value of a number token. Hex and octal follow Go's `ParseInt(s, 0, 64)` first,
