@@ -212,6 +212,33 @@ impl Worker {
         userinfo.flights.borrow_mut().complete(token)
     }
 
+    /// Reads the `/userinfo` answer for `token`, records it, and wakes the requests that
+    /// waited on it. Returns the resolution for the caller's own request, if it has one.
+    fn complete_callout(
+        &self,
+        userinfo: &Userinfo,
+        token: &str,
+        body_size: usize,
+        current_context: u32,
+        own_request: Option<&SharedRequest>,
+    ) {
+        let outcome = read_userinfo_response(body_size, &self.config.identity.claim);
+        let waiters = self.settle(userinfo, token, &outcome);
+        let resolution = Resolution::from_outcome(&outcome);
+        if let Some(request) = own_request {
+            let action = match request.try_borrow_mut() {
+                Ok(mut request) => request.finish(self, &resolution),
+                Err(_) => Action::Pause,
+            };
+            if action == Action::Continue {
+                let _ = hostcalls::resume_http_request();
+            }
+        }
+        for waiter in waiters {
+            self.wake(waiter, &resolution, current_context);
+        }
+    }
+
     fn store(&self, userinfo: &Userinfo, token: &str, entry: &CacheEntry) {
         let key = userinfo.policy.slot_key(token);
         // No CAS: the newest answer for a slot wins, which is what a cache wants.
@@ -325,12 +352,7 @@ impl Context for FilterRoot {
         let Some(token) = self.callouts.remove(&token_id) else {
             return;
         };
-        let outcome = read_userinfo_response(body_size, &worker.config.identity.claim);
-        let waiters = worker.settle(userinfo, &token, &outcome);
-        let resolution = Resolution::from_outcome(&outcome);
-        for waiter in waiters {
-            worker.wake(waiter, &resolution, self.context_id);
-        }
+        worker.complete_callout(userinfo, &token, body_size, self.context_id, None);
     }
 }
 
@@ -770,21 +792,19 @@ impl Context for FilterHttp {
                 return;
             }
             request.callout = None;
-            request.token.clone().unwrap_or_default()
+            // A callout is only made for a request that has a token.
+            let Some(token) = request.token.clone() else {
+                return;
+            };
+            token
         };
-        let outcome = read_userinfo_response(body_size, &worker.config.identity.claim);
-        let waiters = worker.settle(userinfo, &token, &outcome);
-        let resolution = Resolution::from_outcome(&outcome);
-        let action = match self.request.try_borrow_mut() {
-            Ok(mut request) => request.finish(&worker, &resolution),
-            Err(_) => Action::Pause,
-        };
-        if action == Action::Continue {
-            let _ = hostcalls::resume_http_request();
-        }
-        for waiter in waiters {
-            worker.wake(waiter, &resolution, self.context_id);
-        }
+        worker.complete_callout(
+            userinfo,
+            &token,
+            body_size,
+            self.context_id,
+            Some(&self.request),
+        );
     }
 
     fn on_done(&mut self) -> bool {
