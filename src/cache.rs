@@ -13,6 +13,10 @@
 //! [`Flights`] is the single-flight bookkeeping: concurrent requests on one worker
 //! with the same uncached token wait for one `/userinfo` callout (a Grafana dashboard
 //! opens twenty panels at once; Auth0 allows about five calls per user per minute).
+//! Across workers, a [`FlightClaim`] in shared data says which worker is calling for a
+//! token: the others wait for its answer to land in the shared slot instead of calling
+//! too. Claims live in a fixed set of [`FLIGHT_SLOTS`] keys that the filter creates at
+//! start-up, because proxy-wasm's compare-and-swap only protects a key that exists.
 
 use crate::config::UserinfoConfig;
 use crate::identity::UserinfoOutcome;
@@ -232,6 +236,20 @@ impl CachePolicy {
         )
     }
 
+    /// The shared-data key holding the [`FlightClaim`] for `token`'s callout.
+    pub fn flight_key(&self, token: &str) -> String {
+        self.flight_key_at(token_hash(token) % FLIGHT_SLOTS)
+    }
+
+    /// Every flight key of this configuration, to create them before they are used.
+    pub fn flight_keys(&self) -> impl Iterator<Item = String> + '_ {
+        (0..FLIGHT_SLOTS).map(|slot| self.flight_key_at(slot))
+    }
+
+    fn flight_key_at(&self, slot: u64) -> String {
+        format!("{}flight.{slot}", self.key_prefix)
+    }
+
     /// The entry to store for a callout outcome, or `None` when nothing is cached
     /// (IdP failures, or a TTL of 0).
     pub fn entry_for(
@@ -266,6 +284,75 @@ impl CachePolicy {
         let entry = CacheEntry::from_bytes(slot_value?)?;
         entry.answers(token, now).then_some(entry)
     }
+}
+
+/// Number of shared-data keys that hold [`FlightClaim`]s, per plugin configuration.
+/// Two tokens in one key take turns (the second waits for the first's callout), so
+/// the count only needs to exceed the new tokens a deployment sees at one moment.
+pub const FLIGHT_SLOTS: u64 = 1024;
+
+/// The value of a flight key nobody holds.
+pub const FREE_FLIGHT: &[u8] = b"free";
+
+const CLAIM_MAGIC: &[u8; 4] = b"PTFC";
+
+/// "Worker `owner` is asking the IdP about the token hashed to `token_hash`, until
+/// `deadline`." Only a hash of the token is kept: a claim decides who waits, never who
+/// is who, so a collision costs a wait and nothing more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlightClaim {
+    pub owner: u64,
+    pub token_hash: u64,
+    /// Seconds since the epoch after which the claim is void (its worker is gone or
+    /// its callout lost), so that another worker takes over.
+    pub deadline: u64,
+}
+
+impl FlightClaim {
+    /// The claim `owner` makes for `token` at `now`, valid for one callout timeout.
+    pub fn new(owner: u64, token: &str, now: u64, timeout_ms: u64) -> FlightClaim {
+        FlightClaim {
+            owner,
+            token_hash: token_hash(token),
+            // Whole seconds, rounded up, and one more: `now` is coarse.
+            deadline: now.saturating_add(timeout_ms.div_ceil(1000) + 1),
+        }
+    }
+
+    /// True when this claim is for `token`.
+    pub fn is_for(&self, token: &str) -> bool {
+        self.token_hash == token_hash(token)
+    }
+
+    /// Serializes the claim for a flight key.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(28);
+        out.extend_from_slice(CLAIM_MAGIC);
+        out.extend_from_slice(&self.owner.to_le_bytes());
+        out.extend_from_slice(&self.token_hash.to_le_bytes());
+        out.extend_from_slice(&self.deadline.to_le_bytes());
+        out
+    }
+
+    /// The claim a flight key holds at `now`: `None` when it is free, malformed or
+    /// past its deadline, which all mean "nobody is calling".
+    pub fn live(bytes: Option<&[u8]>, now: u64) -> Option<FlightClaim> {
+        let mut r = Reader { bytes: bytes? };
+        if r.take(4)? != CLAIM_MAGIC {
+            return None;
+        }
+        let mut word = || Some(u64::from_le_bytes(r.take(8)?.try_into().ok()?));
+        let claim = FlightClaim {
+            owner: word()?,
+            token_hash: word()?,
+            deadline: word()?,
+        };
+        (r.bytes.is_empty() && now < claim.deadline).then_some(claim)
+    }
+}
+
+fn token_hash(token: &str) -> u64 {
+    fnv1a(&[b"flight", token.as_bytes()])
 }
 
 /// The per-worker first level: direct-mapped slots, each holding one entry.
@@ -333,6 +420,9 @@ pub enum Leader {
     Root,
     /// The leading request went away before its callout returned; nobody calls.
     Orphaned,
+    /// Another worker holds the token's [`FlightClaim`]: this worker polls shared data
+    /// for its answer, and takes over if the claim is released or goes stale.
+    Remote,
 }
 
 #[derive(Debug, Clone)]
@@ -398,22 +488,48 @@ impl Flights {
     }
 
     /// `context_id` went away. A waiter is forgotten; a leader with waiters leaves an
-    /// orphaned flight for the root context to adopt; a leader alone ends the flight.
-    pub fn leave(&mut self, context_id: u32) {
-        let mut finished = Vec::new();
+    /// orphaned flight for the root context to adopt; a leader alone ends the flight,
+    /// and so does a remote flight nobody waits for any more. Returns the tokens whose
+    /// flight ended while this worker was the caller: their claims must be released.
+    pub fn leave(&mut self, context_id: u32) -> Vec<String> {
+        let mut ended_own = Vec::new();
+        let mut ended_remote = Vec::new();
         for (token, flight) in self.flights.iter_mut() {
             flight.waiters.retain(|&w| w != context_id);
             if flight.leader == Leader::Request(context_id) {
                 if flight.waiters.is_empty() {
-                    finished.push(token.clone());
+                    ended_own.push(token.clone());
                 } else {
                     flight.leader = Leader::Orphaned;
                 }
+            } else if flight.leader == Leader::Remote && flight.waiters.is_empty() {
+                ended_remote.push(token.clone());
             }
         }
-        for token in finished {
-            self.flights.remove(&token);
+        for token in ended_own.iter().chain(&ended_remote) {
+            self.flights.remove(token);
         }
+        ended_own
+    }
+
+    /// The flight `context_id` leads turns out to be another worker's: the leader
+    /// becomes a waiter, and the flight waits on that worker's answer.
+    pub fn wait_remote(&mut self, token: &str, context_id: u32) {
+        if let Some(flight) = self.flights.get_mut(token) {
+            flight.leader = Leader::Remote;
+            if !flight.waiters.contains(&context_id) {
+                flight.waiters.push(context_id);
+            }
+        }
+    }
+
+    /// Tokens whose answer another worker is fetching.
+    pub fn remote(&self) -> Vec<String> {
+        self.flights
+            .iter()
+            .filter(|(_, f)| f.leader == Leader::Remote)
+            .map(|(t, _)| t.clone())
+            .collect()
     }
 
     /// Tokens whose flight has waiters but nobody calling.
@@ -425,10 +541,11 @@ impl Flights {
             .collect()
     }
 
-    /// Makes the root context the caller of an orphaned flight; false if not orphaned.
+    /// Makes the root context the caller of an orphaned or remote flight; false if the
+    /// flight is neither.
     pub fn adopt(&mut self, token: &str, now: u64) -> bool {
         match self.flights.get_mut(token) {
-            Some(flight) if flight.leader == Leader::Orphaned => {
+            Some(flight) if matches!(flight.leader, Leader::Orphaned | Leader::Remote) => {
                 flight.leader = Leader::Root;
                 flight.started_at = now;
                 true
@@ -438,15 +555,21 @@ impl Flights {
     }
 
     /// Ends flights older than `max_age_s` (a callout that never came back) and
-    /// returns their waiters, which must be refused rather than left hanging.
-    pub fn expire(&mut self, now: u64, max_age_s: u64) -> Vec<u32> {
+    /// returns their tokens and waiters, which must be refused rather than left hanging.
+    pub fn expire(&mut self, now: u64, max_age_s: u64) -> Vec<(String, Vec<u32>)> {
         let stale: Vec<String> = self
             .flights
             .iter()
             .filter(|(_, f)| now.saturating_sub(f.started_at) > max_age_s)
             .map(|(t, _)| t.clone())
             .collect();
-        stale.iter().flat_map(|t| self.complete(t)).collect()
+        stale
+            .into_iter()
+            .map(|t| {
+                let waiters = self.complete(&t);
+                (t, waiters)
+            })
+            .collect()
     }
 
     /// The leader of `token`'s flight, if there is one.
@@ -680,8 +803,72 @@ mod tests {
     fn lone_leader_leaving_ends_the_flight() {
         let mut f = Flights::new();
         f.join("tok", 1, 0);
-        f.leave(1);
+        assert_eq!(f.leave(1), vec!["tok".to_string()]);
         assert!(f.is_empty());
+    }
+
+    #[test]
+    fn remote_flight_waits_then_is_adopted_or_answered() {
+        let mut f = Flights::new();
+        assert_eq!(f.join("tok", 1, 0), Joined::Leader);
+        f.wait_remote("tok", 1);
+        assert_eq!(f.leader("tok"), Some(Leader::Remote));
+        assert_eq!(f.join("tok", 2, 0), Joined::Waiter);
+        assert_eq!(f.remote(), vec!["tok".to_string()]);
+        // Not this worker's callout: leaving releases no claim.
+        assert!(f.leave(1).is_empty());
+        assert!(f.adopt("tok", 3));
+        assert_eq!(f.leader("tok"), Some(Leader::Root));
+        assert!(f.remote().is_empty());
+        assert_eq!(f.complete("tok"), vec![2]);
+    }
+
+    #[test]
+    fn remote_flight_ends_when_its_last_waiter_leaves() {
+        let mut f = Flights::new();
+        f.join("tok", 1, 0);
+        f.wait_remote("tok", 1);
+        assert!(f.leave(1).is_empty());
+        assert!(f.is_empty());
+    }
+
+    #[test]
+    fn flight_claims_round_trip_and_go_stale() {
+        let claim = FlightClaim::new(7, "tok", 100, 2000);
+        assert_eq!(claim.deadline, 103);
+        assert!(claim.is_for("tok"));
+        assert!(!claim.is_for("tok2"));
+        let bytes = claim.to_bytes();
+        assert_eq!(FlightClaim::live(Some(&bytes), 102), Some(claim));
+        assert_eq!(FlightClaim::live(Some(&bytes), 103), None);
+        assert_eq!(FlightClaim::live(Some(FREE_FLIGHT), 0), None);
+        assert_eq!(FlightClaim::live(None, 0), None);
+        for cut in 0..bytes.len() {
+            assert_eq!(
+                FlightClaim::live(Some(&bytes[..cut]), 0),
+                None,
+                "cut at {cut}"
+            );
+        }
+        let mut trailing = bytes.clone();
+        trailing.push(0);
+        assert_eq!(FlightClaim::live(Some(&trailing), 0), None);
+        // A sub-second timeout still lasts past the coarse clock's next second.
+        assert_eq!(FlightClaim::new(7, "tok", 100, 1).deadline, 102);
+    }
+
+    #[test]
+    fn flight_keys_are_bounded_namespaced_and_cover_every_token() {
+        let p = policy(10);
+        let keys: std::collections::HashSet<String> = p.flight_keys().collect();
+        assert_eq!(keys.len() as u64, FLIGHT_SLOTS);
+        for i in 0..2000 {
+            let key = p.flight_key(&format!("token-{i}"));
+            assert!(keys.contains(&key), "{key}");
+            assert_ne!(key, p.slot_key(&format!("token-{i}")));
+        }
+        let other = CachePolicy::new(&userinfo(10, 300, 10), &["tenant".to_string()]);
+        assert_ne!(other.flight_key("t"), p.flight_key("t"));
     }
 
     #[test]
@@ -691,7 +878,7 @@ mod tests {
         f.join("old", 2, 0);
         f.join("new", 3, 9);
         f.join("new", 4, 9);
-        assert_eq!(f.expire(10, 5), vec![2]);
+        assert_eq!(f.expire(10, 5), vec![("old".to_string(), vec![2])]);
         assert_eq!(f.leader("old"), None);
         assert_eq!(f.leader("new"), Some(Leader::Request(3)));
     }

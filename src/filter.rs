@@ -22,7 +22,9 @@
 use crate::api::{
     self, Action as ApiAction, Plan, QueryRejection, Refusal, RewriteOptions, Tenant,
 };
-use crate::cache::{CacheEntry, CachePolicy, CachedIdentity, Flights, Joined, LocalCache};
+use crate::cache::{
+    CacheEntry, CachePolicy, CachedIdentity, FlightClaim, Flights, Joined, LocalCache, FREE_FLIGHT,
+};
 use crate::config::{Config, IdentitySource, UserinfoConfig};
 use crate::identity::{self, IdentityError, UserinfoOutcome};
 use crate::{rewrite, RewriteError, TenantMatcher};
@@ -30,7 +32,7 @@ use log::{debug, error, info, warn};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
@@ -45,6 +47,9 @@ proxy_wasm::main! {{
 
 /// How often the root context looks for orphaned or stuck identity lookups.
 const TICK: Duration = Duration::from_secs(1);
+/// The tick while requests wait for an identity another worker is fetching: how long
+/// past that worker's answer they may wait before this worker sees it in shared data.
+const REMOTE_POLL: Duration = Duration::from_millis(10);
 /// How long a held request may wait for its first body callback. Without
 /// `allow_on_headers_stop_iteration` Envoy never delivers it; refusing beats hanging.
 const BODY_WAIT_S: u64 = 10;
@@ -58,6 +63,7 @@ struct Metrics {
     cache_misses: u32,
     idp_errors: u32,
     bad_queries: u32,
+    remote_waits: u32,
 }
 
 impl Metrics {
@@ -74,6 +80,7 @@ impl Metrics {
             cache_misses: counter("cache_misses"),
             idp_errors: counter("idp_errors"),
             bad_queries: counter("bad_queries"),
+            remote_waits: counter("userinfo_remote_waits"),
         }
     }
 
@@ -128,6 +135,22 @@ struct Userinfo {
     policy: CachePolicy,
     local: RefCell<LocalCache>,
     flights: RefCell<Flights>,
+    /// This worker's name in [`FlightClaim`]s: random, since every worker's VM is a
+    /// clone of the same module and knows nothing else that tells it apart.
+    owner: u64,
+    /// True while the root ticks at [`REMOTE_POLL`] rather than [`TICK`].
+    polling_fast: Cell<bool>,
+}
+
+/// What taking a token's flight claim came to.
+enum Claim {
+    /// This worker calls the IdP.
+    Mine,
+    /// Another worker is calling for this token (or for another token in the same
+    /// flight key): wait for its answer in shared data.
+    Busy,
+    /// The answer landed in shared data meanwhile.
+    Cached(CacheEntry),
 }
 
 /// A request's shared state, as the worker holds it while the request waits.
@@ -209,7 +232,77 @@ impl Worker {
             self.store(userinfo, token, &entry);
             userinfo.local.borrow_mut().insert(entry);
         }
+        // After the store: a worker that finds the claim released then finds the answer.
+        self.release_flight(userinfo, token);
         userinfo.flights.borrow_mut().complete(token)
+    }
+
+    /// Takes `token`'s flight claim, unless another worker is already calling.
+    fn claim_flight(&self, userinfo: &Userinfo, token: &str, now: u64) -> Claim {
+        let key = userinfo.policy.flight_key(token);
+        let claim = FlightClaim::new(userinfo.owner, token, now, userinfo.config.timeout_ms);
+        // Two tries: a compare-and-swap lost to another worker means it just claimed,
+        // and the second read says for which token.
+        for _ in 0..2 {
+            let (value, cas) = hostcalls::get_shared_data(&key).unwrap_or((None, None));
+            let free = match FlightClaim::live(value.as_deref(), now) {
+                None => true,
+                // Our own claim for this token with no flight left behind it.
+                Some(held) => held.owner == userinfo.owner && held.is_for(token),
+            };
+            if !free {
+                return Claim::Busy;
+            }
+            if hostcalls::set_shared_data(&key, Some(&claim.to_bytes()), cas).is_err() {
+                continue;
+            }
+            // Whoever held the claim before stored its answer before releasing it.
+            let slot = userinfo.policy.slot_key(token);
+            let (value, _) = hostcalls::get_shared_data(&slot).unwrap_or((None, None));
+            if let Some(entry) = userinfo.policy.shared_hit(token, value.as_deref(), now) {
+                self.release_flight(userinfo, token);
+                return Claim::Cached(entry);
+            }
+            return Claim::Mine;
+        }
+        Claim::Busy
+    }
+
+    /// Frees `token`'s flight claim if this worker holds it.
+    fn release_flight(&self, userinfo: &Userinfo, token: &str) {
+        let key = userinfo.policy.flight_key(token);
+        let (value, cas) = hostcalls::get_shared_data(&key).unwrap_or((None, None));
+        // Deadline 0: a claim of ours is released even when already stale.
+        let held = FlightClaim::live(value.as_deref(), 0);
+        if held.is_some_and(|c| c.owner == userinfo.owner && c.is_for(token)) {
+            // A lost compare-and-swap means someone took it over: leave theirs alone.
+            let _ = hostcalls::set_shared_data(&key, Some(FREE_FLIGHT), cas);
+        }
+    }
+
+    /// Ticks fast while requests wait on another worker's callout, slowly otherwise.
+    fn set_polling(&self, userinfo: &Userinfo, fast: bool) {
+        if userinfo.polling_fast.get() == fast {
+            return;
+        }
+        let period = if fast { REMOTE_POLL } else { TICK };
+        if hostcalls::set_tick_period(period).is_ok() {
+            userinfo.polling_fast.set(fast);
+        }
+    }
+
+    /// Answers every request waiting on `token` with `resolution`; ends the flight.
+    fn answer_flight(
+        &self,
+        userinfo: &Userinfo,
+        token: &str,
+        resolution: &Resolution,
+        current_context: u32,
+    ) {
+        let waiters = userinfo.flights.borrow_mut().complete(token);
+        for waiter in waiters {
+            self.wake(waiter, resolution, current_context);
+        }
     }
 
     /// Reads the `/userinfo` answer for `token`, records it, and wakes the requests that
@@ -278,6 +371,30 @@ fn read_userinfo_response(body_size: usize, claim: &[String]) -> UserinfoOutcome
     identity::classify_userinfo(status.as_deref(), body.as_deref(), claim)
 }
 
+/// Creates this configuration's flight keys, free, where no worker has yet: a
+/// compare-and-swap only guards a key that exists, and two workers creating the same
+/// key at once would both believe they hold it.
+fn create_flight_keys(policy: &CachePolicy) {
+    for key in policy.flight_keys() {
+        if let Ok((None, None)) = hostcalls::get_shared_data(&key) {
+            let _ = hostcalls::set_shared_data(&key, Some(FREE_FLIGHT), None);
+        }
+    }
+}
+
+/// A random number from the host (WASI `random_get`, behind std's hash seeds).
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(
+        hostcalls::get_current_time()
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos() as u64),
+    );
+    hasher.finish()
+}
+
 fn request_header(name: &str) -> Option<Vec<u8>> {
     hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)
         .ok()
@@ -304,6 +421,54 @@ impl FilterRoot {
 }
 
 impl FilterRoot {
+    /// Calls the IdP for a flight the root has adopted. Called from the root's own
+    /// callback, so the response comes back to the root.
+    fn call_for_waiters(&mut self, worker: &Worker, userinfo: &Userinfo, token: String) {
+        match worker.dispatch(userinfo, &token) {
+            Ok(id) => {
+                self.callouts.insert(id, token);
+            }
+            Err(refusal) => {
+                worker.release_flight(userinfo, &token);
+                let resolution = Resolution::Refuse(refusal);
+                worker.answer_flight(userinfo, &token, &resolution, self.context_id);
+            }
+        }
+    }
+
+    /// Looks in shared data for the answers other workers are fetching for this
+    /// worker's waiting requests; takes a flight over when its claim is freed without
+    /// an answer (an IdP failure is not cached) or goes stale (its worker is gone).
+    fn poll_remote_flights(&mut self, worker: &Worker, userinfo: &Userinfo, now: u64) {
+        let remote = userinfo.flights.borrow().remote();
+        for token in remote {
+            let slot = userinfo.policy.slot_key(&token);
+            let (value, _) = hostcalls::get_shared_data(&slot).unwrap_or((None, None));
+            let answer = match userinfo.policy.shared_hit(&token, value.as_deref(), now) {
+                Some(entry) => Some(entry),
+                None => match worker.claim_flight(userinfo, &token, now) {
+                    Claim::Cached(entry) => Some(entry),
+                    Claim::Busy => None,
+                    Claim::Mine => {
+                        if userinfo.flights.borrow_mut().adopt(&token, now) {
+                            self.call_for_waiters(worker, userinfo, token);
+                        } else {
+                            worker.release_flight(userinfo, &token);
+                        }
+                        continue;
+                    }
+                },
+            };
+            if let Some(entry) = answer {
+                let resolution = Resolution::from_cached(&entry.identity);
+                userinfo.local.borrow_mut().insert(entry);
+                worker.answer_flight(userinfo, &token, &resolution, self.context_id);
+            }
+        }
+        let waiting = !userinfo.flights.borrow().remote().is_empty();
+        worker.set_polling(userinfo, waiting);
+    }
+
     /// Refuses requests whose body never reached the filter (see [`BODY_WAIT_S`]).
     fn refuse_bodiless(&self, worker: &Worker) {
         let now = now_s();
@@ -372,11 +537,14 @@ impl RootContext for FilterRoot {
         let userinfo = match &config.identity.source {
             IdentitySource::Userinfo(u) => {
                 let policy = CachePolicy::new(u, &config.identity.claim);
+                create_flight_keys(&policy);
                 Some(Userinfo {
                     config: u.clone(),
                     local: RefCell::new(LocalCache::new(policy.local_slots())),
                     policy,
                     flights: RefCell::new(Flights::new()),
+                    owner: random_u64(),
+                    polling_fast: Cell::new(false),
                 })
             }
             IdentitySource::JwtPayloadHeader { .. } => None,
@@ -411,28 +579,19 @@ impl RootContext for FilterRoot {
         let max_age = userinfo.config.timeout_ms / 1000 + 5;
         let stuck = userinfo.flights.borrow_mut().expire(now, max_age);
         let unavailable = Resolution::Refuse(Refusal::unavailable("identity lookup timed out"));
-        for waiter in stuck {
-            worker.wake(waiter, &unavailable, self.context_id);
+        for (token, waiters) in stuck {
+            worker.release_flight(userinfo, &token);
+            for waiter in waiters {
+                worker.wake(waiter, &unavailable, self.context_id);
+            }
         }
         let orphans = userinfo.flights.borrow().orphans();
         for token in orphans {
-            if !userinfo.flights.borrow_mut().adopt(&token, now) {
-                continue;
-            }
-            // Called from the root's own callback, so the response comes back here.
-            match worker.dispatch(userinfo, &token) {
-                Ok(id) => {
-                    self.callouts.insert(id, token);
-                }
-                Err(refusal) => {
-                    let waiters = userinfo.flights.borrow_mut().complete(&token);
-                    let resolution = Resolution::Refuse(refusal);
-                    for waiter in waiters {
-                        worker.wake(waiter, &resolution, self.context_id);
-                    }
-                }
+            if userinfo.flights.borrow_mut().adopt(&token, now) {
+                self.call_for_waiters(&worker, userinfo, token);
             }
         }
+        self.poll_remote_flights(&worker, userinfo, now);
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
@@ -594,15 +753,34 @@ impl Request {
             .flights
             .borrow_mut()
             .join(&token, self.context_id, now);
-        match joined {
-            Joined::Waiter => (Action::Pause, true),
-            Joined::Leader => match worker.dispatch(userinfo, &token) {
+        if joined == Joined::Waiter {
+            return (Action::Pause, true);
+        }
+        // Nobody else can have joined this worker's flight yet: we are still in this
+        // callback. Other workers may be calling for the same token, though.
+        match worker.claim_flight(userinfo, &token, now) {
+            Claim::Cached(entry) => {
+                let resolution = Resolution::from_cached(&entry.identity);
+                userinfo.local.borrow_mut().insert(entry);
+                userinfo.flights.borrow_mut().complete(&token);
+                (self.finish(worker, &resolution), false)
+            }
+            Claim::Busy => {
+                worker.metrics.bump(worker.metrics.remote_waits);
+                userinfo
+                    .flights
+                    .borrow_mut()
+                    .wait_remote(&token, self.context_id);
+                worker.set_polling(userinfo, true);
+                (Action::Pause, true)
+            }
+            Claim::Mine => match worker.dispatch(userinfo, &token) {
                 Ok(id) => {
                     self.callout = Some(id);
                     (Action::Pause, false)
                 }
                 Err(refusal) => {
-                    // Nobody else can have joined yet: we are still in this callback.
+                    worker.release_flight(userinfo, &token);
                     userinfo.flights.borrow_mut().complete(&token);
                     (self.refuse(worker, &refusal), false)
                 }
@@ -812,7 +990,10 @@ impl Context for FilterHttp {
             worker.parked.borrow_mut().remove(&self.context_id);
             worker.awaiting_body.borrow_mut().remove(&self.context_id);
             if let Some(userinfo) = &worker.userinfo {
-                userinfo.flights.borrow_mut().leave(self.context_id);
+                let ended = userinfo.flights.borrow_mut().leave(self.context_id);
+                for token in ended {
+                    worker.release_flight(userinfo, &token);
+                }
             }
         }
         true

@@ -49,6 +49,7 @@ struct Host {
     logs: Vec<String>,
     now_s: u64,
     dead: Vec<u32>,
+    tick_period_ms: u32,
 }
 
 thread_local! {
@@ -153,7 +154,8 @@ unsafe extern "C" fn proxy_get_current_time_nanoseconds(out: *mut u64) -> Status
 }
 
 #[no_mangle]
-extern "C" fn proxy_set_tick_period_milliseconds(_period: u32) -> Status {
+extern "C" fn proxy_set_tick_period_milliseconds(period: u32) -> Status {
+    with_host(|h| h.tick_period_ms = period);
     Status::Ok
 }
 
@@ -1045,8 +1047,8 @@ fn another_worker_reads_the_shared_cache() {
     assert_eq!(vm.reply(101).unwrap().status, 200);
     assert_eq!(vm.callouts().len(), 1);
     // A different token in the same slot is not answered from it.
-    let shared = with_host(|h| h.shared.len());
-    assert_eq!(shared, 1);
+    let cache_slots = with_host(|h| h.shared.keys().filter(|k| !k.contains(".flight.")).count());
+    assert_eq!(cache_slots, 1);
     vm.request(
         100,
         102,
@@ -1057,6 +1059,141 @@ fn another_worker_reads_the_shared_cache() {
     );
     assert!(vm.reply(102).is_none());
     assert_eq!(vm.callouts().len(), 2);
+}
+
+const ALICE_CLAIMS: &str = r#"{"https://example.com/client_id":"1999"}"#;
+
+/// Worker 1 (root 1) and worker 2 (root 100), each with a request for a new `token`;
+/// returns the callouts made by then.
+fn two_workers_ask_for(vm: &Vm, token: &str) -> Vec<Callout> {
+    vm.configure(1, USERINFO_CONFIG);
+    vm.configure(100, USERINFO_CONFIG);
+    let auth = format!("Bearer {token}");
+    vm.request(1, 2, "GET", METADATA, &[("authorization", &auth)], None);
+    vm.request(100, 101, "GET", METADATA, &[("authorization", &auth)], None);
+    vm.callouts()
+}
+
+#[test]
+fn a_worker_waits_for_the_callout_another_worker_makes() {
+    let vm = Vm::new();
+    let callouts = two_workers_ask_for(&vm, "alice");
+    assert_eq!(callouts.len(), 1, "one /userinfo call for both workers");
+    assert_eq!(vm.counter("userinfo_remote_waits"), 1);
+    assert_eq!(
+        with_host(|h| h.tick_period_ms),
+        10,
+        "the waiting worker polls fast"
+    );
+    vm.tick(100);
+    assert!(vm.reply(101).is_none(), "nothing to read yet");
+    vm.respond(callouts[0].token, Some("200"), ALICE_CLAIMS);
+    assert_eq!(vm.reply(2).map(|r| r.status), Some(200));
+    vm.tick(100);
+    assert_eq!(vm.reply(101).map(|r| r.status), Some(200));
+    assert_eq!(vm.callouts().len(), 1);
+    assert_eq!(
+        with_host(|h| h.tick_period_ms),
+        1000,
+        "and slows down once answered"
+    );
+    // Both workers now answer the token from their own first level.
+    vm.request(
+        100,
+        102,
+        "GET",
+        METADATA,
+        &[("authorization", "Bearer alice")],
+        None,
+    );
+    assert_eq!(vm.reply(102).map(|r| r.status), Some(200));
+    assert_eq!(vm.callouts().len(), 1);
+}
+
+#[test]
+fn a_failed_remote_callout_is_retried_by_the_waiting_worker() {
+    let vm = Vm::new();
+    let callouts = two_workers_ask_for(&vm, "alice");
+    // An IdP failure is not cached: the claim is freed with no answer behind it.
+    vm.respond(callouts[0].token, Some("502"), "");
+    assert_eq!(vm.reply(2).map(|r| r.status), Some(503));
+    vm.tick(100);
+    let callouts = vm.callouts();
+    assert_eq!(callouts.len(), 2);
+    assert_eq!(
+        callouts[1].context, 100,
+        "the waiting worker's root calls itself"
+    );
+    vm.respond(callouts[1].token, Some("200"), ALICE_CLAIMS);
+    assert_eq!(vm.reply(101).map(|r| r.status), Some(200));
+}
+
+#[test]
+fn a_stale_claim_is_taken_over() {
+    let vm = Vm::new();
+    two_workers_ask_for(&vm, "alice");
+    // Worker 1's callout never answers (its worker died, say): past the claim's
+    // deadline, worker 2 calls; before it, it keeps waiting.
+    vm.advance(2);
+    vm.tick(100);
+    assert_eq!(vm.callouts().len(), 1);
+    vm.advance(2);
+    vm.tick(100);
+    let callouts = vm.callouts();
+    assert_eq!(callouts.len(), 2);
+    vm.respond(callouts[1].token, Some("200"), ALICE_CLAIMS);
+    assert_eq!(vm.reply(101).map(|r| r.status), Some(200));
+}
+
+#[test]
+fn a_leader_hanging_up_frees_its_claim_for_other_workers() {
+    let vm = Vm::new();
+    vm.configure(1, USERINFO_CONFIG);
+    vm.configure(100, USERINFO_CONFIG);
+    vm.request(
+        1,
+        2,
+        "GET",
+        METADATA,
+        &[("authorization", "Bearer alice")],
+        None,
+    );
+    vm.end(2);
+    vm.request(
+        100,
+        101,
+        "GET",
+        METADATA,
+        &[("authorization", "Bearer alice")],
+        None,
+    );
+    let callouts = vm.callouts();
+    assert_eq!(
+        callouts.len(),
+        2,
+        "worker 2 calls at once instead of waiting"
+    );
+    assert_eq!(vm.counter("userinfo_remote_waits"), 0);
+}
+
+#[test]
+fn a_waiting_worker_finds_an_answer_stored_meanwhile() {
+    let vm = Vm::new();
+    let callouts = two_workers_ask_for(&vm, "alice");
+    vm.respond(callouts[0].token, Some("200"), ALICE_CLAIMS);
+    // A third worker asks after the answer landed: no wait, no call.
+    vm.configure(200, USERINFO_CONFIG);
+    vm.request(
+        200,
+        201,
+        "GET",
+        METADATA,
+        &[("authorization", "Bearer alice")],
+        None,
+    );
+    assert_eq!(vm.reply(201).map(|r| r.status), Some(200));
+    assert_eq!(vm.callouts().len(), 1);
+    assert_eq!(vm.counter("userinfo_remote_waits"), 1);
 }
 
 #[test]

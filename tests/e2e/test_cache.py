@@ -1,14 +1,15 @@
 """The identity cache, counted where it matters: at the identity provider.
 
 Sequential requests with one token make one /userinfo call; 20 concurrent requests with a
-fresh token make at most one call per Envoy worker (a Grafana dashboard opening its
-panels); expired entries are asked again, so a revoked token stops working once its
+fresh token make one call in all, though they land on several Envoy workers (a Grafana
+dashboard opening its panels), and so do many fresh tokens at once, one call each; expired entries are asked again, so a revoked token stops working once its
 entry has expired. Calls are counted in the provider's own request log, and the filter's
 counters must agree with it.
 """
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -49,7 +50,15 @@ def test_cached_identity_is_per_token(envoy, vm, oidc):
     assert oidc.userinfo_calls() - before == 2
 
 
-def test_concurrent_requests_with_a_fresh_token_share_one_call_per_worker(
+def connections_per_worker(proxy) -> list[int]:
+    """Downstream connections each Envoy worker accepted on the listener."""
+    counters = proxy.counters()
+    return [counters.get(name, 0) for name in sorted(counters)
+            if name.startswith("listener.") and ".worker_" in name
+            and name.endswith(".downstream_cx_total")]
+
+
+def test_concurrent_requests_with_a_fresh_token_share_one_call_across_workers(
         envoy_factory, vm, oidc):
     # The provider is slowed down behind a relay, so that all 20 requests are surely in
     # flight while the first /userinfo call is still open.
@@ -69,9 +78,35 @@ def test_concurrent_requests_with_a_fresh_token_share_one_call_per_worker(
         with ThreadPoolExecutor(CONCURRENT) as pool:
             statuses = list(pool.map(one, range(CONCURRENT)))
         assert statuses == [200] * CONCURRENT
-        calls = oidc.userinfo_calls() - before
-        assert 1 <= calls <= proxy.concurrency, f"{calls} /userinfo calls for one token"
-        assert relay.calls == calls
+        per_worker = connections_per_worker(proxy)
+        assert len(per_worker) == proxy.concurrency and all(per_worker), per_worker
+        # Every worker had requests for the token; one of them called, the others waited
+        # for its answer in shared data.
+        assert oidc.userinfo_calls() - before == 1
+        assert relay.calls == 1
+        assert proxy.filter_counter("userinfo_remote_waits") >= 1
+    finally:
+        relay.stop()
+
+
+def test_many_fresh_tokens_at_once_make_exactly_one_call_each(envoy_factory, vm, oidc):
+    # Requests for many new tokens, shuffled and concurrent over both workers: each token
+    # is asked about once, whichever workers its requests land on.
+    relay = IdpRelay(oidc.url)
+    relay.delay_s = 0.05
+    try:
+        proxy = envoy_factory.start(envoy_factory.config(oidc_port=relay.port), "envoy-spread")
+        proxy.wait_ready()
+        tokens = [oidc.login("alice") for _ in range(30)]
+        work = [t for t in tokens for _ in range(6)]
+        random.Random(7).shuffle(work)
+        before = oidc.userinfo_calls()
+        with ThreadPoolExecutor(12) as pool:
+            statuses = list(pool.map(lambda t: query(proxy, vm, t).status_code, work))
+        assert statuses == [200] * len(work)
+        assert all(connections_per_worker(proxy)), connections_per_worker(proxy)
+        assert oidc.userinfo_calls() - before == len(tokens)
+        assert proxy.filter_counter("userinfo_calls") == len(tokens)
     finally:
         relay.stop()
 
