@@ -90,6 +90,72 @@ impl Metrics {
     }
 }
 
+/// Gauges of what the filter holds, summed over Envoy's workers. Envoy reports no
+/// memory figure for a Wasm VM, and every worker runs its own VM under the same metric
+/// names, so each worker adds the change since its last report: the gauge is the total.
+struct Footprint {
+    /// Bytes of linear memory (the VM's whole heap; it grows, never shrinks).
+    memory_bytes: u32,
+    /// Entries in the workers' first-level identity caches.
+    local_cache_entries: u32,
+    reported: Cell<(i64, i64)>,
+    reported_at_s: Cell<u64>,
+}
+
+impl Footprint {
+    fn define() -> Footprint {
+        let gauge = |name: &str| {
+            hostcalls::define_metric(MetricType::Gauge, &format!("promql_tenant_filter.{name}"))
+                .unwrap_or(0)
+        };
+        Footprint {
+            memory_bytes: gauge("wasm_memory_bytes"),
+            local_cache_entries: gauge("local_cache_entries"),
+            reported: Cell::new((0, 0)),
+            reported_at_s: Cell::new(0),
+        }
+    }
+
+    /// Reports this worker's figures, at most once a second (the tick can be faster).
+    fn report(&self, local_cache_entries: usize, now: u64) {
+        if now == self.reported_at_s.get() {
+            return;
+        }
+        self.reported_at_s.set(now);
+        let entries = i64::try_from(local_cache_entries).unwrap_or(i64::MAX);
+        self.set((linear_memory_bytes(), entries));
+    }
+
+    /// Takes this worker's share back out, when its plugin configuration goes away.
+    fn withdraw(&self) {
+        self.set((0, 0));
+    }
+
+    fn set(&self, (memory, entries): (i64, i64)) {
+        let (old_memory, old_entries) = self.reported.get();
+        if memory != old_memory {
+            let _ = hostcalls::increment_metric(self.memory_bytes, memory - old_memory);
+        }
+        if entries != old_entries {
+            let _ = hostcalls::increment_metric(self.local_cache_entries, entries - old_entries);
+        }
+        self.reported.set((memory, entries));
+    }
+}
+
+/// Size of this VM's linear memory, in bytes.
+fn linear_memory_bytes() -> i64 {
+    #[cfg(target_arch = "wasm32")]
+    {
+        const WASM_PAGE_BYTES: i64 = 65_536;
+        i64::try_from(core::arch::wasm32::memory_size(0)).unwrap_or(0) * WASM_PAGE_BYTES
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        0
+    }
+}
+
 /// The identity of a request once known: its tenants, or why it is refused.
 #[derive(Debug, Clone)]
 enum Resolution {
@@ -160,6 +226,7 @@ type SharedRequest = Rc<RefCell<Request>>;
 struct Worker {
     config: Config,
     metrics: Metrics,
+    footprint: Footprint,
     userinfo: Option<Userinfo>,
     /// Requests paused while another context's callout runs, by context id.
     parked: RefCell<HashMap<u32, SharedRequest>>,
@@ -421,6 +488,27 @@ impl FilterRoot {
 }
 
 impl FilterRoot {
+    /// The tick's work on identity lookups: refuses the waiters of callouts that never
+    /// came back, calls for flights whose leader went away, and polls other workers'.
+    fn tend_flights(&mut self, worker: &Worker, userinfo: &Userinfo, now: u64) {
+        let max_age = userinfo.config.timeout_ms / 1000 + 5;
+        let stuck = userinfo.flights.borrow_mut().expire(now, max_age);
+        let unavailable = Resolution::Refuse(Refusal::unavailable("identity lookup timed out"));
+        for (token, waiters) in stuck {
+            worker.release_flight(userinfo, &token);
+            for waiter in waiters {
+                worker.wake(waiter, &unavailable, self.context_id);
+            }
+        }
+        let orphans = userinfo.flights.borrow().orphans();
+        for token in orphans {
+            if userinfo.flights.borrow_mut().adopt(&token, now) {
+                self.call_for_waiters(worker, userinfo, token);
+            }
+        }
+        self.poll_remote_flights(worker, userinfo, now);
+    }
+
     /// Calls the IdP for a flight the root has adopted. Called from the root's own
     /// callback, so the response comes back to the root.
     fn call_for_waiters(&mut self, worker: &Worker, userinfo: &Userinfo, token: String) {
@@ -501,6 +589,13 @@ impl FilterRoot {
 }
 
 impl Context for FilterRoot {
+    fn on_done(&mut self) -> bool {
+        if let Some(worker) = &self.worker {
+            worker.footprint.withdraw();
+        }
+        true
+    }
+
     fn on_http_call_response(
         &mut self,
         token_id: u32,
@@ -559,6 +654,7 @@ impl RootContext for FilterRoot {
         self.worker = Some(Rc::new(Worker {
             config,
             metrics: Metrics::define(),
+            footprint: Footprint::define(),
             userinfo,
             parked: RefCell::new(HashMap::new()),
             awaiting_body: RefCell::new(HashMap::new()),
@@ -571,27 +667,15 @@ impl RootContext for FilterRoot {
             return;
         };
         self.refuse_bodiless(&worker);
-        let Some(userinfo) = worker.userinfo.as_ref() else {
-            return;
-        };
         let now = now_s();
-        // A callout that never came back: refuse its waiters rather than hang them.
-        let max_age = userinfo.config.timeout_ms / 1000 + 5;
-        let stuck = userinfo.flights.borrow_mut().expire(now, max_age);
-        let unavailable = Resolution::Refuse(Refusal::unavailable("identity lookup timed out"));
-        for (token, waiters) in stuck {
-            worker.release_flight(userinfo, &token);
-            for waiter in waiters {
-                worker.wake(waiter, &unavailable, self.context_id);
-            }
+        if let Some(userinfo) = worker.userinfo.as_ref() {
+            self.tend_flights(&worker, userinfo, now);
         }
-        let orphans = userinfo.flights.borrow().orphans();
-        for token in orphans {
-            if userinfo.flights.borrow_mut().adopt(&token, now) {
-                self.call_for_waiters(&worker, userinfo, token);
-            }
-        }
-        self.poll_remote_flights(&worker, userinfo, now);
+        let local_entries = worker
+            .userinfo
+            .as_ref()
+            .map_or(0, |u| u.local.borrow().len());
+        worker.footprint.report(local_entries, now);
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {

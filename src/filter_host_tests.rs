@@ -137,6 +137,10 @@ fn map_of(host: &mut Host, map: MapType) -> Option<&mut Vec<(String, Vec<u8>)>> 
 #[no_mangle]
 unsafe extern "C" fn proxy_log(_level: LogLevel, data: *const u8, size: usize) -> Status {
     let message = text(data, size);
+    // The SDK's panic hook logs through the host: show a failed assertion's message.
+    if message.starts_with("panicked at") {
+        eprintln!("{message}");
+    }
     with_host(|h| h.logs.push(message));
     Status::Ok
 }
@@ -574,7 +578,8 @@ extern "C" fn proxy_record_metric(_id: u32, _value: u64) -> Status {
 extern "C" fn proxy_increment_metric(id: u32, offset: i64) -> Status {
     with_host(|h| match h.metrics.get_mut(&id) {
         Some(m) => {
-            m.1 += offset as u64;
+            // Gauges go down too: two's complement wrapping adds a negative offset.
+            m.1 = m.1.wrapping_add(offset as u64);
             Status::Ok
         }
         None => Status::NotFound,
@@ -1194,6 +1199,43 @@ fn a_waiting_worker_finds_an_answer_stored_meanwhile() {
     assert_eq!(vm.reply(201).map(|r| r.status), Some(200));
     assert_eq!(vm.callouts().len(), 1);
     assert_eq!(vm.counter("userinfo_remote_waits"), 1);
+}
+
+#[test]
+fn footprint_gauges_sum_the_workers_and_withdraw_on_shutdown() {
+    let vm = Vm::new();
+    let callouts = two_workers_ask_for(&vm, "alice");
+    vm.respond(callouts[0].token, Some("200"), ALICE_CLAIMS);
+    vm.request(
+        1,
+        3,
+        "GET",
+        METADATA,
+        &[("authorization", "Bearer bob")],
+        None,
+    );
+    vm.respond(vm.callouts()[1].token, Some("200"), ALICE_CLAIMS);
+    vm.tick(1);
+    vm.tick(100);
+    // Worker 1 holds alice and bob, worker 2 alice (read from shared data).
+    assert_eq!(vm.counter("local_cache_entries"), 3);
+    // Within the same second, a faster tick does not report again.
+    vm.request(
+        100,
+        102,
+        "GET",
+        METADATA,
+        &[("authorization", "Bearer bob")],
+        None,
+    );
+    vm.tick(100);
+    assert_eq!(vm.counter("local_cache_entries"), 3);
+    vm.advance(1);
+    vm.tick(100);
+    assert_eq!(vm.counter("local_cache_entries"), 4);
+    with_host(|h| h.effective = 100);
+    unsafe { proxy_on_done(100) };
+    assert_eq!(vm.counter("local_cache_entries"), 2);
 }
 
 #[test]

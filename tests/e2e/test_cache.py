@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 import envoy_config
 import pytest
 from conftest import call
+from procs import wait_until
 from services import IdpRelay
 
 SEQUENTIAL = 10
@@ -156,3 +157,24 @@ def test_negative_result_is_cached(short_cache_envoy, vm, oidc):
     for _ in range(5):
         assert query(short_cache_envoy, vm, token).status_code == 401
     assert oidc.userinfo_calls() - before == 1
+
+
+def test_footprint_gauges_report_vm_memory_and_cache_entries(envoy_factory, vm, oidc):
+    # Envoy has no memory statistic for a Wasm VM: the filter reports its linear memory
+    # and its first-level cache size as gauges, summed over the workers, once a second.
+    proxy = envoy_factory.start(envoy_factory.config(), "envoy-gauges").wait_ready()
+    tokens = [oidc.login("alice") for _ in range(3)]
+    for token in tokens:
+        assert query(proxy, vm, token).status_code == 200
+
+    def gauges():
+        return (proxy.filter_counter("wasm_memory_bytes") or 0,
+                proxy.filter_counter("local_cache_entries") or 0)
+
+    wait_until(lambda: gauges()[1] >= len(tokens), "the cache gauge to count the tokens",
+               timeout_s=10)
+    memory, entries = gauges()
+    # Whole 64 KiB Wasm pages, at least one VM's worth, and no more cache entries than
+    # each worker can hold of these three tokens.
+    assert memory > 0 and memory % 65536 == 0, memory
+    assert len(tokens) <= entries <= len(tokens) * proxy.concurrency, entries
