@@ -80,6 +80,7 @@ test: deps wasm lint unit e2e deploy-check demo-check
 bench: rust-deps py-deps vm-deps wasm
 	@command -v wrk >/dev/null || { apt-get update -qq \
 	  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
+	$(CARGO) build --release --bin promql-tenant
 	$(CARGO) bench --bench engine
 	$(CARGO) bench --bench scaling
 	$(VENV)/bin/python bench/run.py

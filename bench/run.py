@@ -5,6 +5,9 @@ Measures, on 127.0.0.1 only, with the end-to-end harness' process wrappers (test
              `direct_response` route, warm identity: wrk throughput at saturation and
              p50/p99 at a fixed rate, Grafana query by GET and by POST form; A and B are
              alternated and the medians compared.
+  enginevm   the engine inside V8 against native code, with no request in the way: the
+             plugin's debug-only `debug_time_engine` loop over the whole corpus at start-up
+             against `promql-tenant time` running the same loop natively, alternated.
   vm         the engine's cost per selector inside V8: POSTs of 1 and of 200 selectors,
              A against B, to compare with benches/scaling.rs' native figure.
   backend    for context, A against B in front of a real VictoriaMetrics.
@@ -411,6 +414,56 @@ def measure_vm(workdir: Path, oidc: OidcProvider, token: str) -> dict:
             "per_request_us": {f"{k}{n}": v for (k, n), v in t.items()}}
 
 
+CLI = REPO / "target" / "release" / "promql-tenant"
+ENGINE_VM_ROUNDS = 1 if QUICK else 3
+ENGINE_VM_PASSES = 2 if QUICK else 5
+
+
+def corpus_queries() -> list[str]:
+    corpus = Path(os.environ.get("PROMQL_CORPUS_DIR", REPO.parent / "shared" / "corpus"))
+    with open(corpus / "promql_corpus.jsonl", encoding="utf-8") as f:
+        return [json.loads(line)["expr"] for line in f if line.strip()]
+
+
+def measure_engine_in_vm(workdir: Path, oidc: OidcProvider) -> dict:
+    """Measurement 2, from inside: the same rewrite loop over the corpus in V8 and natively.
+
+    The plugin runs it once at start-up when its config has `debug_time_engine` and logs
+    the timing; `promql-tenant time` runs the identical function (src/timing.rs) natively.
+    Native and VM passes alternate; the medians give the ratio."""
+    queries = corpus_queries()
+    jsonl = workdir / "corpus-queries.jsonl"
+    jsonl.write_text("".join(json.dumps({"query": q}) + "\n" for q in queries))
+    native, in_vm = [], []
+    for i in range(ENGINE_VM_PASSES):
+        with open(jsonl, "rb") as stdin:
+            out = subprocess.run([str(CLI), "time", "--label", "client_id", "--value", TENANT,
+                                  "--rounds", str(ENGINE_VM_ROUNDS)],
+                                 stdin=stdin, capture_output=True, check=True, text=True)
+        native.append(json.loads(out.stdout))
+        listen, admin = free_port(), free_port()
+        config = base_config(listen, admin, oidc.port)
+        plugin = envoy_config.plugin_config(config)
+        plugin["debug_time_engine"] = {"queries": queries, "rounds": ENGINE_VM_ROUNDS}
+        config = envoy_config.with_plugin_config(config, plugin)
+        envoy = start_envoy(workdir, f"envoy-enginevm-{i}", config, listen, admin, 1)
+        log = workdir / f"envoy-enginevm-{i}.log"
+        found = re.search(r"debug_time_engine (\{.*\})", log.read_text())
+        envoy.stop()
+        if not found:
+            raise RuntimeError(f"no debug_time_engine line in {log}")
+        in_vm.append(json.loads(found.group(1)))
+    if native[0]["accepted"] != in_vm[0]["accepted"]:
+        raise RuntimeError(f"native and VM disagree on accepted queries: {native[0]} {in_vm[0]}")
+    native_ns = median([t["ns_per_query"] for t in native])
+    vm_ns = median([t["ns_per_query"] for t in in_vm])
+    return {"queries": len(queries), "accepted": native[0]["accepted"], "rounds": ENGINE_VM_ROUNDS,
+            "passes": ENGINE_VM_PASSES, "native_ns": native_ns, "vm_ns": vm_ns,
+            "ratio": vm_ns / native_ns,
+            "native_all": [t["ns_per_query"] for t in native],
+            "vm_all": [t["ns_per_query"] for t in in_vm]}
+
+
 def grafana_get(url: str, token: str, timeout: float = 10) -> requests.Response:
     return requests.get(f"{url}{QUERY_PATH}", params=GRAFANA_PARAMS,
                         headers={"Authorization": f"Bearer {token}"}, timeout=timeout)
@@ -535,8 +588,15 @@ def measure_footprint(workdir: Path) -> dict:
 # ---------------------------------------------------------------------------- report
 
 
-def report(overhead, vm, backend, cold, footprint) -> str:
+def report(overhead, vm, backend, cold, footprint, engine_vm=None) -> str:
     out = []
+    if engine_vm:
+        e = engine_vm
+        out.append(f"Engine inside V8 vs native, same loop (src/timing.rs) over the corpus ({e['queries']:,}"
+                   f" queries, {e['accepted']:,} accepted, {e['rounds']} rounds, median of {e['passes']}"
+                   f" alternated passes): native {e['native_ns'] / 1000:.2f} µs/query, in the VM"
+                   f" {e['vm_ns'] / 1000:.2f} µs/query -> {e['ratio']:.2f}x slower in V8")
+        out.append("")
     if overhead:
         out.append("Envoy overhead, warm cache (A = filter, B = no filter; direct_response upstream;"
                    f" 1 worker; medians of {ROUNDS} alternated runs)")
@@ -598,12 +658,19 @@ def main() -> int:
     if not WASM.is_file():
         print(f"{WASM} missing: `make wasm`")
         return 1
-    phases = os.environ.get("BENCH_PHASES", "overhead,vm,backend,cold,footprint").split(",")
+    phases = os.environ.get("BENCH_PHASES",
+                            "enginevm,overhead,vm,backend,cold,footprint").split(",")
+    if "enginevm" in phases and not CLI.is_file():
+        print(f"{CLI} missing: `cargo build --release --bin promql-tenant`")
+        return 1
     workdir = Path(tempfile.mkdtemp(prefix="bench-"))
     print(f"bench logs and configs: {workdir}")
-    overhead = vm = backend = cold = footprint = None
+    overhead = vm = backend = cold = footprint = engine_vm = None
     try:
         oidc = OidcProvider(workdir, {"alice": {"client_id": TENANT}})
+        if "enginevm" in phases:
+            print("engine inside the VM against native, over the corpus ...", flush=True)
+            engine_vm = measure_engine_in_vm(workdir, oidc)
         if "overhead" in phases:
             print("overhead: A/B through Envoy ...", flush=True)
             overhead = measure_overhead(workdir, oidc, oidc.login("alice"))
@@ -622,9 +689,10 @@ def main() -> int:
     finally:
         stop_all()
     (workdir / "results.json").write_text(json.dumps(
-        {"overhead": overhead, "vm": vm, "backend": backend, "cold": cold, "footprint": footprint}, indent=2, default=str))
+        {"engine_vm": engine_vm, "overhead": overhead, "vm": vm, "backend": backend, "cold": cold,
+         "footprint": footprint}, indent=2, default=str))
     print()
-    print(report(overhead, vm, backend, cold, footprint))
+    print(report(overhead, vm, backend, cold, footprint, engine_vm))
     print(f"\nraw results: {workdir / 'results.json'}")
     return 0
 

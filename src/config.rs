@@ -66,7 +66,20 @@ pub struct Config {
     pub victoriametrics_extra_label: bool,
     /// Largest request body the filter buffers; larger ones get 413.
     pub max_body_bytes: usize,
+    /// Debug only: time the engine over these queries at start-up (see
+    /// [`crate::timing`]). It delays the plugin's start; never set it in production.
+    pub debug_time_engine: Option<EngineTimingConfig>,
 }
+
+/// The `debug_time_engine` setting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineTimingConfig {
+    pub queries: Vec<String>,
+    pub rounds: u32,
+}
+
+/// Most rounds `debug_time_engine` may ask for, so that a typo cannot stall a start.
+pub const MAX_TIMING_ROUNDS: u32 = 1000;
 
 /// Identity settings shared by both sources, plus the source itself.
 #[derive(Debug, Clone, PartialEq)]
@@ -121,6 +134,7 @@ impl Config {
             "dialect",
             "victoriametrics_extra_label",
             "max_body_bytes",
+            "debug_time_engine",
         ])?;
         let tenant_label: String = top.required("tenant_label")?;
         let on_conflict: ConflictPolicy = top.optional("on_conflict")?.unwrap_or_default();
@@ -132,6 +146,10 @@ impl Config {
             .get("identity")
             .ok_or_else(|| ConfigError::new("identity", "missing required field"))?;
         let identity = parse_identity(identity_value)?;
+        let debug_time_engine = top
+            .get("debug_time_engine")
+            .map(parse_time_engine)
+            .transpose()?;
 
         check_tenant_label(&tenant_label, victoriametrics_extra_label)?;
         if max_body_bytes == 0 {
@@ -146,8 +164,23 @@ impl Config {
             dialect,
             victoriametrics_extra_label,
             max_body_bytes,
+            debug_time_engine,
         })
     }
+}
+
+fn parse_time_engine(value: &Value) -> Result<EngineTimingConfig, ConfigError> {
+    let fields = Fields::new("debug_time_engine", value)?;
+    fields.deny_unknown(&["queries", "rounds"])?;
+    let queries: Vec<String> = fields.required("queries")?;
+    let rounds: u32 = fields.optional("rounds")?.unwrap_or(1);
+    if rounds == 0 || rounds > MAX_TIMING_ROUNDS {
+        return Err(ConfigError::new(
+            "debug_time_engine.rounds",
+            format!("must be between 1 and {MAX_TIMING_ROUNDS}"),
+        ));
+    }
+    Ok(EngineTimingConfig { queries, rounds })
 }
 
 fn parse_identity(value: &Value) -> Result<IdentityConfig, ConfigError> {
@@ -580,6 +613,33 @@ mod tests {
             "identity.cluster",
             "missing",
         );
+    }
+
+    #[test]
+    fn debug_time_engine_is_optional_and_checked() {
+        let base = minimal_with_identity(r#"{"source":"userinfo","cluster":"c","claim":"t"}"#);
+        assert_eq!(
+            Config::parse(base.as_bytes()).unwrap().debug_time_engine,
+            None
+        );
+        let with =
+            |timing: &str| base.replacen('{', &format!(r#"{{"debug_time_engine":{timing},"#), 1);
+        let config =
+            Config::parse(with(r#"{"queries":["up","rate(x[5m])"],"rounds":3}"#).as_bytes())
+                .unwrap();
+        assert_eq!(
+            config.debug_time_engine,
+            Some(EngineTimingConfig {
+                queries: vec!["up".into(), "rate(x[5m])".into()],
+                rounds: 3
+            })
+        );
+        let e = Config::parse(with(r#"{"queries":["up"],"rounds":0}"#).as_bytes()).unwrap_err();
+        assert_field(&e, "debug_time_engine.rounds", "between 1 and");
+        let e = Config::parse(with(r#"{"rounds":2}"#).as_bytes()).unwrap_err();
+        assert_field(&e, "debug_time_engine.queries", "missing");
+        let e = Config::parse(with(r#"{"queries":["up"],"loops":2}"#).as_bytes()).unwrap_err();
+        assert_field(&e, "debug_time_engine.loops", "unknown field");
     }
 
     #[test]

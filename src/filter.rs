@@ -25,7 +25,7 @@ use crate::api::{
 use crate::cache::{
     CacheEntry, CachePolicy, CachedIdentity, FlightClaim, Flights, Joined, LocalCache, FREE_FLIGHT,
 };
-use crate::config::{Config, IdentitySource, UserinfoConfig};
+use crate::config::{Config, EngineTimingConfig, IdentitySource, UserinfoConfig};
 use crate::identity::{self, IdentityError, UserinfoOutcome};
 use crate::{rewrite, RewriteError, TenantMatcher};
 use log::{debug, error, info, warn};
@@ -449,6 +449,39 @@ fn create_flight_keys(policy: &CachePolicy) {
     }
 }
 
+/// Runs the debug-only engine timing (see [`crate::timing`]) in one of the VMs, and
+/// logs the result; the bench reads it from Envoy's log.
+fn time_engine_once(config: &Config, timing: &EngineTimingConfig) {
+    const RAN: &str = "promql_tenant_filter.debug_time_engine.ran";
+    if !matches!(hostcalls::get_shared_data(RAN), Ok((None, None))) {
+        return;
+    }
+    let _ = hostcalls::set_shared_data(RAN, Some(b"1"), None);
+    let values = vec!["1999".to_string()];
+    let Ok(tenant) = TenantMatcher::new(&config.tenant_label, &values) else {
+        return;
+    };
+    let clock_ns = || {
+        hostcalls::get_current_time()
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+    };
+    warn!("promql_tenant_filter: debug_time_engine is set: timing the engine, not for production");
+    let result = crate::timing::time_engine(
+        &timing.queries,
+        &tenant,
+        config.on_conflict,
+        config.dialect,
+        timing.rounds,
+        clock_ns,
+    );
+    info!(
+        "promql_tenant_filter: debug_time_engine {}",
+        result.to_json()
+    );
+}
+
 /// A random number from the host (WASI `random_get`, behind std's hash seeds).
 fn random_u64() -> u64 {
     use std::hash::{BuildHasher, Hasher};
@@ -644,6 +677,9 @@ impl RootContext for FilterRoot {
             }
             IdentitySource::JwtPayloadHeader { .. } => None,
         };
+        if let Some(timing) = &config.debug_time_engine {
+            time_engine_once(&config, timing);
+        }
         if hostcalls::set_tick_period(TICK).is_err() {
             warn!("promql_tenant_filter: could not set the tick period");
         }

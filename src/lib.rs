@@ -15,3 +15,4 @@ pub mod config;
 pub mod filter;
 pub mod form;
 pub mod identity;
+pub mod timing;

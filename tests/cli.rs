@@ -366,3 +366,45 @@ fn jsonl_escapes_hostile_output_as_json() {
         "up{client_id=\"a\\\"b\\\\c\"}\n# comment\n"
     );
 }
+
+#[test]
+fn time_reports_the_engine_loop_as_json() {
+    let input = b"{\"query\":\"up\"}\n{\"query\":\"sum(\"}\n{\"query\":\"rate(x[5m])\"}\n";
+    let out = run_with_stdin(
+        &[
+            "time",
+            "--label",
+            "client_id",
+            "--value",
+            "1999",
+            "--rounds",
+            "3",
+        ],
+        input,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let timing: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(timing["queries"], 3);
+    assert_eq!(timing["accepted"], 2);
+    assert_eq!(timing["rounds"], 3);
+    assert_eq!(timing["bytes"], 17);
+    assert!(timing["ns_per_query"].as_f64().unwrap() >= 0.0);
+
+    let bad = run_with_stdin(&["time", "--label", "l", "--value", "v"], b"not json\n");
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(stderr(&bad).contains("line 1"), "{}", stderr(&bad));
+    assert_usage_error(
+        &["time", "--label", "l", "--value", "v", "--rounds", "0"],
+        "--rounds",
+    );
+    assert_usage_error(
+        &["time", "--label", "l", "--value", "v", "up"],
+        "takes no QUERY",
+    );
+    assert_usage_error(
+        &[
+            "rewrite", "--label", "l", "--value", "v", "--rounds", "2", "up",
+        ],
+        "unknown option",
+    );
+}

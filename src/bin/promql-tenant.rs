@@ -4,26 +4,37 @@
 //! promql-tenant rewrite --label client_id --value 1999 [--value 2000]
 //!               [--on-conflict and|replace|reject] [--dialect promql|metricsql] 'QUERY'
 //! promql-tenant rewrite --label client_id --value 1999 --jsonl < queries.jsonl
+//! promql-tenant time --label client_id --value 1999 [--rounds N] < queries.jsonl
 //! ```
+//!
+//! `time` runs the engine over the queries natively and prints one JSON line of
+//! timings: the same loop the plugin runs inside Envoy with `debug_time_engine`, so
+//! that `make bench` can compare the two (see `promql_tenant_filter::timing`).
 //!
 //! Exit codes: 0 on success, 1 when the query is refused (parse error, conflict) or on
 //! an I/O error, 2 on a usage error (bad flags, missing label or value, invalid tenant).
 //! In `--jsonl` mode a refused query is reported in-band as `{"error": ...}` and does
 //! not change the exit code; every input line gives exactly one output line, in order.
 
+use promql_tenant_filter::timing::time_engine;
 use promql_tenant_filter::{rewrite, ConflictPolicy, Dialect, TenantMatcher};
 use std::io::{self, BufRead, Write};
 use std::process::ExitCode;
+use std::time::Instant;
 
 const USAGE: &str = "\
 usage: promql-tenant rewrite --label LABEL --value VALUE [--value VALUE]...
                              [--on-conflict and|replace|reject]
                              [--dialect promql|metricsql]
                              (QUERY | --jsonl)
+       promql-tenant time --label LABEL --value VALUE [--rounds N]
+                          [--on-conflict ...] [--dialect ...] < queries.jsonl
 
   Prints QUERY with the tenant matcher added to every series selector.
   With --jsonl, reads {\"query\": \"...\"} lines from stdin and writes one
-  {\"output\": \"...\"} or {\"error\": \"...\"} line per input line.";
+  {\"output\": \"...\"} or {\"error\": \"...\"} line per input line.
+  `time` rewrites the queries of stdin N times (default 1) and prints the
+  timing as one JSON line.";
 
 /// What the command line asked for.
 #[derive(Debug)]
@@ -34,6 +45,8 @@ struct Options {
     dialect: Dialect,
     /// `None` means `--jsonl`.
     query: Option<String>,
+    /// `Some(rounds)` for the `time` command.
+    time_rounds: Option<u32>,
 }
 
 enum Parsed {
@@ -62,6 +75,9 @@ fn main() -> ExitCode {
         Ok(tenant) => tenant,
         Err(e) => return usage_error(&format!("invalid tenant: {e}")),
     };
+    if let Some(rounds) = options.time_rounds {
+        return time_stdin(&tenant, &options, rounds);
+    }
     match &options.query {
         Some(query) => match rewrite(query, &tenant, options.policy, options.dialect) {
             Ok(output) => {
@@ -87,6 +103,34 @@ fn main() -> ExitCode {
     }
 }
 
+fn time_stdin(tenant: &TenantMatcher, options: &Options, rounds: u32) -> ExitCode {
+    let mut queries = Vec::new();
+    for (number, line) in io::stdin().lock().lines().enumerate() {
+        let query = line
+            .map_err(|e| e.to_string())
+            .and_then(|line| query_of_line(line.as_bytes()));
+        match query {
+            Ok(query) => queries.push(query),
+            Err(e) => {
+                eprintln!("promql-tenant: line {}: {e}", number + 1);
+                return ExitCode::from(1);
+            }
+        }
+    }
+    let epoch = Instant::now();
+    let clock_ns = || u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    let timing = time_engine(
+        &queries,
+        tenant,
+        options.policy,
+        options.dialect,
+        rounds,
+        clock_ns,
+    );
+    println!("{}", timing.to_json());
+    ExitCode::SUCCESS
+}
+
 fn usage_error(message: &str) -> ExitCode {
     eprintln!("promql-tenant: {message}\n\n{USAGE}");
     ExitCode::from(2)
@@ -95,12 +139,18 @@ fn usage_error(message: &str) -> ExitCode {
 /// Hand-rolled parsing: `--flag value` and `--flag=value`, `--` ends the options.
 fn parse_args(args: &[String]) -> Result<Parsed, String> {
     let mut rest = args.iter();
-    match rest.next().map(String::as_str) {
-        Some("rewrite") => {}
+    let timing = match rest.next().map(String::as_str) {
+        Some("rewrite") => false,
+        Some("time") => true,
         Some("-h" | "--help" | "help") => return Ok(Parsed::Help),
-        Some(other) => return Err(format!("unknown command {other:?}, expected \"rewrite\"")),
+        Some(other) => {
+            return Err(format!(
+                "unknown command {other:?}, expected \"rewrite\" or \"time\""
+            ))
+        }
         None => return Err("missing command \"rewrite\"".into()),
-    }
+    };
+    let mut rounds = None;
     let mut label = None;
     let mut values = Vec::new();
     let mut policy = None;
@@ -136,6 +186,15 @@ fn parse_args(args: &[String]) -> Result<Parsed, String> {
             "--on-conflict" => set_once(&mut policy, take_value()?.parse()?, flag)?,
             "--dialect" => set_once(&mut dialect, take_value()?.parse()?, flag)?,
             "--jsonl" if inline_value.is_none() => jsonl = true,
+            "--rounds" if timing => {
+                let n: u32 = take_value()?
+                    .parse()
+                    .map_err(|_| "--rounds needs a whole number".to_string())?;
+                if n == 0 {
+                    return Err("--rounds must be at least 1".into());
+                }
+                set_once(&mut rounds, n, flag)?;
+            }
             "--help" => return Ok(Parsed::Help),
             _ => return Err(format!("unknown option {arg:?}")),
         }
@@ -143,6 +202,19 @@ fn parse_args(args: &[String]) -> Result<Parsed, String> {
     let label = label.ok_or("missing --label")?;
     if values.is_empty() {
         return Err("missing --value".into());
+    }
+    if timing {
+        if jsonl || !positional.is_empty() {
+            return Err("time reads {\"query\": ...} lines from stdin and takes no QUERY".into());
+        }
+        return Ok(Parsed::Run(Options {
+            label,
+            values,
+            policy: policy.unwrap_or_default(),
+            dialect: dialect.unwrap_or_default(),
+            query: None,
+            time_rounds: Some(rounds.unwrap_or(1)),
+        }));
     }
     let query = match (jsonl, positional.len()) {
         (true, 0) => None,
@@ -159,6 +231,7 @@ fn parse_args(args: &[String]) -> Result<Parsed, String> {
         policy: policy.unwrap_or_default(),
         dialect: dialect.unwrap_or_default(),
         query,
+        time_rounds: None,
     }))
 }
 
