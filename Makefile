@@ -81,6 +81,7 @@ bench: rust-deps py-deps vm-deps wasm
 	@command -v wrk >/dev/null || { apt-get update -qq \
 	  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
 	$(CARGO) build --release --bin promql-tenant
+	cd bench/null-filter && $(CARGO) build --release --target wasm32-wasip1
 	$(CARGO) bench --bench engine
 	$(CARGO) bench --bench scaling
 	$(VENV)/bin/python bench/run.py

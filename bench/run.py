@@ -48,6 +48,9 @@ from procs import free_port, stop_all  # noqa: E402
 from services import Envoy, OidcProvider, VictoriaMetrics  # noqa: E402
 
 WASM = REPO / "target" / "wasm32-wasip1" / "release" / "promql_tenant_filter.wasm"
+# bench/null-filter: a proxy-wasm filter that does nothing, on the same SDK (`make bench`
+# builds it): the floor under any such filter, measured beside A and B.
+NULL_WASM = REPO / "bench" / "null-filter" / "target" / "wasm32-wasip1" / "release" / "null_filter.wasm"
 QUICK = os.environ.get("BENCH_QUICK") == "1"
 TENANT = "1999"
 
@@ -262,21 +265,41 @@ def run_wrk(url: str, script: Path, seconds: float, connections: int, threads: i
 # ---------------------------------------------------------------------------- measurements
 
 
+def with_null_filter(config: dict) -> dict:
+    """The same config with the do-nothing filter's module in place of ours."""
+    config = json.loads(json.dumps(config))
+    for http_filter in envoy_config.http_filters(config):
+        if http_filter["name"] == envoy_config.WASM_FILTER:
+            vm = http_filter["typed_config"]["config"]["vm_config"]
+            vm["code"]["local"]["filename"] = str(NULL_WASM)
+            vm["vm_id"] = "null_filter"
+    return config
+
+
+def rotations(kinds: str, i: int) -> str:
+    """Round i's order: each kind goes first in turn, so drifts in load hit all alike."""
+    return kinds[i % len(kinds):] + kinds[:i % len(kinds)]
+
+
 def measure_overhead(workdir: Path, oidc: OidcProvider, token: str) -> list[dict]:
-    """Measurement 3: A (filter) against B (no filter), alternated, medians."""
-    ports = {k: (free_port(), free_port()) for k in "AB"}
+    """Measurement 3: A (filter) against B (no filter), and C (a do-nothing proxy-wasm
+    filter) as the floor under any filter on the same SDK; rotated, medians."""
+    kinds = "ABC"
+    ports = {k: (free_port(), free_port()) for k in kinds}
     config_a = base_config(*ports["A"], oidc.port)
     config_b = envoy_config.without_wasm(base_config(*ports["B"], oidc.port))
+    config_c = with_null_filter(base_config(*ports["C"], oidc.port))
     # One worker each, so that wrk keeps the other core (the machine has 2).
     envoys = {
         "A": start_envoy(workdir, "envoy-A-filter", config_a, *ports["A"], concurrency=1),
         "B": start_envoy(workdir, "envoy-B-plain", config_b, *ports["B"], concurrency=1),
+        "C": start_envoy(workdir, "envoy-C-null-filter", config_c, *ports["C"], concurrency=1),
     }
     url = {k: e.url for k, e in envoys.items()}
 
     # Warm A's identity, and check that both answer what we measure with a 200.
     for label, method, path, params in OVERHEAD_CASES:
-        for k in "AB":
+        for k in kinds:
             r = requests.request(method, f"{url[k]}{path}",
                                  params=params if method == "GET" else None,
                                  data=params if method == "POST" else None,
@@ -291,25 +314,24 @@ def measure_overhead(workdir: Path, oidc: OidcProvider, token: str) -> list[dict
         script = wrk_script(workdir, f"{label}", method, token, params=params, path=path)
         paced = wrk_script(workdir, f"{label}-paced", method, token, delay_ms=FIXED_DELAY_MS,
                            params=params, path=path)
-        for k in "AB":  # a short warm-up of each
+        for k in kinds:  # a short warm-up of each
             run_wrk(url[k], script, 1, WRK_CONNECTIONS)
-        sat = {"A": [], "B": []}
-        fixed = {"A": [], "B": []}
+        sat = {k: [] for k in kinds}
+        fixed = {k: [] for k in kinds}
         oha = oha_binary()
         for i in range(ROUNDS):
-            # Alternate which goes first, so a drift in the machine's load hits both.
-            for k in ("AB" if i % 2 == 0 else "BA"):
+            for k in rotations(kinds, i):
                 sat[k].append(run_wrk(url[k], script, SATURATION_S, WRK_CONNECTIONS))
-            for k in ("AB" if i % 2 == 0 else "BA"):
+            for k in rotations(kinds, i):
                 if oha:
                     fixed[k].append(run_oha(oha, url[k], method, token, params, path,
                                             FIXED_RATE_S, FIXED_RATE, FIXED_CONNECTIONS))
                 else:
                     fixed[k].append(run_wrk(url[k], paced, FIXED_RATE_S, FIXED_CONNECTIONS))
-        errors = sum(r["errors"] for k in "AB" for r in sat[k] + fixed[k])
+        errors = sum(r["errors"] for k in kinds for r in sat[k] + fixed[k])
         row = {"method": label, "errors": errors,
                "fixed_tool": "oha -q (open loop)" if oha else "wrk + delay() (closed loop)"}
-        for k in "AB":
+        for k in kinds:
             row[f"rps_{k}"] = median([r["rps"] for r in sat[k]])
             row[f"fixed_rps_{k}"] = median([r["rps"] for r in fixed[k]])
             row[f"p50_{k}"] = median([r["p50"] for r in fixed[k]])
@@ -317,7 +339,10 @@ def measure_overhead(workdir: Path, oidc: OidcProvider, token: str) -> list[dict
             row[f"sat_p50_{k}"] = median([r["p50"] for r in sat[k]])
             row[f"raw_{k}"] = {"saturation": sat[k], "fixed": fixed[k]}
         row["throughput_ratio"] = row["rps_A"] / row["rps_B"]
+        row["null_ratio"] = row["rps_C"] / row["rps_B"]
+        row["a_over_null"] = row["rps_A"] / row["rps_C"]
         row["cost_us"] = 1e6 / row["rps_A"] - 1e6 / row["rps_B"]
+        row["null_cost_us"] = 1e6 / row["rps_C"] - 1e6 / row["rps_B"]
         row["p99_delta_ms"] = row["p99_A"] - row["p99_B"]
         row["p50_delta_ms"] = row["p50_A"] - row["p50_B"]
         rows.append(row)
@@ -606,6 +631,12 @@ def report(overhead, vm, backend, cold, footprint, engine_vm=None) -> str:
             out.append(f"{r['method']:8} {r['rps_A']:9.0f} {r['rps_B']:9.0f} {r['throughput_ratio']:6.1%}"
                        f"   {'':>9}{r['p50_A']:6.2f}ms {r['p50_B']:5.2f}ms {r['p99_A']:5.2f}ms"
                        f" {r['p99_B']:5.2f}ms {r['p99_delta_ms']:+6.2f}ms")
+        out.append("  C = the same Envoy with a do-nothing proxy-wasm filter (bench/null-filter), the"
+                   " floor under any filter on this SDK:")
+        for r in overhead:
+            out.append(f"  {r['method']:8} C {r['rps_C']:.0f} req/s, C/B {r['null_ratio']:.1%}"
+                       f" (C-B {r['null_cost_us']:.1f} µs/request); A/C {r['a_over_null']:.1%};"
+                       f" p50 C {r['p50_C']:.2f} ms, p99 C {r['p99_C']:.2f} ms")
         for r in overhead:
             out.append(f"  {r['method']}: per request A-B {r['cost_us']:.1f} µs at saturation; target A/B >= 90%: {'met' if r['throughput_ratio'] >= 0.9 else 'NOT met'};"
                        f" p99 A-B <= 0.5 ms: {'met' if r['p99_delta_ms'] <= 0.5 else 'NOT met'};"
