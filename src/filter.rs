@@ -2,7 +2,7 @@
 //!
 //! It stays thin. Each callback reads what the host has (always through the `*_bytes`
 //! getters, since the `String` ones panic on non-UTF-8), hands it to the sans-IO core
-//! ([`crate::api`], [`crate::identity`], [`crate::cache`]), and applies the verdict.
+//! ([`crate::decision`], [`crate::identity`], [`crate::cache`]), and applies the verdict.
 //!
 //! Host behaviour this module relies on (Envoy 1.40):
 //! - Pausing in `on_http_request_headers` only keeps body callbacks coming when the
@@ -19,15 +19,14 @@
 //! - The SDK's hostcall wrappers panic on unexpected host statuses; the filter only
 //!   edits headers and bodies while Envoy still holds them, so none is expected.
 
-use crate::api::{
-    self, Action as ApiAction, Plan, QueryRejection, Refusal, RewriteOptions, Tenant,
-};
+use crate::api::{self, Plan, Refusal};
 use crate::cache::{
     CacheEntry, CachePolicy, CachedIdentity, FlightClaim, Flights, Joined, LocalCache, FREE_FLIGHT,
 };
 use crate::config::{Config, EngineTimingConfig, IdentitySource, UserinfoConfig};
-use crate::identity::{self, IdentityError, UserinfoOutcome};
-use crate::{rewrite, RewriteError, TenantMatcher};
+use crate::decision::{self, Caller, Decision, RequestHead};
+use crate::identity::{self, UserinfoOutcome};
+use crate::TenantMatcher;
 use log::{debug, error, info, warn};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -184,14 +183,6 @@ impl Resolution {
                 _ => Resolution::Refuse(Refusal::unavailable("identity provider unavailable")),
             },
         }
-    }
-}
-
-fn refusal_for(e: IdentityError) -> Refusal {
-    match e {
-        IdentityError::Unauthorized(why) => Refusal::unauthorized(why),
-        IdentityError::Forbidden(why) => Refusal::forbidden(why),
-        IdentityError::Unavailable(why) => Refusal::unavailable(why),
     }
 }
 
@@ -795,10 +786,24 @@ impl Request {
     }
 
     fn on_headers(&mut self, worker: &Worker, end_of_stream: bool) -> Action {
+        let config = &worker.config;
         let method = request_header(":method").unwrap_or_default();
         let path = request_header(":path").unwrap_or_default();
-        let plan = match api::plan_request(&method, &path) {
-            Ok(plan) => plan,
+        let content_type = request_header("content-type");
+        let content_encoding = request_header("content-encoding");
+        let content_length = request_header("content-length");
+        let credential = request_header(decision::credential_header(config));
+        let head = RequestHead {
+            method: &method,
+            path: &path,
+            content_type: content_type.as_deref(),
+            content_encoding: content_encoding.as_deref(),
+            content_length: content_length.as_deref(),
+            credential: credential.as_deref(),
+            end_of_stream,
+        };
+        let admitted = match decision::on_headers(&head, config) {
+            Ok(admitted) => admitted,
             Err(refusal) => return self.refuse(worker, &refusal),
         };
         for name in api::STRIPPED_HEADERS {
@@ -807,39 +812,11 @@ impl Request {
                 return self.refuse(worker, &refusal);
             }
         }
-        self.content_type = request_header("content-type");
-        if !end_of_stream {
-            let encoding = request_header("content-encoding");
-            if let Err(refusal) = api::check_content_encoding(encoding.as_deref()) {
-                return self.refuse(worker, &refusal);
-            }
-            let length = request_header("content-length");
-            if let Err(refusal) = api::check_body_headers(
-                self.content_type.as_deref(),
-                length.as_deref(),
-                worker.config.max_body_bytes,
-            ) {
-                return self.refuse(worker, &refusal);
-            }
-        }
-        self.plan = Some(plan);
-        match &worker.config.identity.source {
-            IdentitySource::Userinfo(_) => {
-                match identity::bearer_token(request_header("authorization").as_deref()) {
-                    Ok(token) => self.token = Some(token.to_string()),
-                    Err(e) => return self.refuse_identity(worker, e),
-                }
-            }
-            IdentitySource::JwtPayloadHeader { header } => {
-                let known = identity::claims_from_payload_header(request_header(header).as_deref())
-                    .and_then(|claims| {
-                        identity::tenants_from_claims(&claims, &worker.config.identity.claim)
-                    });
-                self.known = Some(match known {
-                    Ok(tenants) => Resolution::Tenants(tenants),
-                    Err(e) => return self.refuse_identity(worker, e),
-                });
-            }
+        self.content_type = content_type;
+        self.plan = Some(admitted.plan);
+        match admitted.caller {
+            Caller::Token(token) => self.token = Some(token),
+            Caller::Tenants(tenants) => self.known = Some(Resolution::Tenants(tenants)),
         }
         if end_of_stream {
             self.stage = Stage::Identity;
@@ -849,10 +826,6 @@ impl Request {
             self.stage = Stage::Body;
             Action::Pause
         }
-    }
-
-    fn refuse_identity(&mut self, worker: &Worker, e: IdentityError) -> Action {
-        self.refuse(worker, &refusal_for(e))
     }
 
     /// Looks up the identity. `Continue`: known and applied. `Pause`: refused, or
@@ -917,51 +890,26 @@ impl Request {
         let Some(plan) = self.plan.take() else {
             return self.refuse(worker, &Refusal::bad_request("request was not planned"));
         };
-        // Metadata, rules and alerts are answered for any authenticated tenant.
-        if let ApiAction::Answer(body) = plan.action {
-            worker.metrics.bump(worker.metrics.requests_allowed);
-            let _ = hostcalls::send_http_response(
-                200,
-                vec![("content-type", "application/json")],
-                Some(body.as_bytes()),
-            );
-            self.stage = Stage::Answered;
-            return Action::Pause;
-        }
-        let config = &worker.config;
-        let matcher = match TenantMatcher::new(&config.tenant_label, tenants.as_slice()) {
-            Ok(matcher) => matcher,
-            Err(e) => {
-                return self.refuse(
-                    worker,
-                    &Refusal::forbidden(format!("unusable tenant claim: {e}")),
-                );
-            }
-        };
-        let rewriter = |query: &str| {
-            rewrite(query, &matcher, config.on_conflict, config.dialect).map_err(|e| match e {
-                RewriteError::Parse(p) => QueryRejection::BadQuery(p.to_string()),
-                RewriteError::Conflict(m) => QueryRejection::Forbidden(m),
-            })
-        };
-        let tenant = Tenant {
-            label: &config.tenant_label,
-            values: matcher.values(),
-            matcher_text: matcher.matcher_text(),
-        };
-        let options = RewriteOptions {
-            victoriametrics_extra_label: config.victoriametrics_extra_label,
-        };
-        let rewritten = match api::rewrite_request(
+        let decided = decision::finish(
             &plan,
             self.body.as_deref(),
             self.content_type.as_deref(),
-            &tenant,
-            options,
-            &rewriter,
-        ) {
-            Ok(rewritten) => rewritten,
-            Err(refusal) => {
+            tenants,
+            &worker.config,
+        );
+        let rewritten = match decided {
+            Decision::Forward(rewritten) => rewritten,
+            Decision::Answer(body) => {
+                worker.metrics.bump(worker.metrics.requests_allowed);
+                let _ = hostcalls::send_http_response(
+                    200,
+                    vec![("content-type", "application/json")],
+                    Some(body.as_bytes()),
+                );
+                self.stage = Stage::Answered;
+                return Action::Pause;
+            }
+            Decision::Refuse(refusal) => {
                 if refusal.status == 400 {
                     worker.metrics.bump(worker.metrics.bad_queries);
                 }

@@ -12,6 +12,7 @@ pub use promql::{parse, Dialect, ParseError};
 pub mod api;
 pub mod cache;
 pub mod config;
+pub mod decision;
 pub mod filter;
 pub mod form;
 pub mod identity;
