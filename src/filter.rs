@@ -30,9 +30,10 @@ use crate::TenantMatcher;
 use log::{debug, error, info, warn};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
+use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType, Status};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::ops::Range;
 use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -486,10 +487,85 @@ fn random_u64() -> u64 {
     hasher.finish()
 }
 
-fn request_header(name: &str) -> Option<Vec<u8>> {
-    hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)
-        .ok()
-        .flatten()
+#[link(wasm_import_module = "env")]
+extern "C" {
+    fn proxy_get_header_map_pairs(
+        map_type: MapType,
+        return_map_data: *mut *mut u8,
+        return_map_size: *mut usize,
+    ) -> Status;
+}
+
+/// Every request header, read from the host in one call rather than one per name:
+/// each call crosses into Envoy and back into the VM to allocate the answer, which
+/// was a good part of the filter's fixed cost per request. Names are kept as bytes:
+/// the SDK's own `get_map_bytes` panics on a name that is not UTF-8.
+struct RequestHeaders {
+    serialized: Vec<u8>,
+    /// Where each pair's name and value sit in `serialized`.
+    pairs: Vec<(Range<usize>, Range<usize>)>,
+}
+
+impl RequestHeaders {
+    fn read() -> Option<RequestHeaders> {
+        let mut data: *mut u8 = std::ptr::null_mut();
+        let mut size: usize = 0;
+        // SAFETY: the host writes a buffer it allocated through the SDK's exported
+        // allocator (`proxy_on_memory_allocate`, a `Vec<u8>` with capacity `size`), or
+        // null; it is taken back as that `Vec`, as the SDK does with its own answers.
+        let serialized = unsafe {
+            if proxy_get_header_map_pairs(MapType::HttpRequestHeaders, &mut data, &mut size)
+                != Status::Ok
+            {
+                return None;
+            }
+            if data.is_null() {
+                Vec::new()
+            } else {
+                Vec::from_raw_parts(data, size, size)
+            }
+        };
+        let pairs = header_pairs(&serialized)?;
+        Some(RequestHeaders { serialized, pairs })
+    }
+
+    /// The first value of header `name` (lower case), as Envoy's own lookup answers.
+    fn get(&self, name: &str) -> Option<&[u8]> {
+        self.pairs
+            .iter()
+            .find(|(n, _)| self.serialized.get(n.clone()) == Some(name.as_bytes()))
+            .and_then(|(_, v)| self.serialized.get(v.clone()))
+    }
+}
+
+/// Where the pairs of a serialized header map are: a little-endian u32 count, a u32
+/// name length and a u32 value length per pair, then each name and each value followed
+/// by a NUL. `None` if the sizes do not add up; never reads out of bounds.
+fn header_pairs(serialized: &[u8]) -> Option<Vec<(Range<usize>, Range<usize>)>> {
+    if serialized.is_empty() {
+        return Some(Vec::new());
+    }
+    let word = |at: usize| -> Option<usize> {
+        let bytes = serialized.get(at..at.checked_add(4)?)?;
+        usize::try_from(u32::from_le_bytes(bytes.try_into().ok()?)).ok()
+    };
+    let count = word(0)?;
+    let mut at = count.checked_mul(8)?.checked_add(4)?;
+    // Every pair takes at least 10 bytes, so a forged count cannot reserve much.
+    let mut pairs = Vec::with_capacity(count.min(serialized.len() / 10));
+    for n in 0..count {
+        let name_len = word(4 + n * 8)?;
+        let value_len = word(8 + n * 8)?;
+        let name = at..at.checked_add(name_len)?;
+        at = name.end.checked_add(1)?;
+        let value = at..at.checked_add(value_len)?;
+        at = value.end.checked_add(1)?;
+        if at > serialized.len() {
+            return None;
+        }
+        pairs.push((name, value));
+    }
+    Some(pairs)
 }
 
 /// The root context: parses the configuration, creates request contexts, and runs
@@ -787,19 +863,17 @@ impl Request {
 
     fn on_headers(&mut self, worker: &Worker, end_of_stream: bool) -> Action {
         let config = &worker.config;
-        let method = request_header(":method").unwrap_or_default();
-        let path = request_header(":path").unwrap_or_default();
-        let content_type = request_header("content-type");
-        let content_encoding = request_header("content-encoding");
-        let content_length = request_header("content-length");
-        let credential = request_header(decision::credential_header(config));
+        let Some(headers) = RequestHeaders::read() else {
+            let refusal = Refusal::unavailable("the request headers could not be read");
+            return self.refuse(worker, &refusal);
+        };
         let head = RequestHead {
-            method: &method,
-            path: &path,
-            content_type: content_type.as_deref(),
-            content_encoding: content_encoding.as_deref(),
-            content_length: content_length.as_deref(),
-            credential: credential.as_deref(),
+            method: headers.get(":method").unwrap_or_default(),
+            path: headers.get(":path").unwrap_or_default(),
+            content_type: headers.get("content-type"),
+            content_encoding: headers.get("content-encoding"),
+            content_length: headers.get("content-length"),
+            credential: headers.get(decision::credential_header(config)),
             end_of_stream,
         };
         let admitted = match decision::on_headers(&head, config) {
@@ -807,12 +881,14 @@ impl Request {
             Err(refusal) => return self.refuse(worker, &refusal),
         };
         for name in api::STRIPPED_HEADERS {
-            if hostcalls::remove_map_value(MapType::HttpRequestHeaders, name).is_err() {
+            if headers.get(name).is_some()
+                && hostcalls::remove_map_value(MapType::HttpRequestHeaders, name).is_err()
+            {
                 let refusal = Refusal::unavailable("the request could not be rewritten");
                 return self.refuse(worker, &refusal);
             }
         }
-        self.content_type = content_type;
+        self.content_type = head.content_type.map(<[u8]>::to_vec);
         self.plan = Some(admitted.plan);
         match admitted.caller {
             Caller::Token(token) => self.token = Some(token),

@@ -1239,6 +1239,53 @@ fn footprint_gauges_sum_the_workers_and_withdraw_on_shutdown() {
 }
 
 #[test]
+fn header_pairs_are_read_as_the_host_serializes_them() {
+    let pairs: Pairs = vec![
+        (":path".into(), b"/api/v1/query?query=up".to_vec()),
+        ("authorization".into(), b"Bearer a".to_vec()),
+        ("authorization".into(), b"Bearer b".to_vec()),
+        ("x-empty".into(), Vec::new()),
+        ("x-binary".into(), vec![0xff, 0, 0xfe]),
+    ];
+    let serialized = encode_pairs(&pairs);
+    let headers = super::RequestHeaders {
+        pairs: super::header_pairs(&serialized).unwrap(),
+        serialized,
+    };
+    assert_eq!(headers.get(":path"), Some(&b"/api/v1/query?query=up"[..]));
+    assert_eq!(
+        headers.get("authorization"),
+        Some(&b"Bearer a"[..]),
+        "the first, as Envoy"
+    );
+    assert_eq!(headers.get("x-empty"), Some(&b""[..]));
+    assert_eq!(headers.get("x-binary"), Some(&[0xff, 0, 0xfe][..]));
+    assert_eq!(headers.get("content-type"), None);
+    assert_eq!(super::header_pairs(&[]), Some(Vec::new()));
+}
+
+proptest::proptest! {
+    #[test]
+    fn header_pairs_never_read_out_of_bounds(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..64)) {
+        if let Some(pairs) = super::header_pairs(&bytes) {
+            for (name, value) in pairs {
+                proptest::prop_assert!(name.end <= bytes.len() && value.end <= bytes.len());
+            }
+        }
+    }
+
+    #[test]
+    fn truncated_header_maps_are_refused(cut in 0usize..60) {
+        let pairs: Pairs = vec![("a".into(), b"bc".to_vec()), ("de".into(), b"".to_vec())];
+        let serialized = encode_pairs(&pairs);
+        let cut = cut.min(serialized.len() - 1);
+        if cut > 0 {
+            proptest::prop_assert_eq!(super::header_pairs(&serialized[..cut]), None);
+        }
+    }
+}
+
+#[test]
 fn waiters_survive_their_leader_going_away() {
     let vm = Vm::new();
     vm.configure(1, USERINFO_CONFIG);

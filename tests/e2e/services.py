@@ -191,6 +191,12 @@ class OidcProvider:
 # ---------------------------------------------------------------------------- relay
 
 
+class _RelayServer(http.server.ThreadingHTTPServer):
+    # The standard library listens with a backlog of 5: Envoy opening tens of callout
+    # connections at once would see refusals, and answer its own 503s.
+    request_queue_size = 128
+
+
 class IdpRelay:
     """A tiny HTTP relay to the real provider that can be slowed down or made to fail.
 
@@ -236,7 +242,7 @@ class IdpRelay:
             def log_message(self, *_args):
                 pass
 
-        self.server = http.server.ThreadingHTTPServer((LOOPBACK, 0), Handler)
+        self.server = _RelayServer((LOOPBACK, 0), Handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
