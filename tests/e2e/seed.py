@@ -2,7 +2,8 @@
 
 Both tenants share metric names (so a missing matcher shows at once), each has a metric
 and a label of its own (so label and name endpoints can leak), and there are traps: a
-tenant whose id starts with 1999, and a series with no tenant label at all.
+tenant whose id starts with 1999, a series with no tenant label at all, and tenants whose
+ids are PromQL or regex syntax.
 """
 
 from __future__ import annotations

@@ -156,7 +156,7 @@ BODIES = [
      {"filter"}, 413, False),
     ("oversize-chunked", "POST",
      ([("Content-Type", FORM), ("Transfer-Encoding", "chunked")],
-      chunked(ANY_FORM, *[b"&pad=" + b"x" * 65536] * 17)), {"filter", "envoy"}, 413, False),
+      chunked(ANY_FORM, *[b"&pad=" + b"x" * 65536] * 17)), {"filter"}, 413, False),
 ]
 
 
@@ -210,8 +210,7 @@ PATHS = [
     ("double-slash-inside", f"/api//v1/query?query={ANY_ENCODED}&{T}", {"confined"}, 200),
     ("dot-dot", f"/api/v1/../v1/query?query={ANY_ENCODED}&{T}", {"confined"}, 200),
     ("dot", f"/api/v1/./query?query={ANY_ENCODED}&{T}", {"confined"}, 200),
-    ("encoded-dot-dot", f"/api/v1/%2e%2e/v1/query?query={ANY_ENCODED}&{T}",
-     {"confined", "filter"}, None),
+    ("encoded-dot-dot", f"/api/v1/%2e%2e/v1/query?query={ANY_ENCODED}&{T}", {"confined"}, 200),
     ("dot-dot-to-labels", f"/api/v1/label/../labels?{W}", {"confined"}, 200),
     ("upper-case", f"/API/v1/query?query={ANY_ENCODED}&{T}", {"filter"}, 403),
     ("trailing-slash", f"/api/v1/query/?query={ANY_ENCODED}&{T}", {"filter"}, 403),
@@ -230,7 +229,7 @@ PATHS = [
     ("prometheus-twice", f"/prometheus/prometheus/api/v1/query?query={ANY_ENCODED}&{T}",
      {"filter"}, 403),
     ("absolute-form", f"http://127.0.0.1/api/v1/query?query={ANY_ENCODED}&{T}", {"confined"}, 200),
-    ("fragment", f"/api/v1/query#x?query={ANY_ENCODED}&{T}", {"filter", "envoy"}, None),
+    ("fragment", f"/api/v1/query#x?query={ANY_ENCODED}&{T}", {"envoy"}, 400),
 ]
 
 
@@ -238,8 +237,7 @@ PATHS = [
                          ids=[c[0] for c in PATHS])
 def test_path_tricks(proxy, vm, tokens, target, layers, status):
     answer = raw_one(proxy.url, build("GET", fill(target, vm), None, tokens["alice"]))
-    if status is not None:
-        assert answer.status == status, answer
+    assert answer.status == status, answer
     assert_refused_or_confined(answer, layers=layers)
 
 

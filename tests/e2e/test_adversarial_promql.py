@@ -17,8 +17,8 @@ from adversary import (ANY_SERIES, Answer, assert_leaks_directly,  # noqa: F401
                        assert_refused_or_confined, proxy)
 from conftest import REQUEST_TIMEOUT_S, bearer, call
 
-DEEP = 400  # nesting far beyond any dashboard's, below the lexer's cap
-TOO_DEEP = 5000  # beyond the lexer's nesting cap
+DEEP = 60  # nesting deeper than any dashboard's, just below the lexer's cap of 64
+TOO_DEEP = 5000  # far beyond the lexer's nesting cap
 
 
 def query(url: str, token: str | None, text: str, vm) -> Answer:
@@ -77,13 +77,12 @@ PROMQL = [
     ("hash-inside-string", 'label_replace(alice_only_total, "x", "#", "", "") or bob_only_total',
      {"confined"}, True),
     # Deep nesting and long chains.
-    ("deep-parentheses", "(" * DEEP + "bob_only_total" + ")" * DEEP, {"confined", "filter"},
+    ("deep-parentheses", "(" * DEEP + "bob_only_total" + ")" * DEEP, {"confined"}, True),
+    ("deep-function-nesting", "abs(" * DEEP + "bob_only_total" + ")" * DEEP, {"confined"},
      True),
-    ("deep-function-nesting", "abs(" * DEEP + "bob_only_total" + ")" * DEEP,
-     {"confined", "filter"}, True),
     ("nesting-beyond-the-cap", "(" * TOO_DEEP + "bob_only_total" + ")" * TOO_DEEP, {"filter"},
      False),
-    ("long-or-chain", " or ".join(["bob_only_total"] * 300), {"confined", "filter"}, True),
+    ("long-or-chain", " or ".join(["bob_only_total"] * 300), {"confined"}, True),
     # MetricsQL syntax under dialect promql: refused, never guessed at.
     ("metricsql-or-filter", '{client_id="2000" or client_id="1999"}', {"filter"}, False),
     ("metricsql-with", "WITH (x = bob_only_total) x", {"filter"}, True),
@@ -109,8 +108,9 @@ PROMQL = [
     ("vector-matching-on-nothing", "vector(1) and on() bob_only_total", {"confined"}, False),
     ("topk-everything", 'topk(1000, {__name__=~".+"})', {"confined"}, True),
     ("info-without-data-labels", "info(alice_only_total)", {"filter"}, False),
-    ("info-with-data-labels", 'info(alice_only_total, {bob_label=~".+"})', {"filter", "backend"},
-     False),
+    # With data labels, ours takes part in selecting the info series; this
+    # VictoriaMetrics has no info() and refuses it.
+    ("info-with-data-labels", 'info(alice_only_total, {bob_label=~".+"})', {"backend"}, False),
 ]
 
 
@@ -158,7 +158,7 @@ METRICSQL = [
     ("default-operator", "bob_only_total default alice_only_total", {"confined"}),
     ("if-operator", "alice_only_total if bob_only_total", {"confined"}),
     ("inf-with-window", "count_over_time(inf[1h])", {"confined"}),
-    ("graphite-filter", '{__graphite__="bob_only_total"}', {"confined", "backend"}),
+    ("graphite-filter", '{__graphite__="bob_only_total"}', {"confined"}),
 ]
 
 
