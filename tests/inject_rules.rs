@@ -491,6 +491,55 @@ fn info_data_label_selector_is_confined_too() {
 }
 
 #[test]
+fn raw_string_ending_in_a_backslash_is_refused() {
+    // VictoriaMetrics reads `\`` inside a raw string as an escaped backtick: here it
+    // would see `bob` as code while PromQL sees it inside the last string argument.
+    let smuggle = r#"label_replace(a, "x", `\`, "y", `, "a", "b") or bob # `)"#;
+    for query in [smuggle, r"`\`", r"`a\\\`", r#"foo{a=`\`}"#] {
+        for dialect in [Dialect::Promql, Dialect::Metricsql] {
+            match rewrite(query, &client_1999(), ConflictPolicy::And, dialect) {
+                Err(RewriteError::Parse(e)) => assert!(e.message.contains("backslash"), "{e}"),
+                other => panic!("{query:?} ({dialect:?}): {other:?}"),
+            }
+        }
+    }
+    // Backslashes elsewhere in a raw string, or an even run at its end, read alike.
+    assert_rewrite(r#"foo{a=~`\d+\\`}"#, r#"foo{a=~`\d+\\`,client_id="1999"}"#);
+}
+
+#[test]
+fn info_without_data_label_selector_is_refused() {
+    // info(v) joins in target_info series chosen by v's `instance` and `job` labels
+    // alone: another tenant's info series with the same instance and job would lend its
+    // labels to ours, and no matcher we could add takes part in that selection.
+    for query in [
+        "info(up)",
+        "info(rate(http_requests_total[5m]))",
+        "sum(info((up)))",
+        "1 + info(up) * 2",
+        "info(info(up), {k=~\".+\"})",
+    ] {
+        for dialect in [Dialect::Promql, Dialect::Metricsql] {
+            for policy in [
+                ConflictPolicy::And,
+                ConflictPolicy::Replace,
+                ConflictPolicy::Reject,
+            ] {
+                match rewrite(query, &client_1999(), policy, dialect) {
+                    Err(RewriteError::Parse(e)) => {
+                        assert!(e.message.contains("info()"), "{query:?}: {e}")
+                    }
+                    other => panic!("{query:?} ({dialect:?}, {policy:?}): {other:?}"),
+                }
+            }
+        }
+    }
+    // A metric or label merely called info is not the function.
+    assert_rewrite("info", r#"info{client_id="1999"}"#);
+    assert_rewrite(r#"up{info="x"}"#, r#"up{info="x",client_id="1999"}"#);
+}
+
+#[test]
 fn selectors_nested_anywhere() {
     let cases = [
         (

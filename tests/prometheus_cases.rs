@@ -16,7 +16,11 @@ use common::{corpus_dir, report};
 use promql_tenant_filter::{parse, rewrite, ConflictPolicy, Dialect, TenantMatcher};
 
 /// `(input, reason)` for each input where we knowingly differ from Prometheus.
-const EXCEPTIONS: &[(&str, &str)] = &[];
+const EXCEPTIONS: &[(&str, &str)] = &[(
+    "info(rate(http_request_counter_total{}[5m]))",
+    "parses, but rewrite refuses info() without a data-label selector: it joins in \
+     target_info series of every tenant (see tests/inject_rules.rs)",
+)];
 
 #[derive(serde::Deserialize)]
 struct Case {

@@ -227,12 +227,26 @@ impl<'s> Expr<'s> {
     /// Iterative, with its own stack: operator chains make trees far deeper than
     /// their nesting, and a recursive walk could exhaust the wasm VM's stack.
     pub fn for_each_selector<'a>(&'a self, visit: &mut impl FnMut(&'a Selector<'s>)) {
+        self.for_each_node(&mut |e| {
+            if let ExprKind::Selector(sel) = &e.kind {
+                visit(sel);
+            }
+        });
+    }
+
+    /// Calls `visit` on every node of the tree (this one included), in source order.
+    ///
+    /// Iterative for the same reason as [`Expr::for_each_selector`].
+    pub fn for_each_node<'a>(&'a self, visit: &mut impl FnMut(&'a Expr<'s>)) {
         let mut pending: Vec<&'a Expr<'s>> = vec![self];
         while let Some(e) = pending.pop() {
+            visit(e);
             // Children are pushed in reverse so they pop in source order.
             match &e.kind {
-                ExprKind::Number(_) | ExprKind::Duration(_) | ExprKind::String(_) => {}
-                ExprKind::Selector(sel) => visit(sel),
+                ExprKind::Number(_)
+                | ExprKind::Duration(_)
+                | ExprKind::String(_)
+                | ExprKind::Selector(_) => {}
                 ExprKind::Paren(inner)
                 | ExprKind::Unary { expr: inner, .. }
                 | ExprKind::KeepMetricNames(inner) => pending.push(inner),

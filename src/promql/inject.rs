@@ -169,6 +169,14 @@ pub fn rewrite(
 ) -> Result<String, RewriteError> {
     let tokens = lexer::lex(query, dialect).map_err(RewriteError::Parse)?;
     let expr = parse_lexed(query, &tokens, dialect).map_err(RewriteError::Parse)?;
+    if let Some(at) = unconfinable_call(&expr) {
+        return Err(RewriteError::Parse(ParseError::at(
+            query,
+            at,
+            "info() without a data-label selector joins in info series of every tenant and \
+             cannot be confined: name the data labels, e.g. info(v, {k8s_cluster_name=~\".+\"})",
+        )));
+    }
     let mut edits: Vec<Edit> = Vec::new();
     let mut conflict = None;
     expr.for_each_selector(&mut |sel| {
@@ -182,6 +190,28 @@ pub fn rewrite(
         return Err(e);
     }
     Ok(apply_edits(query, &mut edits))
+}
+
+/// Where the query calls a function that reads series no selector names, if it does.
+///
+/// Prometheus' `info(v)` selects `target_info` series by the identifying labels
+/// (`instance`, `job`) of `v`'s series alone, so another tenant's info series with the
+/// same instance and job would lend its labels to ours. With a second argument, every
+/// matcher of that selector (ours included) takes part in selecting the info series.
+fn unconfinable_call(expr: &super::ast::Expr<'_>) -> Option<usize> {
+    let mut found = None;
+    expr.for_each_node(&mut |node| {
+        if let super::ast::ExprKind::Call(call) = &node.kind {
+            if found.is_none()
+                && call.aggregation.is_none()
+                && call.name == "info"
+                && call.args.len() < 2
+            {
+                found = Some(node.span.start);
+            }
+        }
+    });
+    found
 }
 
 /// Replace `start..end` of the input with `text` (an insertion when empty, a deletion when `text` is).

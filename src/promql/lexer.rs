@@ -491,6 +491,17 @@ impl<'a> Lexer<'a> {
         if quote == b'`' {
             match self.src[self.pos..].find('`') {
                 Some(n) => {
+                    // VictoriaMetrics' lexer takes a backtick after an odd run of
+                    // backslashes as escaped and reads on, where PromQL ends the string:
+                    // text we would leave as a string could be code to the backend.
+                    let content = &self.src.as_bytes()[self.pos..self.pos + n];
+                    let backslashes = content.iter().rev().take_while(|&&b| b == b'\\').count();
+                    if backslashes % 2 == 1 {
+                        return Err(self.err(
+                            start,
+                            "a raw string must not end in a backslash: the backend would read `\\`` as an escaped backtick".into(),
+                        ));
+                    }
                     self.pos += n + 1;
                     return Ok(());
                 }

@@ -201,7 +201,9 @@ class IdpRelay:
     """A tiny HTTP relay to the real provider that can be slowed down or made to fail.
 
     `delay_s` holds each request before relaying it; `fail_status` answers that status
-    instead of relaying. `calls` counts requests that arrived.
+    instead of relaying; `answer` (status, body, content type) answers exactly that, for
+    a provider that misbehaves with a 200 (non-JSON, empty, huge, wrong-typed claims).
+    `calls` counts requests that arrived.
     """
 
     def __init__(self, upstream: str):
@@ -209,6 +211,7 @@ class IdpRelay:
         self.upstream = upstream
         self.delay_s = 0.0
         self.fail_status: int | None = None
+        self.answer: tuple[int, bytes, str] | None = None
         self.calls = 0
         self._lock = threading.Lock()
 
@@ -219,7 +222,9 @@ class IdpRelay:
                 with relay._lock:
                     relay.calls += 1
                 time.sleep(relay.delay_s)
-                if relay.fail_status is not None:
+                if relay.answer is not None:
+                    status, body, ctype = relay.answer
+                elif relay.fail_status is not None:
                     status, body, ctype = relay.fail_status, b'{"error":"relay"}', "application/json"
                 else:
                     headers = {k: v for k, v in self.headers.items()
