@@ -13,8 +13,9 @@ real, on 127.0.0.1: Envoy from the venv's wheel with the built module and the co
 Timeline, as fractions of N:
 - 0 .. 0.15: warm-up; Envoy's memory baseline is taken at its end;
 - 0.30: fresh tokens are minted and one of them cached, then the OIDC provider is stopped
-  for OUTAGE_S seconds and started again on the same port (it forgets every token);
-- 0.60: VictoriaMetrics is stopped for OUTAGE_S seconds and started again on the same
+  for IDP_OUTAGE_S seconds (longer than the cache TTL) and started again on the same
+  port (it forgets every token);
+- 0.60: VictoriaMetrics is stopped for VM_OUTAGE_S seconds and started again on the same
   port and data directory (the seeded series must still be there);
 - N: the loops stop, the checks run, a summary table is printed, and the exit status is
   0 only if every check passed.
@@ -74,11 +75,13 @@ PACE_S = 0.025
 # Bounded requests: longer than the filter's /userinfo timeout (2 s in envoy.yaml), so a
 # request that gets no answer within it is a hang, not a slow IdP.
 REQUEST_TIMEOUT_S = 10.0
-OUTAGE_S = 8.0
-# The committed 300 s would outlive a whole soak. With 20 s the provider outage sees both
-# kinds of callers: tokens still cached (answered) and entries that expire in the middle
-# (refused with 503), and tokens the restarted provider forgot come back as 401 in time.
-CACHE_TTL_S = 20
+# The committed 300 s would outlive a whole soak. With 15 s, and a provider outage
+# longer than that, every loop's cached identity is used during the outage and then
+# expires in it (refused with 503 from then on), and the tokens the restarted provider
+# forgot come back as 401 right after it.
+CACHE_TTL_S = 15
+IDP_OUTAGE_S = CACHE_TTL_S + 3.0
+VM_OUTAGE_S = 8.0
 # After a service is back, every loop must have had a 200 again within this time. Nothing
 # in the path backs off (static clusters, no health checks, failures are never cached),
 # so recovery should take one request (plus one login for a forgotten token).
@@ -86,7 +89,7 @@ RECOVERY_BOUND_S = 10.0
 WARMUP_FRACTION = 0.15
 IDP_OUTAGE_AT = 0.30
 VM_OUTAGE_AT = 0.60
-MIN_SECONDS = 60
+MIN_SECONDS = 90
 SAMPLE_EVERY_S = 1.0
 # Envoy's memory after warm-up: what grows with traffic is bounded by configuration (the
 # identity cache, `cache_max_entries` slots; the soak mints only dozens of tokens), by
@@ -324,6 +327,7 @@ class Soak:
         self.memory: list[dict] = []
         self.windows: list[Window] = []
         self.crashes: list[str] = []
+        self.warmed: dict[str, tuple[float, float]] = {}  # the cached probe tokens' lookup
         self.stop = threading.Event()
         self.t0 = time.monotonic()
 
@@ -479,15 +483,15 @@ class Soak:
                              workload(user, self.start_s, self.end_s)[0], cached, cached_at)
             if warm.outcome != "ok":
                 self.crashes.append(f"warming the probe token of {user}: {warm}")
+            self.warmed[user] = (warm.started, warm.finished)
             probes[f"probe-cached-{user}"] = (user, cached, cached_at)
             probes[f"probe-uncached-{user}"] = (user, uncached, uncached_at)
-        self.cached_probe_since = self.now()
         window = Window("OIDC provider", self.now())
         self.windows.append(window)
         self.oidc.stop()
         over = threading.Event()
         prober = self.thread("prober", self.probe_loop, probes, over)
-        time.sleep(OUTAGE_S)
+        time.sleep(IDP_OUTAGE_S)
         self.oidc.start()
         window.ready = self.now()
         over.set()
@@ -497,7 +501,7 @@ class Soak:
         window = Window("VictoriaMetrics", self.now())
         self.windows.append(window)
         self.vm.stop()
-        time.sleep(OUTAGE_S)
+        time.sleep(VM_OUTAGE_S)
         self.vm.start()
         window.ready = self.now()
 
@@ -508,8 +512,9 @@ class Soak:
         self.control()
         self.t0 = time.monotonic()
         print(f"soak: {self.seconds:.0f} s, {LOOPS_PER_USER} loops per user, provider "
-              f"outage at {IDP_OUTAGE_AT * self.seconds:.0f} s and VictoriaMetrics outage "
-              f"at {VM_OUTAGE_AT * self.seconds:.0f} s, {OUTAGE_S:.0f} s each", flush=True)
+              f"outage at {IDP_OUTAGE_AT * self.seconds:.0f} s for {IDP_OUTAGE_S:.0f} s, "
+              f"VictoriaMetrics outage at {VM_OUTAGE_AT * self.seconds:.0f} s for "
+              f"{VM_OUTAGE_S:.0f} s", flush=True)
         threads = [self.thread("memory", self.sample_memory)]
         for user in USERS:
             for index in range(LOOPS_PER_USER):
@@ -648,18 +653,33 @@ class Verdicts:
                        f"ready (bound {RECOVERY_BOUND_S:.0f} s)")
 
         idp = next(w for w in soak.windows if w.service == "OIDC provider")
-        cached = [r for r in probes if r.loop.startswith("probe-cached") and idp.overlaps(r)
+        # The cache entry of a probe token is written between the start and the end of
+        # its warming request, and expires CACHE_TTL_S later (whole seconds).
+        cached = [r for r in probes if r.loop.startswith("probe-cached")
                   and r.started >= idp.stopped
-                  and r.finished < soak.cached_probe_since + CACHE_TTL_S - 1]
+                  and r.finished < soak.warmed[r.user][0] + CACHE_TTL_S - 1]
         self.check(bool(cached) and all(r.outcome == "ok" for r in cached),
                    "during the provider outage a cached token was answered",
                    f"{sum(r.outcome == 'ok' for r in cached)} x 200 of {len(cached)}")
+        expired = [r for r in probes if r.loop.startswith("probe-cached")
+                   and r.started > soak.warmed[r.user][1] + CACHE_TTL_S]
+        self.check(bool(expired) and all(r.outcome == "unavailable" or
+                                         (r.outcome == "unauthorized" and self.explained(r))
+                                         for r in expired),
+                   "... and once its entry expired, 503 until the provider was back",
+                   f"{sum(r.outcome == 'unavailable' for r in expired)} x 503 of "
+                   f"{len(expired)}")
+        # The provider answers a moment before `ready` is taken: a 401 then is the
+        # restarted provider not knowing the token, explained like the loops' ones.
         uncached = [r for r in probes if r.loop.startswith("probe-uncached")
-                    and r.started >= idp.stopped and r.finished <= idp.ready]
-        self.check(bool(uncached) and all(r.outcome == "unavailable" for r in uncached),
+                    and r.started >= idp.stopped]
+        refused = [r for r in uncached if r.outcome == "unavailable"]
+        forgotten = [r for r in uncached if r.outcome == "unauthorized" and self.explained(r)]
+        self.check(bool(refused) and len(refused) + len(forgotten) == len(uncached),
                    "during the provider outage an uncached token got 503",
-                   f"{sum(r.outcome == 'unavailable' for r in uncached)} x 503 of "
-                   f"{len(uncached)}")
+                   f"{len(refused)} x 503 of {len(uncached)}"
+                   + (f" (+{len(forgotten)} x 401 from the provider just restarted)"
+                      if forgotten else ""))
 
         covered = Counter(r.kind for r in records if r.outcome == "ok")
         self.check(set(covered) == all_kinds, "every request kind was answered 200 at least once",
@@ -758,7 +778,7 @@ def report(soak: Soak, verdicts: Verdicts) -> None:
             print(f"      {count:>6}  {what}")
     summary = {
         "seconds": soak.seconds, "loops_per_user": LOOPS_PER_USER, "pace_s": PACE_S,
-        "outage_s": OUTAGE_S, "cache_ttl_s": CACHE_TTL_S, "requests": total,
+        "idp_outage_s": IDP_OUTAGE_S, "vm_outage_s": VM_OUTAGE_S, "cache_ttl_s": CACHE_TTL_S, "requests": total,
         "status_codes": {str(k): v for k, v in statuses.items()},
         "windows": [asdict(w) for w in soak.windows], "phases": table,
         "checks": [{"ok": ok, "check": name, "figures": f} for ok, name, f in verdicts.lines],
