@@ -95,8 +95,9 @@ SAMPLE_EVERY_S = 1.0
 # identity cache, `cache_max_entries` slots; the soak mints only dozens of tokens), by
 # the number of connections (a handful), and by each wasm VM's linear memory, which
 # grows to a high-water mark and stays there. So after warm-up memory must be flat; the
-# margins below absorb allocator and V8 noise while a leak of even 100 bytes per request
-# (some 20,000 requests a minute here) would cross them within a few minutes.
+# margins below absorb allocator and V8 noise, while a leak of even 100 bytes per request
+# (about 8,000 requests a minute here) crosses the allocated one in about ten minutes,
+# and shows sooner in the slope the summary reports.
 RSS_GROWTH_BOUND_MIB = 24
 ALLOCATED_GROWTH_BOUND_MIB = 8
 
