@@ -7,7 +7,7 @@ WASM := target/wasm32-wasip1/release/promql_tenant_filter.wasm
 VENV := .venv
 PY_REQUIREMENTS := tests/e2e/requirements.txt tests/deploy/requirements.txt
 
-.PHONY: test deps rust-deps py-deps vm-deps wasm unit lint e2e deploy-check demo demo-check bench oci
+.PHONY: test deps rust-deps py-deps vm-deps wasm unit lint e2e deploy-check demo demo-check bench oci soak
 
 ## Install everything the tests need on a fresh Debian machine (idempotent).
 deps: rust-deps py-deps vm-deps
@@ -60,6 +60,13 @@ unit:
 ## End-to-end: real Envoy + the freshly built .wasm, VictoriaMetrics, OIDC provider.
 e2e: deps wasm
 	$(VENV)/bin/python -m pytest tests/e2e
+
+## The load-and-faults soak (tests/soak/soak.py says what it does and checks): a Grafana-like
+## load for two tenants through the real stack for SOAK_SECONDS, the OIDC provider and
+## VictoriaMetrics restarted in the middle. Not part of `make test`; figures in docs/security.md.
+SOAK_SECONDS ?= 120
+soak: deps wasm
+	$(VENV)/bin/python tests/soak/soak.py --seconds $(SOAK_SECONDS)
 
 ## The one-command local demo: the whole stack on 127.0.0.1, two tenants, isolation shown.
 ## DEMO_SECONDS=N stops it after N seconds; DEMO_*_PORT variables pick ports (see demo/demo.py).

@@ -74,6 +74,16 @@ def test_wasm_filter_is_safe(name, wasm, jwks):
     hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
     # The allowlist judges the path Envoy routes: it must be the canonical one.
     assert hcm.get("normalize_path") is True and hcm.get("merge_slashes") is True, name
+    # Envoy's own answers when the backend is down or slow must be in Prometheus' JSON
+    # shape (tests/e2e/test_backend_failures.py shows them; the soak found them missing).
+    shapes = {}
+    for mapper in hcm.get("local_reply_config", {}).get("mappers", []):
+        body = mapper.get("body_format_override", {}).get("json_format", {})
+        for flag in mapper.get("filter", {}).get("response_flag_filter", {}).get("flags", []):
+            shapes[flag] = (body.get("status"), body.get("errorType"))
+    assert shapes.get("UF") == ("error", "unavailable"), f"{name}: map backend failures (UF)"
+    assert shapes.get("UC") == ("error", "unavailable"), f"{name}: map backend resets (UC)"
+    assert shapes.get("UT") == ("error", "timeout"), f"{name}: map backend timeouts (UT)"
 
 
 def test_helm_cluster_url_rewrites_the_prefix(wasm):

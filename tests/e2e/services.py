@@ -44,23 +44,37 @@ def envoy_binary() -> str:
 # ---------------------------------------------------------------------------- VictoriaMetrics
 
 
+def _log_path(workdir: Path, name: str, start: int) -> Path:
+    # A restarted service writes a log of its own: the first run's log is evidence too.
+    return workdir / (f"{name}.log" if start == 1 else f"{name}.{start}.log")
+
+
 class VictoriaMetrics:
-    """Single-node VictoriaMetrics with its storage in a temporary directory."""
+    """Single-node VictoriaMetrics with its storage in a temporary directory.
+
+    `stop()` then `start()` restarts it on the same port and the same data directory,
+    so what was written survives (the soak's outage)."""
 
     def __init__(self, workdir: Path, port: int | None = None):
+        self.workdir = workdir
         self.port = port or free_port()
         self.url = f"http://{LOOPBACK}:{self.port}"
+        self.starts = 0
+        self.start()
+
+    def start(self) -> None:
+        self.starts += 1
         self.proc = Proc(
             "victoria-metrics",
             [
                 _binary("victoria-metrics"),
-                f"-storageDataPath={workdir / 'vm-data'}",
+                f"-storageDataPath={self.workdir / 'vm-data'}",
                 f"-httpListenAddr={LOOPBACK}:{self.port}",
                 # Samples are queryable at once instead of after the default 30s offset.
                 "-search.latencyOffset=0s",
                 "-retentionPeriod=1",
             ],
-            workdir / "victoria-metrics.log",
+            _log_path(self.workdir, "victoria-metrics", self.starts),
         )
         wait_until(lambda: requests.get(f"{self.url}/health", timeout=1).ok,
                    "VictoriaMetrics /health", proc=self.proc)
@@ -120,12 +134,24 @@ class OidcProvider:
     REDIRECT_URI = "http://127.0.0.1:9/login/generic_oauth"  # never followed
 
     def __init__(self, workdir: Path, users: dict[str, dict], port: int | None = None):
+        self.workdir = workdir
+        self.users = users
         self.port = port or free_port()
         self.url = f"http://{LOOPBACK}:{self.port}"
+        self.starts = 0
+        self.start()
+
+    def start(self) -> None:
+        """(Re)start on the same port with the users given at construction.
+
+        The provider keeps users and tokens in memory: after `stop()` and `start()` it
+        has forgotten every token it issued and every user added with `set_user`."""
+        self.starts += 1
         argv = [_binary("oidc-provider-mock"), "--host", LOOPBACK, "--port", str(self.port)]
-        for sub, claims in users.items():
+        for sub, claims in self.users.items():
             argv += ["--user-claims", json.dumps({"sub": sub, **claims})]
-        self.proc = Proc("oidc-provider-mock", argv, workdir / "oidc-provider.log",
+        self.proc = Proc("oidc-provider-mock", argv,
+                         _log_path(self.workdir, "oidc-provider", self.starts),
                          env={"PYTHONUNBUFFERED": "1", "NO_COLOR": "1"})
         wait_until(lambda: requests.get(f"{self.url}/.well-known/openid-configuration",
                                         timeout=1).ok,
