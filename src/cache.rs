@@ -34,16 +34,19 @@ pub enum CachedIdentity {
     NoTenant(String),
     /// The IdP refused the token (401).
     Rejected,
+    /// The lookup failed (IdP down, 5xx, 429, timeout): 503 until a short TTL ends, so
+    /// that an IdP in trouble gets one retry per token per TTL, not one per request.
+    Failed(String),
 }
 
 impl CachedIdentity {
-    /// Turns a callout outcome into what is cached, if anything (failures are not).
-    pub fn from_outcome(outcome: &UserinfoOutcome) -> Option<CachedIdentity> {
+    /// What the cache remembers of a callout outcome.
+    pub fn from_outcome(outcome: &UserinfoOutcome) -> CachedIdentity {
         match outcome {
-            UserinfoOutcome::Tenants(t) => Some(CachedIdentity::Tenants(t.clone())),
-            UserinfoOutcome::NoTenant(why) => Some(CachedIdentity::NoTenant(why.clone())),
-            UserinfoOutcome::Rejected => Some(CachedIdentity::Rejected),
-            UserinfoOutcome::Unavailable(_) => None,
+            UserinfoOutcome::Tenants(t) => CachedIdentity::Tenants(t.clone()),
+            UserinfoOutcome::NoTenant(why) => CachedIdentity::NoTenant(why.clone()),
+            UserinfoOutcome::Rejected => CachedIdentity::Rejected,
+            UserinfoOutcome::Unavailable(why) => CachedIdentity::Failed(why.clone()),
         }
     }
 }
@@ -60,6 +63,7 @@ const MAGIC: &[u8; 4] = b"PTF1";
 const KIND_TENANTS: u8 = 0;
 const KIND_NO_TENANT: u8 = 1;
 const KIND_REJECTED: u8 = 2;
+const KIND_FAILED: u8 = 3;
 
 impl CacheEntry {
     /// True while `now` is before the expiry.
@@ -81,6 +85,7 @@ impl CacheEntry {
             CachedIdentity::Tenants(_) => out.push(KIND_TENANTS),
             CachedIdentity::NoTenant(_) => out.push(KIND_NO_TENANT),
             CachedIdentity::Rejected => out.push(KIND_REJECTED),
+            CachedIdentity::Failed(_) => out.push(KIND_FAILED),
         }
         put_str(&mut out, &self.token);
         match &self.identity {
@@ -90,7 +95,7 @@ impl CacheEntry {
                     put_str(&mut out, tenant);
                 }
             }
-            CachedIdentity::NoTenant(why) => put_str(&mut out, why),
+            CachedIdentity::NoTenant(why) | CachedIdentity::Failed(why) => put_str(&mut out, why),
             CachedIdentity::Rejected => {}
         }
         out
@@ -124,6 +129,7 @@ impl CacheEntry {
             }
             KIND_NO_TENANT => CachedIdentity::NoTenant(r.string()?),
             KIND_REJECTED => CachedIdentity::Rejected,
+            KIND_FAILED => CachedIdentity::Failed(r.string()?),
             _ => return None,
         };
         if !r.bytes.is_empty() {
@@ -190,6 +196,7 @@ pub fn fnv1a(parts: &[&[u8]]) -> u64 {
 pub struct CachePolicy {
     ttl_s: u64,
     negative_ttl_s: u64,
+    failure_ttl_s: u64,
     slots: u64,
     key_prefix: String,
 }
@@ -210,6 +217,7 @@ impl CachePolicy {
         CachePolicy {
             ttl_s: config.cache_ttl_s,
             negative_ttl_s: config.negative_cache_ttl_s,
+            failure_ttl_s: config.failure_cache_ttl_s,
             slots: config.cache_max_entries.max(1),
             key_prefix: format!("promql_tenant_filter.v1.{:016x}.", fnv1a(&parts)),
         }
@@ -250,17 +258,17 @@ impl CachePolicy {
         format!("{}flight.{slot}", self.key_prefix)
     }
 
-    /// The entry to store for a callout outcome, or `None` when nothing is cached
-    /// (IdP failures, or a TTL of 0).
+    /// The entry to store for a callout outcome, or `None` when its TTL is 0.
     pub fn entry_for(
         &self,
         token: &str,
         outcome: &UserinfoOutcome,
         now: u64,
     ) -> Option<CacheEntry> {
-        let identity = CachedIdentity::from_outcome(outcome)?;
+        let identity = CachedIdentity::from_outcome(outcome);
         let ttl = match identity {
             CachedIdentity::Rejected => self.negative_ttl_s,
+            CachedIdentity::Failed(_) => self.failure_ttl_s,
             _ => self.ttl_s,
         };
         if ttl == 0 {
@@ -600,6 +608,7 @@ mod tests {
             timeout_ms: 2000,
             cache_ttl_s: ttl,
             negative_cache_ttl_s: negative_ttl,
+            failure_cache_ttl_s: 2,
             cache_max_entries: slots,
         }
     }
@@ -672,15 +681,21 @@ mod tests {
     }
 
     #[test]
-    fn failures_and_zero_ttls_are_not_cached() {
+    fn failures_are_cached_briefly_and_zero_ttls_not_at_all() {
         let p = policy(100);
-        assert_eq!(
-            p.entry_for("a", &UserinfoOutcome::Unavailable("down".into()), 0),
-            None
-        );
-        let p = CachePolicy::new(&userinfo(100, 0, 0), &["c".into()]);
+        let failed = p
+            .entry_for("a", &UserinfoOutcome::Unavailable("down".into()), 10)
+            .unwrap();
+        assert_eq!(failed.identity, CachedIdentity::Failed("down".into()));
+        assert_eq!(failed.expires_at, 12);
+        assert_eq!(CacheEntry::from_bytes(&failed.to_bytes()), Some(failed));
+        let mut config = userinfo(100, 0, 0);
+        config.failure_cache_ttl_s = 0;
+        let p = CachePolicy::new(&config, &["c".into()]);
         assert_eq!(p.entry_for("a", &tenants(&["1"]), 0), None);
         assert_eq!(p.entry_for("a", &UserinfoOutcome::Rejected, 0), None);
+        let down = UserinfoOutcome::Unavailable("down".into());
+        assert_eq!(p.entry_for("a", &down, 0), None);
     }
 
     #[test]

@@ -14,6 +14,8 @@ use std::fmt;
 
 /// Largest `cache_max_entries`: each slot is a shared-data key Envoy never frees.
 pub const MAX_CACHE_ENTRIES: u64 = 1_000_000;
+/// Largest `failure_cache_ttl_s`.
+pub const MAX_FAILURE_CACHE_TTL_S: u64 = 60;
 /// Largest `timeout_ms`, one minute: a caller waiting longer than that is gone anyway.
 pub const MAX_TIMEOUT_MS: u64 = 60_000;
 
@@ -117,6 +119,9 @@ pub struct UserinfoConfig {
     pub cache_ttl_s: u64,
     /// Lifetime of a 401/403 from the IdP; 0 disables negative caching.
     pub negative_cache_ttl_s: u64,
+    /// Lifetime of a failed lookup (IdP down, 5xx, 429, timeout): while it lasts the
+    /// token's requests get 503 without another call; 0 disables it.
+    pub failure_cache_ttl_s: u64,
     /// Number of cache slots (shared-data keys).
     pub cache_max_entries: u64,
 }
@@ -199,6 +204,7 @@ fn parse_identity(value: &Value) -> Result<IdentityConfig, ConfigError> {
                     "timeout_ms",
                     "cache_ttl_s",
                     "negative_cache_ttl_s",
+                    "failure_cache_ttl_s",
                     "cache_max_entries",
                 ],
                 "userinfo",
@@ -264,6 +270,15 @@ fn parse_userinfo(fields: &Fields<'_>) -> Result<UserinfoConfig, ConfigError> {
     }
     let cache_ttl_s: u64 = fields.optional("cache_ttl_s")?.unwrap_or(300);
     let negative_cache_ttl_s: u64 = fields.optional("negative_cache_ttl_s")?.unwrap_or(10);
+    let failure_cache_ttl_s: u64 = fields.optional("failure_cache_ttl_s")?.unwrap_or(2);
+    // A minute at most: a failure is remembered to spare a struggling IdP a retry per
+    // request, not to keep its users out once it is back.
+    if failure_cache_ttl_s > MAX_FAILURE_CACHE_TTL_S {
+        return Err(ConfigError::new(
+            "identity.failure_cache_ttl_s",
+            format!("must be at most {MAX_FAILURE_CACHE_TTL_S}"),
+        ));
+    }
     // A day at most: a token's claims may change, and revocation must bite eventually.
     for (name, ttl) in [
         ("identity.cache_ttl_s", cache_ttl_s),
@@ -287,6 +302,7 @@ fn parse_userinfo(fields: &Fields<'_>) -> Result<UserinfoConfig, ConfigError> {
         timeout_ms,
         cache_ttl_s,
         negative_cache_ttl_s,
+        failure_cache_ttl_s,
         cache_max_entries,
     })
 }
@@ -515,6 +531,7 @@ mod tests {
                 timeout_ms: 2000,
                 cache_ttl_s: 300,
                 negative_cache_ttl_s: 10,
+                failure_cache_ttl_s: 2,
                 cache_max_entries: 10_000,
             })
         );
@@ -789,6 +806,11 @@ mod tests {
             &err(&userinfo(r#","negative_cache_ttl_s":86401"#)),
             "identity.negative_cache_ttl_s",
             "at most",
+        );
+        assert_field(
+            &err(&userinfo(r#","failure_cache_ttl_s":61"#)),
+            "identity.failure_cache_ttl_s",
+            "at most 60",
         );
         assert_field(
             &err(&userinfo(r#","path":"userinfo""#)),

@@ -171,19 +171,12 @@ impl Resolution {
             CachedIdentity::Rejected => Resolution::Refuse(Refusal::unauthorized(
                 "the identity provider rejected the token",
             )),
+            CachedIdentity::Failed(why) => Resolution::Refuse(Refusal::unavailable(why.clone())),
         }
     }
 
     fn from_outcome(outcome: &UserinfoOutcome) -> Resolution {
-        match CachedIdentity::from_outcome(outcome) {
-            Some(identity) => Resolution::from_cached(&identity),
-            None => match outcome {
-                UserinfoOutcome::Unavailable(why) => {
-                    Resolution::Refuse(Refusal::unavailable(why.clone()))
-                }
-                _ => Resolution::Refuse(Refusal::unavailable("identity provider unavailable")),
-            },
-        }
+        Resolution::from_cached(&CachedIdentity::from_outcome(outcome))
     }
 }
 

@@ -684,13 +684,11 @@ impl Vm {
     }
 
     fn respond(&self, token: u32, status: Option<&str>, body: &str) {
+        // Looked up outside `with_host`: a panic while the host is borrowed would take
+        // the SDK's panic hook (which logs through the host) down with it.
+        let callout = with_host(|h| h.callouts.iter().find(|c| c.token == token).cloned())
+            .unwrap_or_else(|| panic!("no callout with token {token}"));
         let context = with_host(|h| {
-            let callout = h
-                .callouts
-                .iter()
-                .find(|c| c.token == token)
-                .unwrap()
-                .clone();
             let headers = status
                 .map(|s| vec![(":status".to_string(), s.as_bytes().to_vec())])
                 .unwrap_or_default();
@@ -917,6 +915,7 @@ fn the_token_never_reaches_the_log() {
     vm.configure(1, USERINFO_CONFIG);
     vm.get(2, METADATA, Some("sekrit-token"));
     vm.respond(vm.callouts()[0].token, Some("500"), "");
+    vm.advance(60);
     vm.get(3, METADATA, Some("sekrit-token"));
     vm.respond(vm.callouts()[1].token, Some("401"), "");
     vm.request(
@@ -974,7 +973,7 @@ fn rejected_tokens_are_cached_for_the_negative_ttl() {
 }
 
 #[test]
-fn idp_failures_are_503_and_not_cached() {
+fn idp_failures_are_503_and_remembered_only_briefly() {
     let vm = Vm::new();
     vm.configure(1, USERINFO_CONFIG);
     let cases: [(Option<&str>, &str); 4] = [
@@ -984,17 +983,51 @@ fn idp_failures_are_503_and_not_cached() {
         (Some("200"), "<html>"),
     ];
     for (i, (status, body)) in cases.iter().enumerate() {
-        let id = 2 + i as u32;
+        let id = 100 + 10 * i as u32;
         vm.get(id, METADATA, Some("tok"));
-        assert_eq!(vm.callouts().len(), i + 1, "a failure must not be cached");
+        assert_eq!(
+            vm.callouts().len(),
+            i + 1,
+            "a failure is asked again after its TTL"
+        );
         vm.respond(vm.callouts()[i].token, *status, body);
         let reply = vm.reply(id).unwrap();
         assert_eq!(
             (reply.status, error_type(&reply).as_str()),
             (503, "unavailable")
         );
+        // Within `failure_cache_ttl_s` (2 s by default) the token gets 503 at once.
+        vm.advance(1);
+        vm.get(id + 1, METADATA, Some("tok"));
+        assert_eq!(vm.reply(id + 1).map(|r| r.status), Some(503));
+        assert_eq!(
+            vm.callouts().len(),
+            i + 1,
+            "no call while the failure is fresh"
+        );
+        vm.advance(1);
     }
     assert_eq!(vm.counter("idp_errors"), 4);
+    // With the TTL at 0, every request asks again.
+    let vm0 = Vm;
+    vm0.configure(
+        150,
+        r#"{"tenant_label":"t","identity":{"source":"userinfo","cluster":"oidc","claim":"t","failure_cache_ttl_s":0}}"#,
+    );
+    for id in [151, 152] {
+        vm0.request(
+            150,
+            id,
+            "GET",
+            METADATA,
+            &[("authorization", "Bearer z")],
+            None,
+        );
+        let callouts = vm0.callouts();
+        vm0.respond(callouts[callouts.len() - 1].token, Some("502"), "");
+        assert_eq!(vm0.reply(id).map(|r| r.status), Some(503));
+    }
+    assert_eq!(vm0.callouts().len(), 4 + 2);
     // A cluster Envoy does not know fails at dispatch.
     let vm2 = Vm;
     vm2.configure(
@@ -1116,10 +1149,49 @@ fn a_worker_waits_for_the_callout_another_worker_makes() {
 }
 
 #[test]
-fn a_failed_remote_callout_is_retried_by_the_waiting_worker() {
+fn a_failed_remote_callout_answers_the_waiting_worker_too() {
     let vm = Vm::new();
     let callouts = two_workers_ask_for(&vm, "alice");
-    // An IdP failure is not cached: the claim is freed with no answer behind it.
+    vm.respond(callouts[0].token, Some("502"), "");
+    assert_eq!(vm.reply(2).map(|r| r.status), Some(503));
+    vm.tick(100);
+    assert_eq!(vm.reply(101).map(|r| r.status), Some(503));
+    assert_eq!(
+        vm.callouts().len(),
+        1,
+        "one call for both workers, failed or not"
+    );
+}
+
+#[test]
+fn a_remote_callout_freed_without_an_answer_is_retried_by_the_waiting_worker() {
+    const NO_FAILURE_CACHE: &str = r#"{
+  "tenant_label": "client_id",
+  "identity": {"source": "userinfo", "cluster": "oidc", "authority": "idp.example",
+               "claim": "https://example.com/client_id", "failure_cache_ttl_s": 0}
+}"#;
+    let vm = Vm::new();
+    vm.configure(1, NO_FAILURE_CACHE);
+    vm.configure(100, NO_FAILURE_CACHE);
+    vm.request(
+        1,
+        2,
+        "GET",
+        METADATA,
+        &[("authorization", "Bearer alice")],
+        None,
+    );
+    vm.request(
+        100,
+        101,
+        "GET",
+        METADATA,
+        &[("authorization", "Bearer alice")],
+        None,
+    );
+    let callouts = vm.callouts();
+    assert_eq!(callouts.len(), 1);
+    // Nothing is cached: the claim is freed with no answer behind it.
     vm.respond(callouts[0].token, Some("502"), "");
     assert_eq!(vm.reply(2).map(|r| r.status), Some(503));
     vm.tick(100);

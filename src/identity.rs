@@ -179,6 +179,12 @@ pub fn classify_userinfo(
         // Treating it as an outage would turn every dead token into a 503 and a retry.
         Some(400 | 401 | 403) => UserinfoOutcome::Rejected,
         Some(429) => UserinfoOutcome::Unavailable("identity provider rate limit reached".into()),
+        // Envoy answers a callout it could not deliver (connection refused, no healthy
+        // host, overflow) with a 503 of its own, indistinguishable here from the IdP's.
+        Some(503) => UserinfoOutcome::Unavailable(
+            "identity provider unavailable (HTTP 503 from it, or from Envoy failing to reach it)"
+                .into(),
+        ),
         Some(code) => {
             UserinfoOutcome::Unavailable(format!("identity provider answered HTTP {code}"))
         }
