@@ -571,6 +571,10 @@ def memory_stats(envoy: Envoy) -> dict:
               if k.startswith("server.memory_") or k.startswith("wasm.")}
     status = Path(f"/proc/{envoy.proc.pid}/status").read_text()
     picked["VmRSS_kB"] = int(re.search(r"VmRSS:\s+(\d+)", status).group(1))
+    # The filter's own gauges (Envoy has no memory figure for a Wasm VM): the linear
+    # memory of every worker's VM and their first-level cache entries, summed.
+    for gauge in ("wasm_memory_bytes", "local_cache_entries"):
+        picked[gauge] = envoy.filter_counter(gauge) or 0
     return picked
 
 
@@ -675,7 +679,8 @@ def report(overhead, vm, backend, cold, footprint, engine_vm=None) -> str:
                    f" {'met' if size < 2**20 else 'NOT met'})")
         out.append(f"  {footprint['tokens']:,} tokens, cache_max_entries {footprint['slots']},"
                    f" direct_response /userinfo; counters {footprint['counters']}")
-        keys = ["server.memory_allocated", "server.memory_heap_size", "VmRSS_kB"]
+        keys = ["wasm_memory_bytes", "local_cache_entries", "server.memory_allocated",
+                "server.memory_heap_size", "VmRSS_kB"]
         out.append(f"  {'requests':>9} " + " ".join(f"{k:>24}" for k in keys))
         for s in footprint["samples"]:
             out.append(f"  {s['requests']:9,} " + " ".join(f"{s.get(k, 0):24,}" for k in keys))

@@ -82,9 +82,13 @@ REQUEST_TIMEOUT_S = 10.0
 CACHE_TTL_S = 15
 IDP_OUTAGE_S = CACHE_TTL_S + 3.0
 VM_OUTAGE_S = 8.0
-# After a service is back, every loop must have had a 200 again within this time. Nothing
-# in the path backs off (static clusters, no health checks, failures are never cached),
-# so recovery should take one request (plus one login for a forgotten token).
+# A failed lookup is remembered per token for `failure_cache_ttl_s` (the committed
+# config leaves the default): after the provider is back, a token whose failure is still
+# remembered gets 503 for up to that long, plus a second for the coarse clock.
+FAILURE_CACHE_TTL_S = 2
+# After a service is back, every loop must have had a 200 again within this time. Only
+# the failure cache above delays it (static clusters, no health checks), so recovery
+# should take FAILURE_CACHE_TTL_S at most (plus one login for a forgotten token).
 RECOVERY_BOUND_S = 10.0
 WARMUP_FRACTION = 0.15
 IDP_OUTAGE_AT = 0.30
@@ -585,6 +589,9 @@ class Verdicts:
             for window in self.soak.windows:
                 if window.overlaps(record):
                     return f"503 during the {window.service} outage"
+                if (window.service == "OIDC provider" and window.ready <= record.started
+                        <= window.ready + FAILURE_CACHE_TTL_S + 1):
+                    return "503 remembered from the OIDC provider outage (failure_cache_ttl_s)"
         if record.outcome == "unauthorized":
             # While the provider is down a lookup fails (503), so a 401 for a token issued
             # before the stop means the restarted provider answered and forgot it. (The
