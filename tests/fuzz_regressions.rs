@@ -1,0 +1,92 @@
+//! Every input the fuzz targets (`fuzz/`, `make fuzz`) flagged, inline, so that
+//! `make test` keeps each fix. Each test names its target and what the input broke; the
+//! findings are listed in docs/security.md ("Fuzzing").
+
+use promql_tenant_filter::config::Config;
+use promql_tenant_filter::decision::{decide, Decision, RequestHead};
+use promql_tenant_filter::{parse, rewrite, ConflictPolicy, Dialect, TenantMatcher};
+
+const FORM: &[u8] = b"application/x-www-form-urlencoded";
+
+fn config(extra: &str) -> Config {
+    let json = format!(
+        r#"{{"tenant_label":"client_id","identity":{{"source":"userinfo","cluster":"idp","claim":"client_id"}}{extra}}}"#
+    );
+    Config::parse(json.as_bytes()).unwrap()
+}
+
+fn tenant(value: &str) -> Result<Vec<String>, promql_tenant_filter::identity::IdentityError> {
+    Ok(vec![value.to_string()])
+}
+
+/// request_decision: a GET carrying a form body with `match[]`. The body's `match[]`
+/// counted as rewritten, so no tenant selector was added to the URL; Go backends read
+/// no GET body, and `/api/v1/label/<name>/values` answered for every tenant.
+#[test]
+fn get_with_a_form_body_is_refused() {
+    for extra_label in ["false", "true"] {
+        let c = config(&format!(r#","victoriametrics_extra_label":{extra_label}"#));
+        for path in [
+            "/api/v1/label/job/values",
+            "/api/v1/labels",
+            "/api/v1/series",
+            "/federate",
+            "/api/v1/query?query=up",
+        ] {
+            let head = RequestHead {
+                method: b"GET",
+                path: path.as_bytes(),
+                content_type: Some(FORM),
+                credential: Some(b"Bearer dG9rZW4"),
+                end_of_stream: false,
+                ..RequestHead::default()
+            };
+            let body = b"match%5B%5D=up%7Bclient_id%3D%229%22%7D";
+            match decide(&head, Some(body), tenant("9"), &c) {
+                Decision::Refuse(r) => assert_eq!(r.status, 400, "{path}: {r:?}"),
+                other => panic!("{path}: {other:?}"),
+            }
+        }
+    }
+    // The same body by POST is read by the backend, and is rewritten.
+    let head = RequestHead {
+        method: b"POST",
+        path: b"/api/v1/label/job/values",
+        content_type: Some(FORM),
+        credential: Some(b"Bearer dG9rZW4"),
+        ..RequestHead::default()
+    };
+    let c = config(r#","victoriametrics_extra_label":false"#);
+    match decide(&head, Some(b"match[]=up"), tenant("9"), &c) {
+        Decision::Forward(r) => {
+            assert_eq!(r.path, None);
+            assert_eq!(
+                r.body.as_deref(),
+                Some(&b"match%5B%5D=up%7Bclient_id%3D%229%22%7D"[..])
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// rewrite_query (flag byte 0xae: policy `and`, MetricsQL, two tenant values): a range
+/// too large for a `Duration`. promql-parser, the oracle, panics on its output; our
+/// engine rewrites it in MetricsQL and refuses it in PromQL, as Prometheus does.
+#[test]
+fn huge_float_range_is_handled_without_panic() {
+    let tenant = TenantMatcher::new("client_id", &["1999", "20.0"]).unwrap();
+    let out = rewrite(
+        "foo[9.5e90]",
+        &tenant,
+        ConflictPolicy::And,
+        Dialect::Metricsql,
+    )
+    .unwrap();
+    assert_eq!(out, r#"foo{client_id=~"1999|20\\.0"}[9.5e90]"#);
+    assert!(parse(&out, Dialect::Metricsql).is_ok());
+    let refused = rewrite("foo[9.5e90]", &tenant, ConflictPolicy::And, Dialect::Promql);
+    assert!(refused
+        .unwrap_err()
+        .to_string()
+        .contains("duration out of range"));
+}
