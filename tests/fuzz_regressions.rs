@@ -90,3 +90,27 @@ fn huge_float_range_is_handled_without_panic() {
         .to_string()
         .contains("duration out of range"));
 }
+
+/// rewrite_query (flag byte 0x72: policy `and`, PromQL, tenant `"tenant.id"`): a lone
+/// carriage return inside a comment. Prometheus ends a comment there and read `/b -3`
+/// as code; our lexer read it as comment, so `b` went out without the tenant matcher.
+/// Now refused in both dialects (VictoriaMetrics ends comments only at `\n`).
+#[test]
+fn lone_carriage_return_in_a_comment_is_refused() {
+    let tenant = TenantMatcher::new("tenant.id", &["x\"y\\z"]).unwrap();
+    for dialect in [Dialect::Promql, Dialect::Metricsql] {
+        for query in [
+            "w#ta\0\0%\0\r/b -3",
+            "x #\r/ y",
+            "x #\r+ count_values(`\n or b #`, x)",
+        ] {
+            let refused = rewrite(query, &tenant, ConflictPolicy::And, dialect);
+            assert!(refused.is_err(), "{query:?} in {dialect:?}: {refused:?}");
+        }
+        let out = rewrite("w # c\r\n/ b", &tenant, ConflictPolicy::And, dialect).unwrap();
+        assert_eq!(
+            out,
+            "w{\"tenant.id\"=\"x\\\"y\\\\z\"} # c\r\n/ b{\"tenant.id\"=\"x\\\"y\\\\z\"}"
+        );
+    }
+}
