@@ -8,8 +8,9 @@
 //! answered for the token.
 //!
 //! Invariants, besides no panic:
-//! - a refusal is Prometheus' error JSON with a matching status, and never holds the
-//!   credential's text;
+//! - a refusal is Prometheus' error JSON with a matching status;
+//! - the decision does not depend on the bearer token's text (so no refusal quotes it):
+//!   the same request with another token of the same shape gets the same decision;
 //! - nothing but a refusal without a verified identity;
 //! - a forwarded request is on an allowed endpoint, and what the backend decodes from
 //!   its final URL and (for a POST form) body has every `query` / `match[]` / `match`
@@ -68,26 +69,24 @@ fuzz_target!(|data: &[u8]| {
 
     let decision = decide(&head, body, looked_up.clone(), &config);
 
-    let secret = secret_of(credential);
+    // The token's text must not matter beyond its validity: the same request with
+    // another valid token of the same shape gets the same decision. A refusal that
+    // quoted the token would differ.
+    if let (IdentitySource::Userinfo(_), Some(other)) =
+        (&config.identity.source, another_token(credential))
+    {
+        let again = RequestHead {
+            credential: head.credential.map(|_| &other[..]),
+            ..head
+        };
+        assert_eq!(
+            decide(&again, body, looked_up.clone(), &config),
+            decision,
+            "the decision depends on the token's text"
+        );
+    }
     match &decision {
-        Decision::Refuse(refusal) => {
-            check_refusal(refusal);
-            let others: [&[u8]; 6] = [
-                method,
-                path,
-                content_type,
-                content_encoding,
-                content_length,
-                body.unwrap_or_default(),
-            ];
-            let incidental = secret.len() < 8
-                || others.iter().any(|f| contains(f, secret))
-                || tenants.iter().any(|t| contains(t.as_bytes(), secret));
-            assert!(
-                incidental || !contains(&refusal.body(), secret),
-                "a refusal holds the credential: {refusal:?}"
-            );
-        }
+        Decision::Refuse(refusal) => check_refusal(refusal),
         Decision::Answer(_) | Decision::Forward(_) => {
             let plan = api::plan_request(method, path)
                 .unwrap_or_else(|r| panic!("let through a request planning refuses: {r:?}"));
@@ -121,19 +120,28 @@ fuzz_target!(|data: &[u8]| {
     }
 });
 
-/// The text after the auth scheme (or the whole value for a payload header).
-fn secret_of(credential: &[u8]) -> &[u8] {
-    let trimmed = credential.trim_ascii();
-    match trimmed.iter().position(|&b| b == b' ') {
-        Some(space) if trimmed[..space].eq_ignore_ascii_case(b"bearer") => {
-            trimmed[space..].trim_ascii()
-        }
-        _ => trimmed,
+/// The credential with each letter and digit of its bearer token replaced by the next
+/// one of its class (`a`→`b`, `z`→`a`, `9`→`0`): the same shape, another text. `None`
+/// when it is no `Bearer` credential, or the token has no letter or digit.
+fn another_token(credential: &[u8]) -> Option<Vec<u8>> {
+    let space = credential.iter().position(|&b| b == b' ')?;
+    let scheme = credential[..space].trim_ascii_start();
+    if !scheme.eq_ignore_ascii_case(b"bearer") {
+        return None;
     }
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+    let mut changed = false;
+    let mut out = credential.to_vec();
+    for b in &mut out[space..] {
+        let (first, len) = match *b {
+            b'a'..=b'z' => (b'a', 26),
+            b'A'..=b'Z' => (b'A', 26),
+            b'0'..=b'9' => (b'0', 10),
+            _ => continue,
+        };
+        *b = first + (*b - first + 1) % len;
+        changed = true;
+    }
+    changed.then_some(out)
 }
 
 /// Prometheus' error shape, exactly, with a status that fits the error type.
