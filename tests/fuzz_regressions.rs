@@ -114,3 +114,30 @@ fn lone_carriage_return_in_a_comment_is_refused() {
         );
     }
 }
+
+/// request_decision: `POST /api/v1/rules` with a valid token whose lookup gave an
+/// empty tenant value. The local answers (rules, alerts, metadata) went out before the
+/// tenant was checked; now every endpoint refuses a caller without a usable tenant.
+#[test]
+fn local_answers_need_a_usable_tenant() {
+    let c = config(r#","max_body_bytes":64"#);
+    for path in ["/api/v1/rules", "/api/v1/alerts", "/api/v1/metadata"] {
+        let head = RequestHead {
+            method: b"POST",
+            path: path.as_bytes(),
+            content_type: Some(b"end()G9rZlimitkW4tYWJjZG\xa5Vm"),
+            content_encoding: Some(b"Z2hpams"),
+            credential: Some(b"Bearer 1999"),
+            end_of_stream: true,
+            ..RequestHead::default()
+        };
+        match decide(&head, None, tenant(""), &c) {
+            Decision::Refuse(r) => assert_eq!(r.status, 403, "{path}"),
+            other => panic!("{path}: {other:?}"),
+        }
+        assert!(matches!(
+            decide(&head, None, tenant("1999"), &c),
+            Decision::Answer(_)
+        ));
+    }
+}
