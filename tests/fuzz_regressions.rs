@@ -141,3 +141,22 @@ fn local_answers_need_a_usable_tenant() {
         ));
     }
 }
+
+/// rewrite_query (flag byte 0x1f: policy `and`, MetricsQL, tenants `a|b`, `c`): 64
+/// unary minus signs spread over a query. The lexer's nesting score counted the brace
+/// group the rewrite adds, so the output was "too deep" for our own parser to read back.
+#[test]
+fn output_with_added_braces_reads_back_at_the_nesting_limit() {
+    let tenant = TenantMatcher::new("client_id", &["a|b", "c", "a|b"]).unwrap();
+    let query = format!("ppve{}bytesve{}bytes > 0", "-".repeat(33), "-".repeat(33));
+    for dialect in [Dialect::Promql, Dialect::Metricsql] {
+        let out = rewrite(&query, &tenant, ConflictPolicy::And, dialect).unwrap();
+        assert!(out.starts_with(r#"ppve{client_id=~"a\\|b|c"}---"#), "{out}");
+        assert!(parse(&out, dialect).is_ok(), "{out}");
+    }
+    // The deepest unary chain the parser takes, on a selector: the rewrite reads back.
+    let deepest = format!("{}x", "-".repeat(63));
+    assert!(parse(&deepest, Dialect::Promql).is_ok());
+    let out = rewrite(&deepest, &tenant, ConflictPolicy::And, Dialect::Promql).unwrap();
+    assert!(parse(&out, Dialect::Promql).is_ok(), "{out}");
+}

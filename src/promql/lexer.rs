@@ -292,7 +292,10 @@ impl<'a> Lexer<'a> {
                         ));
                     }
                     self.groups.push(group);
-                    if self.groups.len() + unary_and_pow > MAX_NESTING {
+                    // A brace group holds only a flat matcher list, never a nested
+                    // expression, so it adds no recursion. Counting it also made the
+                    // rewrite's own output (which adds braces) too deep to read back.
+                    if group != Group::Brace && self.groups.len() + unary_and_pow > MAX_NESTING {
                         return Err(self.too_deep(start));
                     }
                     self.pos += 1;
