@@ -7,7 +7,7 @@ WASM := target/wasm32-wasip1/release/promql_tenant_filter.wasm
 VENV := .venv
 PY_REQUIREMENTS := tests/e2e/requirements.txt tests/deploy/requirements.txt
 
-.PHONY: test deps rust-deps py-deps vm-deps wasm unit lint e2e deploy-check demo demo-check bench oci soak
+.PHONY: test deps rust-deps py-deps vm-deps wasm unit lint e2e deploy-check demo demo-check bench oci soak fuzz
 
 ## Install everything the tests need on a fresh Debian machine (idempotent).
 deps: rust-deps py-deps vm-deps
@@ -117,3 +117,23 @@ oci: wasm
 	else \
 	  echo "make oci: no running Docker engine here, images not built (deploy/oci/Dockerfile needs one)"; \
 	fi
+
+## Fuzzing (docs/security.md, "Fuzzing"): each cargo-fuzz target of fuzz/ for FUZZ_SECONDS,
+## one after the other, one job each. Needs the nightly toolchain; installs cargo-fuzz.
+## Corpora are seeded from ../shared/corpus into fuzz/corpus/ (git-ignored) and grow
+## between runs; a crash is saved under fuzz/artifacts/<target>/ and fails the target.
+## No sanitizer: the code under test is safe Rust, and ASan would cost 5x the executions.
+## Not part of `make test`.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := rewrite_query form_codec request_decision
+fuzz:
+	@rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	python3 fuzz/seed_corpus.py
+	@failed=""; for target in $(FUZZ_TARGETS); do \
+	  echo "== fuzz $$target for $(FUZZ_SECONDS)s"; \
+	  $(CARGO) +nightly fuzz run --sanitizer none $$target -- \
+	    -max_total_time=$(FUZZ_SECONDS) -timeout=10 -print_final_stats=1 \
+	    -dict=$(CURDIR)/fuzz/promql.dict || failed="$$failed $$target"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "fuzz: crashes in$$failed (see fuzz/artifacts/)"; exit 1; fi

@@ -157,6 +157,9 @@ pub struct Plan {
     pub raw_path: String,
     /// The query string as the client sent it (after `?`), possibly empty.
     pub raw_query: String,
+    /// Whether the backend reads a form body: only for POST. Go's `Request.ParseForm`
+    /// ignores the body of a GET, so parameters there must not count as rewritten.
+    pub reads_body: bool,
 }
 
 const GET_POST: &str = "GET, POST";
@@ -219,6 +222,7 @@ pub fn plan_request(method: &[u8], path_and_query: &[u8]) -> Result<Plan, Refusa
         action,
         raw_path: raw_path.to_string(),
         raw_query: raw_query.to_string(),
+        reads_body: method == b"POST",
     })
 }
 
@@ -378,6 +382,14 @@ pub fn rewrite_request(
     let mut url = Params::parse(&plan.raw_query).map_err(|e| bad_params("query string", e))?;
     let mut form = match body {
         Some(bytes) if !bytes.is_empty() => {
+            // The backend would ignore it: a `match[]` found there would stop the filter
+            // from adding the tenant's own, and a label or series request without one
+            // answers for every tenant.
+            if !plan.reads_body {
+                return Err(Refusal::bad_request(
+                    "a request body is only read on POST; send GET parameters in the URL",
+                ));
+            }
             if !is_form(content_type) {
                 return Err(Refusal::unsupported_media_type());
             }
@@ -733,6 +745,31 @@ mod tests {
     }
 
     #[test]
+    fn a_get_body_is_refused_because_the_backend_ignores_it() {
+        // Found by the request_decision fuzz target: a `match[]` in a GET's form body
+        // counted as rewritten, so no tenant selector was added to the URL, and the
+        // backend (which reads no GET body) answered for every tenant.
+        for path in [
+            "/api/v1/label/client_id/values",
+            "/api/v1/labels",
+            "/api/v1/query?query=up",
+        ] {
+            for body in ["match[]=up", "query=up", "x=1"] {
+                let r = run("GET", path, Some(body), false).unwrap_err();
+                assert_eq!(
+                    (r.status, r.error_type),
+                    (400, ErrorType::BadData),
+                    "{path}"
+                );
+            }
+            // An empty body is no body.
+            assert!(run("GET", path, Some(""), false).is_ok());
+        }
+        let r = run("POST", "/api/v1/labels", Some("match[]=up"), false).unwrap();
+        assert_eq!((r.path, r.rewritten_params), (None, 1));
+    }
+
+    #[test]
     fn client_extra_filters_are_stripped() {
         let r = run(
             "POST",
@@ -937,7 +974,7 @@ mod tests {
             let values = vec!["1".to_string()];
             let t = tenant(&values, "client_id=\"1\"");
             for path in ["/api/v1/query", "/api/v1/series", "/api/v1/status/buildinfo"] {
-                let p = Plan { action: plan("GET", path).unwrap().action, raw_path: path.into(), raw_query: query.clone() };
+                let p = Plan { action: plan("GET", path).unwrap().action, raw_path: path.into(), raw_query: query.clone(), reads_body: true };
                 let _ = rewrite_request(&p, Some(body.as_bytes()), Some(b"application/x-www-form-urlencoded"), &t,
                     RewriteOptions { victoriametrics_extra_label: true }, &fake);
             }

@@ -114,21 +114,22 @@ pub fn finish(
     tenants: &[String],
     config: &Config,
 ) -> Decision {
-    // Metadata, rules and alerts are answered for any authenticated tenant.
-    if let Action::Answer(answer) = plan.action {
-        return Decision::Answer(answer);
-    }
     // The filter refuses a larger body as it arrives; checked again so that this
     // function alone never forwards one.
     if body.is_some_and(|b| b.len() > config.max_body_bytes) {
         return Decision::Refuse(Refusal::too_large(config.max_body_bytes));
     }
+    // First, so that a caller without a usable tenant gets 403 on every endpoint.
     let matcher = match TenantMatcher::new(&config.tenant_label, tenants) {
         Ok(matcher) => matcher,
         Err(e) => {
             return Decision::Refuse(Refusal::forbidden(format!("unusable tenant claim: {e}")))
         }
     };
+    // Metadata, rules and alerts are answered for any caller with a tenant.
+    if let Action::Answer(answer) = plan.action {
+        return Decision::Answer(answer);
+    }
     let rewriter = |query: &str| {
         rewrite(query, &matcher, config.on_conflict, config.dialect).map_err(|e| match e {
             RewriteError::Parse(p) => QueryRejection::BadQuery(p.to_string()),
@@ -299,6 +300,12 @@ mod tests {
             decide(&get("/api/v1/rules"), None, tenants(&["7"]), &c),
             Decision::Answer(api::RULES_ANSWER)
         );
+        // Found by the request_decision fuzz target: an unusable tenant used to get the
+        // local answers all the same.
+        assert!(matches!(
+            decide(&get("/api/v1/rules"), None, tenants(&[""]), &c),
+            Decision::Refuse(Refusal { status: 403, .. })
+        ));
         let no_token = RequestHead {
             credential: None,
             ..get("/api/v1/rules")

@@ -261,9 +261,20 @@ impl<'a> Lexer<'a> {
             match b {
                 b' ' | b'\t' | b'\n' | b'\r' => self.pos += 1,
                 b'#' => {
+                    // Prometheus ends a comment at `\r` or `\n`, VictoriaMetrics only at
+                    // `\n`: after a lone `\r` one backend reads code where the other reads
+                    // comment (`x # \r/ y` is `x / y` to Prometheus), so it is refused.
+                    // `\r\n` ends the comment for both.
                     while let Some(c) = self.peek() {
                         if c == b'\n' {
                             break;
+                        }
+                        if c == b'\r' && self.bytes.get(self.pos + 1) != Some(&b'\n') {
+                            return Err(self.err(
+                                self.pos,
+                                "a carriage return not followed by a line feed cannot end a comment"
+                                    .to_string(),
+                            ));
                         }
                         self.pos += 1;
                     }
@@ -281,7 +292,10 @@ impl<'a> Lexer<'a> {
                         ));
                     }
                     self.groups.push(group);
-                    if self.groups.len() + unary_and_pow > MAX_NESTING {
+                    // A brace group holds only a flat matcher list, never a nested
+                    // expression, so it adds no recursion. Counting it also made the
+                    // rewrite's own output (which adds braces) too deep to read back.
+                    if group != Group::Brace && self.groups.len() + unary_and_pow > MAX_NESTING {
                         return Err(self.too_deep(start));
                     }
                     self.pos += 1;

@@ -109,6 +109,22 @@ mod tests {
     }
 
     #[test]
+    fn a_lone_carriage_return_in_a_comment_is_refused() {
+        // Found by the rewrite_query fuzz target: Prometheus reads `x #c\r/ y` as
+        // `x / y`, so `y` went to the backend without the tenant matcher.
+        for dialect in [Dialect::Promql, Dialect::Metricsql] {
+            for query in ["x #c\r/ y", "x #\r", "# a\r\n# b\rc\nx"] {
+                let err = parse(query, dialect).unwrap_err();
+                assert!(err.message.contains("carriage return"), "{query:?}: {err}");
+            }
+            // A CRLF line end, and a carriage return outside comments, are fine.
+            for query in ["# c\r\nx", "x # c\r\n/ y", "x\r/\ry"] {
+                assert!(parse(query, dialect).is_ok(), "{query:?}");
+            }
+        }
+    }
+
+    #[test]
     fn matchers_do_not_count_as_operators() {
         // 1,000 selectors with three matchers each: 999 operators, 3,000 `=`.
         let query = (0..1000)

@@ -1,0 +1,288 @@
+//! Fuzz target: the whole request decision (`decision::decide`), the code the filter
+//! runs in Envoy, from method, `:path`, headers, body and identity to a verdict.
+//!
+//! Input: a config flag byte (see `config_from_flags`), a request flag byte, then the
+//! fields method, path, content-type, content-encoding, content-length, credential,
+//! body and tenants, separated by 0xFF (tenant values by 0xFE). The request flags say
+//! which headers are present, whether a body follows, and what the identity provider
+//! answered for the token.
+//!
+//! Invariants, besides no panic:
+//! - a refusal is Prometheus' error JSON with a matching status;
+//! - the decision does not depend on the bearer token's text (so no refusal quotes it):
+//!   the same request with another token of the same shape gets the same decision;
+//! - nothing but a refusal without a verified identity;
+//! - a forwarded request is on an allowed endpoint, and what the backend decodes from
+//!   its final URL and (for a POST form) body has every `query` / `match[]` / `match`
+//!   re-parsing and confined to the tenant, at least one `match[]` where the endpoint
+//!   needs one, and only our own `extra_label` / `extra_filters[]`.
+
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use promql_tenant_filter::api::{self, Action, Refusal};
+use promql_tenant_filter::config::{Config, IdentitySource};
+use promql_tenant_filter::decision::{decide, Decision, RequestHead};
+use promql_tenant_filter::form::Params;
+use promql_tenant_filter::identity::{self, IdentityError};
+use promql_tenant_filter::TenantMatcher;
+use promql_tenant_filter_fuzz::{check_confined, config_from_flags, ExpectedMatcher};
+
+fuzz_target!(|data: &[u8]| {
+    let [config_flags, request_flags, rest @ ..] = data else {
+        return;
+    };
+    let config = config_from_flags(*config_flags);
+    let mut fields = rest.split(|&b| b == 0xFF);
+    let mut next = || fields.next().unwrap_or_default();
+    let (method, path, content_type, content_encoding, content_length, credential, body) =
+        (next(), next(), next(), next(), next(), next(), next());
+    let tenants: Vec<String> = next()
+        .split(|&b| b == 0xFE)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .collect();
+    let present = |bit: u8| request_flags & (1 << bit) != 0;
+    let end_of_stream = present(0);
+    let bearer;
+    let credential = if present(7) {
+        bearer = [&b"Bearer "[..], credential].concat();
+        &bearer[..]
+    } else {
+        credential
+    };
+    let head = RequestHead {
+        method,
+        path,
+        content_type: present(1).then_some(content_type),
+        content_encoding: present(2).then_some(content_encoding),
+        content_length: present(3).then_some(content_length),
+        credential: present(4).then_some(credential),
+        end_of_stream,
+    };
+    let looked_up = match (request_flags >> 5) & 0b11 {
+        0 => Ok(tenants.clone()),
+        1 => Err(IdentityError::Unauthorized("rejected".into())),
+        2 => Err(IdentityError::Forbidden("no claim".into())),
+        _ => Err(IdentityError::Unavailable("down".into())),
+    };
+    let body = (!end_of_stream).then_some(body);
+
+    let decision = decide(&head, body, looked_up.clone(), &config);
+
+    // The token's text must not matter beyond its validity: the same request with
+    // another valid token of the same shape gets the same decision. A refusal that
+    // quoted the token would differ.
+    if let (IdentitySource::Userinfo(_), Some(other)) =
+        (&config.identity.source, another_token(credential))
+    {
+        let again = RequestHead {
+            credential: head.credential.map(|_| &other[..]),
+            ..head
+        };
+        assert_eq!(
+            decide(&again, body, looked_up.clone(), &config),
+            decision,
+            "the decision depends on the token's text"
+        );
+    }
+    match &decision {
+        Decision::Refuse(refusal) => check_refusal(refusal),
+        Decision::Answer(_) | Decision::Forward(_) => {
+            let plan = api::plan_request(method, path)
+                .unwrap_or_else(|r| panic!("let through a request planning refuses: {r:?}"));
+            let tenants = verified_tenants(&config, head.credential, looked_up)
+                .expect("let through without a verified identity");
+            let Decision::Forward(rewritten) = &decision else {
+                assert!(matches!(plan.action, Action::Answer(_)));
+                return;
+            };
+            assert!(!matches!(plan.action, Action::Answer(_)));
+            if let Some(b) = body {
+                assert!(
+                    b.len() <= config.max_body_bytes,
+                    "forwarded an oversized body"
+                );
+            }
+            let final_path = rewritten.path.clone().unwrap_or_else(|| {
+                String::from_utf8(path.to_vec()).expect("an allowed path is UTF-8")
+            });
+            let final_body = rewritten.body.as_deref().or(body);
+            check_forwarded(
+                &config,
+                &plan.action,
+                method,
+                head.content_type,
+                &final_path,
+                final_body,
+                &tenants,
+            );
+        }
+    }
+});
+
+/// The credential with each letter and digit of its bearer token replaced by the next
+/// one of its class (`a`→`b`, `z`→`a`, `9`→`0`): the same shape, another text. `None`
+/// when it is no `Bearer` credential, or the token has no letter or digit.
+fn another_token(credential: &[u8]) -> Option<Vec<u8>> {
+    let space = credential.iter().position(|&b| b == b' ')?;
+    let scheme = credential[..space].trim_ascii_start();
+    if !scheme.eq_ignore_ascii_case(b"bearer") {
+        return None;
+    }
+    let mut changed = false;
+    let mut out = credential.to_vec();
+    for b in &mut out[space..] {
+        let (first, len) = match *b {
+            b'a'..=b'z' => (b'a', 26),
+            b'A'..=b'Z' => (b'A', 26),
+            b'0'..=b'9' => (b'0', 10),
+            _ => continue,
+        };
+        *b = first + (*b - first + 1) % len;
+        changed = true;
+    }
+    changed.then_some(out)
+}
+
+/// Prometheus' error shape, exactly, with a status that fits the error type.
+fn check_refusal(refusal: &Refusal) {
+    let body: serde_json::Value =
+        serde_json::from_slice(&refusal.body()).expect("a refusal body is JSON");
+    let object = body.as_object().expect("a refusal body is an object");
+    assert_eq!(object.len(), 3, "{body}");
+    assert_eq!(object["status"], "error");
+    assert!(object["error"].is_string(), "{body}");
+    let kind = object["errorType"].as_str().expect("errorType is a string");
+    let fits = match kind {
+        "bad_data" => matches!(refusal.status, 400 | 405 | 413 | 415),
+        "unauthorized" => refusal.status == 401,
+        "forbidden" => refusal.status == 403,
+        "unavailable" => refusal.status == 503,
+        _ => false,
+    };
+    assert!(fits, "status {} with errorType {kind}", refusal.status);
+    let headers = refusal.headers();
+    assert!(headers.contains(&("content-type", "application/json")));
+    assert_eq!(
+        refusal.status == 401,
+        headers.contains(&("www-authenticate", "Bearer"))
+    );
+}
+
+/// The tenants the request may see, derived from the inputs: the lookup's answer for a
+/// bearer token, or the verified payload's claim.
+fn verified_tenants(
+    config: &Config,
+    credential: Option<&[u8]>,
+    looked_up: Result<Vec<String>, IdentityError>,
+) -> Option<Vec<String>> {
+    let tenants = match &config.identity.source {
+        IdentitySource::Userinfo(_) => {
+            identity::bearer_token(credential).ok()?;
+            looked_up.ok()?
+        }
+        IdentitySource::JwtPayloadHeader { .. } => {
+            let claims = identity::claims_from_payload_header(credential).ok()?;
+            identity::tenants_from_claims(&claims, &config.identity.claim).ok()?
+        }
+    };
+    TenantMatcher::new(&config.tenant_label, &tenants).ok()?;
+    Some(tenants)
+}
+
+/// What a Go backend (`Request.ParseForm`) reads: the URL's query string, plus the body
+/// for a POST whose media type is a form. Decoded independently of our codec.
+fn backend_params(
+    method: &[u8],
+    content_type: Option<&[u8]>,
+    final_path: &str,
+    final_body: Option<&[u8]>,
+) -> Vec<(String, String)> {
+    let query = final_path.split_once('?').map_or("", |(_, q)| q);
+    let mut params: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
+        .map(|(n, v)| (n.into_owned(), v.into_owned()))
+        .collect();
+    let is_form = content_type
+        .and_then(|ct| std::str::from_utf8(ct).ok())
+        .map(|ct| {
+            ct.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .is_some_and(|essence| essence == "application/x-www-form-urlencoded");
+    if method == b"POST" && is_form {
+        if let Some(body) = final_body {
+            params.extend(
+                form_urlencoded::parse(body).map(|(n, v)| (n.into_owned(), v.into_owned())),
+            );
+        }
+    }
+    params
+}
+
+fn check_forwarded(
+    config: &Config,
+    action: &Action,
+    method: &[u8],
+    content_type: Option<&[u8]>,
+    final_path: &str,
+    final_body: Option<&[u8]>,
+    tenants: &[String],
+) {
+    // Our own codec must read what we forward, or the backend may read it differently.
+    let query = final_path.split_once('?').map_or("", |(_, q)| q);
+    assert!(
+        Params::parse(query).is_ok(),
+        "forwarded query string does not parse: {final_path:?}"
+    );
+    if let Some(body) = final_body {
+        let text = std::str::from_utf8(body).expect("a forwarded body is UTF-8");
+        assert!(
+            Params::parse(text).is_ok(),
+            "forwarded body does not parse: {text:?}"
+        );
+    }
+    let expected = ExpectedMatcher::new(&config.tenant_label, tenants);
+    let matcher = TenantMatcher::new(&config.tenant_label, tenants).unwrap();
+    let params = backend_params(method, content_type, final_path, final_body);
+    let targets: &[&str] = match action {
+        Action::RewriteQuery => &["query"],
+        Action::RewriteMatch => &["match[]", "match"],
+        _ => &[],
+    };
+    let mut selectors = 0;
+    for (name, value) in &params {
+        if targets.contains(&name.as_str()) {
+            check_confined(value, config.dialect, &expected);
+            selectors += 1;
+        }
+        match name.as_str() {
+            "extra_label" => {
+                assert!(
+                    config.victoriametrics_extra_label,
+                    "a client's extra_label passed"
+                );
+                assert_eq!(value, &format!("{}={}", config.tenant_label, tenants[0]));
+                assert_eq!(matcher.values().len(), 1);
+            }
+            "extra_filters" | "extra_filters[]" => {
+                assert!(
+                    config.victoriametrics_extra_label,
+                    "a client's {name} passed"
+                );
+                assert_eq!(name, "extra_filters[]");
+                assert_eq!(value, &format!("{{{}}}", matcher.matcher_text()));
+            }
+            _ => {}
+        }
+    }
+    if *action == Action::RewriteMatch {
+        assert!(
+            selectors > 0,
+            "the backend sees no match[]: it would answer for every tenant\n  path: {final_path:?}\n  body: {:?}",
+            final_body.map(String::from_utf8_lossy)
+        );
+    }
+}

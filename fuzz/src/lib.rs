@@ -1,0 +1,219 @@
+//! What the fuzz targets share: the configurations they run under, and the oracles that
+//! judge an output independently of the engine (`promql-parser` for PromQL, the
+//! `form_urlencoded` crate for what a backend decodes from a URL or a form body).
+//!
+//! A violated invariant panics with the reason, which libFuzzer reports as a crash and
+//! saves the input under `fuzz/artifacts/<target>/`.
+
+use promql_parser::label::Matcher;
+use promql_parser::parser::{Expr, VectorSelector};
+use promql_tenant_filter::config::Config;
+use promql_tenant_filter::Dialect;
+use std::cell::Cell;
+use std::panic;
+use std::sync::Once;
+
+thread_local! {
+    static IN_ORACLE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// `promql-parser` itself, where it does not panic. It does panic on some inputs our
+/// parser accepts (`foo[9.5e90]`: a float range too large for a `Duration`); that is the
+/// oracle's bug, not a finding, so such an input counts as "the oracle cannot read it".
+/// libfuzzer-sys's panic hook aborts the process, so it is silenced while the oracle runs.
+pub fn oracle_parse(text: &str) -> Option<Expr> {
+    static HOOK: Once = Once::new();
+    HOOK.call_once(|| {
+        let fuzzer_hook = panic::take_hook();
+        panic::set_hook(Box::new(move |info| {
+            if !IN_ORACLE.with(Cell::get) {
+                fuzzer_hook(info);
+            }
+        }));
+    });
+    IN_ORACLE.with(|flag| flag.set(true));
+    let parsed = panic::catch_unwind(|| promql_parser::parser::parse(text).ok());
+    IN_ORACLE.with(|flag| flag.set(false));
+    parsed.ok().flatten()
+}
+
+/// The tenant matcher as an independent reader should find it in a rewritten selector,
+/// derived without the engine: one value is `label="v"`, several are `label=~"a|b"`
+/// with each value escaped like Go's `regexp.QuoteMeta` (duplicates dropped, order kept).
+#[derive(Debug, Clone)]
+pub struct ExpectedMatcher {
+    pub label: String,
+    pub op: &'static str,
+    pub value: String,
+}
+
+impl ExpectedMatcher {
+    pub fn new<S: AsRef<str>>(label: &str, values: &[S]) -> ExpectedMatcher {
+        let mut unique: Vec<&str> = Vec::new();
+        for v in values {
+            if !unique.contains(&v.as_ref()) {
+                unique.push(v.as_ref());
+            }
+        }
+        match unique.as_slice() {
+            [one] => ExpectedMatcher {
+                label: label.to_string(),
+                op: "=",
+                value: one.to_string(),
+            },
+            many => ExpectedMatcher {
+                label: label.to_string(),
+                op: "=~",
+                value: many
+                    .iter()
+                    .map(|v| quote_meta(v))
+                    .collect::<Vec<_>>()
+                    .join("|"),
+            },
+        }
+    }
+
+    pub fn is(&self, m: &Matcher) -> bool {
+        m.name == self.label && m.op.to_string() == self.op && m.value == self.value
+    }
+}
+
+/// Go's `regexp.QuoteMeta`: a backslash before each of `\.+*?()|[]{}^$`.
+pub fn quote_meta(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if r"\.+*?()|[]{}^$".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Visits every vector selector, including the one inside each matrix selector.
+pub fn for_each_selector_mut(expr: &mut Expr, f: &mut dyn FnMut(&mut VectorSelector)) {
+    match expr {
+        Expr::Aggregate(a) => {
+            for_each_selector_mut(&mut a.expr, f);
+            if let Some(param) = &mut a.param {
+                for_each_selector_mut(param, f);
+            }
+        }
+        Expr::Unary(u) => for_each_selector_mut(&mut u.expr, f),
+        Expr::Binary(b) => {
+            for_each_selector_mut(&mut b.lhs, f);
+            for_each_selector_mut(&mut b.rhs, f);
+        }
+        Expr::Paren(p) => for_each_selector_mut(&mut p.expr, f),
+        Expr::Subquery(s) => for_each_selector_mut(&mut s.expr, f),
+        Expr::NumberLiteral(_) | Expr::StringLiteral(_) => {}
+        Expr::VectorSelector(vs) => f(vs),
+        Expr::MatrixSelector(ms) => f(&mut ms.vs),
+        Expr::Call(c) => {
+            for arg in &mut c.args.args {
+                for_each_selector_mut(arg, f);
+            }
+        }
+        Expr::Extension(_) => panic!("promql-parser never produces Extension nodes"),
+    }
+}
+
+/// Where `promql-parser` reads `output`: every selector (each or-branch of one) must
+/// end with the tenant matcher. Returns the AST with those matchers removed, or `None`
+/// when promql-parser does not read `output` at all (MetricsQL, or a grammar corner it
+/// lacks); `Err` names the first selector without the matcher.
+pub fn strip_tenant_matchers(
+    output: &str,
+    tenant: &ExpectedMatcher,
+) -> Result<Option<Expr>, String> {
+    let Some(mut ast) = oracle_parse(output) else {
+        return Ok(None);
+    };
+    let mut problem = None;
+    for_each_selector_mut(&mut ast, &mut |vs| {
+        let shown = vs.to_string();
+        let m = &mut vs.matchers;
+        let groups: Vec<&mut Vec<Matcher>> = if m.or_matchers.is_empty() {
+            vec![&mut m.matchers]
+        } else {
+            if !m.matchers.is_empty() {
+                problem.get_or_insert(format!("selector {shown}: matchers outside or-branches"));
+            }
+            m.or_matchers.iter_mut().collect()
+        };
+        for group in groups {
+            match group.last() {
+                Some(last) if tenant.is(last) => {
+                    group.pop();
+                }
+                _ => {
+                    problem.get_or_insert(format!(
+                        "selector {shown} lacks the tenant matcher {}{}{:?}",
+                        tenant.label, tenant.op, tenant.value
+                    ));
+                }
+            }
+        }
+    });
+    match problem {
+        Some(p) => Err(p),
+        None => Ok(Some(ast)),
+    }
+}
+
+/// Checks one rewritten PromQL value: our parser reads it back, and where promql-parser
+/// reads it, every selector carries the tenant matcher.
+pub fn check_confined(output: &str, dialect: Dialect, tenant: &ExpectedMatcher) {
+    if let Err(e) = promql_tenant_filter::parse(output, dialect) {
+        panic!("our own output does not re-parse: {e}\n  output: {output:?}");
+    }
+    if let Err(e) = strip_tenant_matchers(output, tenant) {
+        panic!("unconfined output: {e}\n  output: {output:?}");
+    }
+}
+
+/// Byte-driven configuration choice, so that libFuzzer explores the policies, dialects
+/// and identity sources too.
+pub fn config_from_flags(flags: u8) -> Config {
+    let policy = match flags & 0b11 {
+        0 => "replace",
+        1 => "reject",
+        _ => "and",
+    };
+    let dialect = if flags & 0b100 == 0 {
+        "promql"
+    } else {
+        "metricsql"
+    };
+    let label = if flags & 0b1000 == 0 {
+        "client_id"
+    } else {
+        "tenant.id"
+    };
+    let extra_label = flags & 0b1_0000 != 0;
+    let identity = if flags & 0b10_0000 == 0 {
+        r#"{"source":"userinfo","cluster":"idp","claim":"client_id"}"#
+    } else {
+        r#"{"source":"jwt_payload_header","claim":"client_id"}"#
+    };
+    let max_body_bytes = if flags & 0b100_0000 == 0 {
+        1_048_576
+    } else {
+        64
+    };
+    let json = serde_json::json!({
+        "tenant_label": label,
+        "on_conflict": policy,
+        "dialect": dialect,
+        "victoriametrics_extra_label": extra_label,
+        "max_body_bytes": max_body_bytes,
+        "identity": serde_json::from_str::<serde_json::Value>(identity).unwrap(),
+    });
+    // A label like `tenant.id` cannot go into VictoriaMetrics' `extra_label`; the
+    // config refuses that pairing, so fall back to the plain label for it.
+    Config::parse(json.to_string().as_bytes()).unwrap_or_else(|_| {
+        let mut json = json;
+        json["tenant_label"] = "client_id".into();
+        Config::parse(json.to_string().as_bytes()).expect("the fuzz configs are valid")
+    })
+}
