@@ -150,8 +150,10 @@ BODIES = [
       chunked(ANY_FORM)), {"envoy"}, 400, False),
     ("gzip-encoded", "POST", sized(FORM, b"\x1f\x8b\x08\x00", ("Content-Encoding", "gzip")),
      {"filter"}, 415, False),
-    # Go reads no form body on a GET, so VictoriaMetrics finds no query at all.
-    ("get-with-form-body", "GET", sized(FORM, b"query=bob_only_total"), {"backend"}, 422, False),
+    # Go reads no form body on a GET: the filter would rewrite what the backend never
+    # reads, and leave the URL unconfined (a leak on the label endpoints, found by
+    # fuzzing), so a GET with a body is refused.
+    ("get-with-form-body", "GET", sized(FORM, b"query=bob_only_total"), {"filter"}, 400, False),
     ("oversize-declared", "POST", sized(FORM, ANY_FORM + b"&pad=" + b"x" * (1024 * 1024)),
      {"filter"}, 413, False),
     # Without a length, whichever sees the body pass 1 MiB first refuses it: the filter's

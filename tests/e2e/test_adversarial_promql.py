@@ -59,7 +59,9 @@ PROMQL = [
     # Comments and strings that look like structure.
     ("comment-hides-brace", "alice_only_total # {", {"confined"}, False),
     ("comment-then-newline", 'alice_only_total # }\nor bob_only_total', {"confined"}, True),
-    ("comment-then-carriage-return", 'alice_only_total # x\ror bob_only_total', {"confined"},
+    # Prometheus ends a comment at a lone \r, VictoriaMetrics and the filter's lexer once
+    # did not: the filter refuses it rather than read a different query (fuzzing found it).
+    ("comment-then-carriage-return", 'alice_only_total # x\ror bob_only_total', {"filter"},
      False),
     ("comment-only-line-first", '# {client_id="1999"}\nbob_only_total', {"confined"}, True),
     ("string-with-brace", 'http_requests_total{job="}"} or bob_only_total', {"confined"}, True),
