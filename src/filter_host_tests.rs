@@ -678,9 +678,14 @@ impl Vm {
     }
 
     fn get(&self, id: u32, path: &str, token: Option<&str>) -> Action {
+        self.get_at(1, id, path, token)
+    }
+
+    /// A GET on the worker whose root context is `root`.
+    fn get_at(&self, root: u32, id: u32, path: &str, token: Option<&str>) -> Action {
         let auth = token.map(|t| format!("Bearer {t}"));
         let extra: Vec<(&str, &str)> = auth.iter().map(|a| ("authorization", a.as_str())).collect();
-        self.request(1, id, "GET", path, &extra, None)
+        self.request(root, id, "GET", path, &extra, None)
     }
 
     fn respond(&self, token: u32, status: Option<&str>, body: &str) {
@@ -1074,27 +1079,13 @@ fn another_worker_reads_the_shared_cache() {
     );
     // A second root context stands for another worker: its first level is empty.
     vm.configure(100, USERINFO_CONFIG);
-    vm.request(
-        100,
-        101,
-        "GET",
-        METADATA,
-        &[("authorization", "Bearer alice")],
-        None,
-    );
+    vm.get_at(100, 101, METADATA, Some("alice"));
     assert_eq!(vm.reply(101).unwrap().status, 200);
     assert_eq!(vm.callouts().len(), 1);
     // A different token in the same slot is not answered from it.
     let cache_slots = with_host(|h| h.shared.keys().filter(|k| !k.contains(".flight.")).count());
     assert_eq!(cache_slots, 1);
-    vm.request(
-        100,
-        102,
-        "GET",
-        METADATA,
-        &[("authorization", "Bearer mallory")],
-        None,
-    );
+    vm.get_at(100, 102, METADATA, Some("mallory"));
     assert!(vm.reply(102).is_none());
     assert_eq!(vm.callouts().len(), 2);
 }
@@ -1104,8 +1095,13 @@ const ALICE_CLAIMS: &str = r#"{"https://example.com/client_id":"1999"}"#;
 /// Worker 1 (root 1) and worker 2 (root 100), each with a request for a new `token`;
 /// returns the callouts made by then.
 fn two_workers_ask_for(vm: &Vm, token: &str) -> Vec<Callout> {
-    vm.configure(1, USERINFO_CONFIG);
-    vm.configure(100, USERINFO_CONFIG);
+    two_workers_configured_ask_for(vm, USERINFO_CONFIG, token)
+}
+
+/// The same, with both workers on `config`.
+fn two_workers_configured_ask_for(vm: &Vm, config: &str, token: &str) -> Vec<Callout> {
+    vm.configure(1, config);
+    vm.configure(100, config);
     let auth = format!("Bearer {token}");
     vm.request(1, 2, "GET", METADATA, &[("authorization", &auth)], None);
     vm.request(100, 101, "GET", METADATA, &[("authorization", &auth)], None);
@@ -1136,14 +1132,7 @@ fn a_worker_waits_for_the_callout_another_worker_makes() {
         "and slows down once answered"
     );
     // Both workers now answer the token from their own first level.
-    vm.request(
-        100,
-        102,
-        "GET",
-        METADATA,
-        &[("authorization", "Bearer alice")],
-        None,
-    );
+    vm.get_at(100, 102, METADATA, Some("alice"));
     assert_eq!(vm.reply(102).map(|r| r.status), Some(200));
     assert_eq!(vm.callouts().len(), 1);
 }
@@ -1171,25 +1160,7 @@ fn a_remote_callout_freed_without_an_answer_is_retried_by_the_waiting_worker() {
                "claim": "https://example.com/client_id", "failure_cache_ttl_s": 0}
 }"#;
     let vm = Vm::new();
-    vm.configure(1, NO_FAILURE_CACHE);
-    vm.configure(100, NO_FAILURE_CACHE);
-    vm.request(
-        1,
-        2,
-        "GET",
-        METADATA,
-        &[("authorization", "Bearer alice")],
-        None,
-    );
-    vm.request(
-        100,
-        101,
-        "GET",
-        METADATA,
-        &[("authorization", "Bearer alice")],
-        None,
-    );
-    let callouts = vm.callouts();
+    let callouts = two_workers_configured_ask_for(&vm, NO_FAILURE_CACHE, "alice");
     assert_eq!(callouts.len(), 1);
     // Nothing is cached: the claim is freed with no answer behind it.
     vm.respond(callouts[0].token, Some("502"), "");
@@ -1227,23 +1198,9 @@ fn a_leader_hanging_up_frees_its_claim_for_other_workers() {
     let vm = Vm::new();
     vm.configure(1, USERINFO_CONFIG);
     vm.configure(100, USERINFO_CONFIG);
-    vm.request(
-        1,
-        2,
-        "GET",
-        METADATA,
-        &[("authorization", "Bearer alice")],
-        None,
-    );
+    vm.get_at(1, 2, METADATA, Some("alice"));
     vm.end(2);
-    vm.request(
-        100,
-        101,
-        "GET",
-        METADATA,
-        &[("authorization", "Bearer alice")],
-        None,
-    );
+    vm.get_at(100, 101, METADATA, Some("alice"));
     let callouts = vm.callouts();
     assert_eq!(
         callouts.len(),
@@ -1260,14 +1217,7 @@ fn a_waiting_worker_finds_an_answer_stored_meanwhile() {
     vm.respond(callouts[0].token, Some("200"), ALICE_CLAIMS);
     // A third worker asks after the answer landed: no wait, no call.
     vm.configure(200, USERINFO_CONFIG);
-    vm.request(
-        200,
-        201,
-        "GET",
-        METADATA,
-        &[("authorization", "Bearer alice")],
-        None,
-    );
+    vm.get_at(200, 201, METADATA, Some("alice"));
     assert_eq!(vm.reply(201).map(|r| r.status), Some(200));
     assert_eq!(vm.callouts().len(), 1);
     assert_eq!(vm.counter("userinfo_remote_waits"), 1);
@@ -1278,28 +1228,14 @@ fn footprint_gauges_sum_the_workers_and_withdraw_on_shutdown() {
     let vm = Vm::new();
     let callouts = two_workers_ask_for(&vm, "alice");
     vm.respond(callouts[0].token, Some("200"), ALICE_CLAIMS);
-    vm.request(
-        1,
-        3,
-        "GET",
-        METADATA,
-        &[("authorization", "Bearer bob")],
-        None,
-    );
+    vm.get_at(1, 3, METADATA, Some("bob"));
     vm.respond(vm.callouts()[1].token, Some("200"), ALICE_CLAIMS);
     vm.tick(1);
     vm.tick(100);
     // Worker 1 holds alice and bob, worker 2 alice (read from shared data).
     assert_eq!(vm.counter("local_cache_entries"), 3);
     // Within the same second, a faster tick does not report again.
-    vm.request(
-        100,
-        102,
-        "GET",
-        METADATA,
-        &[("authorization", "Bearer bob")],
-        None,
-    );
+    vm.get_at(100, 102, METADATA, Some("bob"));
     vm.tick(100);
     assert_eq!(vm.counter("local_cache_entries"), 3);
     vm.advance(1);

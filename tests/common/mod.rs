@@ -119,9 +119,16 @@ pub struct ExpectedMatcher {
 
 impl ExpectedMatcher {
     /// Derived independently of the engine: one value → `=`, several → `=~` with each
-    /// value escaped like Go's `regexp.QuoteMeta` and joined with `|`.
-    pub fn new(label: &str, values: &[&str]) -> Self {
-        match values {
+    /// value escaped like Go's `regexp.QuoteMeta` and joined with `|` (duplicates
+    /// dropped, order kept, as a tenant listed twice is still one tenant).
+    pub fn new<S: AsRef<str>>(label: &str, values: &[S]) -> Self {
+        let mut unique: Vec<&str> = Vec::new();
+        for v in values {
+            if !unique.contains(&v.as_ref()) {
+                unique.push(v.as_ref());
+            }
+        }
+        match unique.as_slice() {
             [one] => ExpectedMatcher {
                 label: label.into(),
                 op: "=",
@@ -272,8 +279,8 @@ pub fn check_only_insertions(input: &str, output: &str, matcher: &str) -> Result
             None => {
                 return Err(format!(
                 "output differs from the input at input byte {i}, output byte {o}: {:?} vs {:?}",
-                &input[i..].chars().take(30).collect::<String>(),
-                &output[o..].chars().take(30).collect::<String>()
+                input[i..].chars().take(30).collect::<String>(),
+                output[o..].chars().take(30).collect::<String>()
             ))
             }
         }
