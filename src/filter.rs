@@ -219,11 +219,16 @@ struct Worker {
     awaiting_body: RefCell<HashMap<u32, (u64, SharedRequest)>>,
 }
 
-fn now_s() -> u64 {
+/// The host's wall clock since the epoch; zero if the host has none.
+fn host_time() -> Duration {
     hostcalls::get_current_time()
         .ok()
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_secs())
+        .unwrap_or_default()
+}
+
+fn now_s() -> u64 {
+    host_time().as_secs()
 }
 
 impl Worker {
@@ -446,12 +451,7 @@ fn time_engine_once(config: &Config, timing: &EngineTimingConfig) {
     let Ok(tenant) = TenantMatcher::new(&config.tenant_label, &values) else {
         return;
     };
-    let clock_ns = || {
-        hostcalls::get_current_time()
-            .ok()
-            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-    };
+    let clock_ns = || u64::try_from(host_time().as_nanos()).unwrap_or(u64::MAX);
     warn!("promql_tenant_filter: debug_time_engine is set: timing the engine, not for production");
     let result = crate::timing::time_engine(
         &timing.queries,
@@ -472,10 +472,8 @@ fn random_u64() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
     hasher.write_u64(
-        hostcalls::get_current_time()
-            .ok()
-            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_nanos() as u64),
+        // The low bits vary most; truncating is what is wanted here.
+        host_time().as_nanos() as u64,
     );
     hasher.finish()
 }
