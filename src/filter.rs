@@ -965,6 +965,14 @@ impl Request {
             &worker.config,
         );
         let rewritten = match decided {
+            // The response stage that filters rules and alerts is not there yet: never
+            // let an engine's whole answer through.
+            Decision::Forward(rewritten) if rewritten.response.is_some() => {
+                return self.refuse(
+                    worker,
+                    &Refusal::unavailable("rules and alerts are not filtered yet"),
+                );
+            }
             Decision::Forward(rewritten) => rewritten,
             Decision::Answer(body) => {
                 worker.metrics.bump(worker.metrics.requests_allowed);

@@ -88,7 +88,7 @@ fuzz_target!(|data: &[u8]| {
     match &decision {
         Decision::Refuse(refusal) => check_refusal(refusal),
         Decision::Answer(_) | Decision::Forward(_) => {
-            let plan = api::plan_request(method, path)
+            let plan = api::plan_request(method, path, config.backend)
                 .unwrap_or_else(|r| panic!("let through a request planning refuses: {r:?}"));
             let tenants = verified_tenants(&config, head.credential, looked_up)
                 .expect("let through without a verified identity");
@@ -97,6 +97,19 @@ fuzz_target!(|data: &[u8]| {
                 return;
             };
             assert!(!matches!(plan.action, Action::Answer(_)));
+            // Rules and alerts: the answer is filtered for exactly the caller's tenants.
+            match (&plan.action, &rewritten.response) {
+                (Action::FilterRules(view), Some(filter)) => {
+                    assert_eq!(filter.view, *view);
+                    let matcher = TenantMatcher::new(&config.tenant_label, &tenants).unwrap();
+                    assert_eq!(filter.tenants, matcher.values());
+                    assert_eq!(filter.tenant_label, config.tenant_label);
+                    assert_eq!(filter.max_bytes, config.max_response_bytes);
+                }
+                (Action::FilterRules(_), None) => panic!("rules forwarded without a filter"),
+                (_, Some(_)) => panic!("a response filter on {:?}", plan.action),
+                (_, None) => {}
+            }
             if let Some(b) = body {
                 assert!(
                     b.len() <= config.max_body_bytes,
@@ -250,6 +263,7 @@ fn check_forwarded(
     let targets: &[&str] = match action {
         Action::RewriteQuery => &["query"],
         Action::RewriteMatch => &["match[]", "match"],
+        Action::FilterRules(_) => &["match[]"],
         _ => &[],
     };
     let mut selectors = 0;
@@ -278,7 +292,7 @@ fn check_forwarded(
             _ => {}
         }
     }
-    if *action == Action::RewriteMatch {
+    if matches!(action, Action::RewriteMatch | Action::FilterRules(_)) {
         assert!(
             selectors > 0,
             "the backend sees no match[]: it would answer for every tenant\n  path: {final_path:?}\n  body: {:?}",
