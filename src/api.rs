@@ -245,8 +245,10 @@ pub fn plan_request(
     }
     let (raw_path, raw_query) = target.split_once('?').unwrap_or((target, ""));
     let path = canonical_path(raw_path)?;
+    // VictoriaMetrics serves its Prometheus API under `/prometheus` too; Prometheus
+    // does not, so there the prefixed paths are unknown.
     let unprefixed = match path.strip_prefix("/prometheus") {
-        Some(rest) if rest.starts_with('/') => rest,
+        Some(rest) if rest.starts_with('/') && backend == Backend::VictoriaMetrics => rest,
         _ => path.as_str(),
     };
     let Some((action, allow)) = endpoint(unprefixed, backend) else {
@@ -396,6 +398,10 @@ pub struct Tenant<'a> {
 pub struct RewriteOptions {
     /// Also add `extra_label` / `extra_filters[]` for VictoriaMetrics.
     pub victoriametrics_extra_label: bool,
+    /// The backend reads `match` as `match[]` (VictoriaMetrics). Where it does not
+    /// (Prometheus), a `match` does not count as the request's selector: without a
+    /// `match[]` the tenant's own is added, or the backend would answer for everyone.
+    pub match_alias: bool,
 }
 
 /// What to change in the request. `None` means leave it alone.
@@ -456,16 +462,24 @@ pub fn rewrite_request(
         Action::FilterRules(_) => &["match[]"],
         Action::PassThrough | Action::Answer(_) => &[],
     };
+    // The rewritten parameters the backend reads as the request's selectors.
+    let read_by_backend = |name: &str| name != "match" || options.match_alias;
     let mut rewritten_params = 0;
+    let mut selectors = 0;
     for params in std::iter::once(&mut url).chain(form.as_mut()) {
         rewritten_params += rewrite_params(params, targets, rewriter)?;
+        selectors += params
+            .pairs()
+            .iter()
+            .filter(|p| targets.contains(&p.name()) && read_by_backend(p.name()))
+            .count();
     }
 
     match plan.action {
-        Action::RewriteQuery if rewritten_params == 0 => {
+        Action::RewriteQuery if selectors == 0 => {
             return Err(Refusal::bad_request("missing query parameter \"query\""));
         }
-        Action::RewriteMatch | Action::FilterRules(_) if rewritten_params == 0 => {
+        Action::RewriteMatch | Action::FilterRules(_) if selectors == 0 => {
             url.push("match[]", &format!("{{{}}}", tenant.matcher_text));
         }
         _ => {}
@@ -572,6 +586,7 @@ mod tests {
             &tenant(&values, "client_id=\"1999\""),
             RewriteOptions {
                 victoriametrics_extra_label: vm,
+                match_alias: true,
             },
             &fake,
         )
@@ -727,6 +742,8 @@ mod tests {
                 "/api/v1/search/label_values",
                 Some((Action::RewriteMatch, GET_POST)),
             ),
+            ("/prometheus/api/v1/query", None),
+            ("/prometheus/api/v1/rules", None),
         ];
         for (backend, rows) in [
             (Backend::VictoriaMetrics, [both, victoriametrics].concat()),
@@ -751,6 +768,35 @@ mod tests {
     }
 
     #[test]
+    fn without_the_match_alias_a_match_is_not_the_selector() {
+        // Prometheus ignores `match`: `/api/v1/labels?match=x` would list every
+        // tenant's labels unless the tenant's own match[] is added.
+        let values = vec!["1999".to_string()];
+        for (alias, want) in [
+            (true, "/api/v1/labels?match=%3Cx%3E"),
+            (
+                false,
+                "/api/v1/labels?match=%3Cx%3E&match%5B%5D=%7Bclient_id%3D%221999%22%7D",
+            ),
+        ] {
+            let p = plan("GET", "/api/v1/labels?match=x").unwrap();
+            let r = rewrite_request(
+                &p,
+                None,
+                None,
+                &tenant(&values, "client_id=\"1999\""),
+                RewriteOptions {
+                    victoriametrics_extra_label: false,
+                    match_alias: alias,
+                },
+                &fake,
+            )
+            .unwrap();
+            assert_eq!(r.path.as_deref(), Some(want), "alias {alias}");
+        }
+    }
+
+    #[test]
     fn search_endpoints_are_confined_and_lose_their_metadata() {
         let values = vec!["1999".to_string()];
         let p = plan_on(
@@ -766,6 +812,7 @@ mod tests {
             &tenant(&values, "client_id=\"1999\""),
             RewriteOptions {
                 victoriametrics_extra_label: false,
+                match_alias: true,
             },
             &fake,
         )
@@ -787,6 +834,7 @@ mod tests {
             &tenant(&values, "client_id=\"1999\""),
             RewriteOptions {
                 victoriametrics_extra_label: true,
+                match_alias: true,
             },
             &fake,
         )
@@ -804,6 +852,7 @@ mod tests {
             &tenant(&values, "client_id=\"1999\""),
             RewriteOptions {
                 victoriametrics_extra_label: true,
+                match_alias: true,
             },
             &fake,
         )
@@ -1051,6 +1100,7 @@ mod tests {
             &tenant(&values, "client_id=~\"a|b\""),
             RewriteOptions {
                 victoriametrics_extra_label: true,
+                match_alias: true,
             },
             &fake,
         )
@@ -1070,6 +1120,7 @@ mod tests {
         let t = tenant(&values, "client_id=\"1\"");
         let opts = RewriteOptions {
             victoriametrics_extra_label: false,
+            match_alias: true,
         };
         let p = plan("POST", "/api/v1/query?query=up").unwrap();
         for ct in [
@@ -1216,7 +1267,7 @@ mod tests {
             for path in ["/api/v1/query", "/api/v1/series", "/api/v1/status/buildinfo"] {
                 let p = Plan { action: plan("GET", path).unwrap().action, raw_path: path.into(), raw_query: query.clone(), reads_body: true };
                 let _ = rewrite_request(&p, Some(body.as_bytes()), Some(b"application/x-www-form-urlencoded"), &t,
-                    RewriteOptions { victoriametrics_extra_label: true }, &fake);
+                    RewriteOptions { victoriametrics_extra_label: true, match_alias: true }, &fake);
             }
         }
     }

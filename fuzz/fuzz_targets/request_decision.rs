@@ -21,7 +21,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use promql_tenant_filter::api::{self, Action, Refusal};
-use promql_tenant_filter::config::{Config, IdentitySource};
+use promql_tenant_filter::config::{Backend, Config, IdentitySource};
 use promql_tenant_filter::decision::{decide, Decision, RequestHead};
 use promql_tenant_filter::form::Params;
 use promql_tenant_filter::identity::{self, IdentityError};
@@ -270,7 +270,10 @@ fn check_forwarded(
     for (name, value) in &params {
         if targets.contains(&name.as_str()) {
             check_confined(value, config.dialect, &expected);
-            selectors += 1;
+            // Prometheus reads no `match` alias: only `match[]` selects there.
+            if name != "match" || config.backend == Backend::VictoriaMetrics {
+                selectors += 1;
+            }
         }
         match name.as_str() {
             "extra_label" => {
