@@ -767,100 +767,57 @@ mod tests {
         }
     }
 
+    /// `path` rewritten for tenant 1999 on a backend that does (or does not) read the
+    /// `match` alias, without extra_label.
+    fn rewritten_on(backend: Backend, path: &str, alias: bool) -> Rewritten {
+        let values = vec!["1999".to_string()];
+        let p = plan_on(backend, "GET", path).unwrap();
+        let options = RewriteOptions {
+            victoriametrics_extra_label: false,
+            match_alias: alias,
+        };
+        let tenant = tenant(&values, "client_id=\"1999\"");
+        rewrite_request(&p, None, None, &tenant, options, &fake).unwrap()
+    }
+
+    const TENANT_MATCH: &str = "match%5B%5D=%7Bclient_id%3D%221999%22%7D";
+
     #[test]
     fn without_the_match_alias_a_match_is_not_the_selector() {
         // Prometheus ignores `match`: `/api/v1/labels?match=x` would list every
         // tenant's labels unless the tenant's own match[] is added.
-        let values = vec!["1999".to_string()];
-        for (alias, want) in [
-            (true, "/api/v1/labels?match=%3Cx%3E"),
-            (
-                false,
-                "/api/v1/labels?match=%3Cx%3E&match%5B%5D=%7Bclient_id%3D%221999%22%7D",
-            ),
-        ] {
-            let p = plan("GET", "/api/v1/labels?match=x").unwrap();
-            let r = rewrite_request(
-                &p,
-                None,
-                None,
-                &tenant(&values, "client_id=\"1999\""),
-                RewriteOptions {
-                    victoriametrics_extra_label: false,
-                    match_alias: alias,
-                },
-                &fake,
-            )
-            .unwrap();
-            assert_eq!(r.path.as_deref(), Some(want), "alias {alias}");
-        }
+        let vm = Backend::VictoriaMetrics;
+        let r = rewritten_on(vm, "/api/v1/labels?match=x", true);
+        assert_eq!(r.path.as_deref(), Some("/api/v1/labels?match=%3Cx%3E"));
+        let r = rewritten_on(vm, "/api/v1/labels?match=x", false);
+        let want = format!("/api/v1/labels?match=%3Cx%3E&{TENANT_MATCH}");
+        assert_eq!(r.path.as_deref(), Some(want.as_str()));
     }
 
     #[test]
     fn search_endpoints_are_confined_and_lose_their_metadata() {
-        let values = vec!["1999".to_string()];
-        let p = plan_on(
+        let r = rewritten_on(
             Backend::Prometheus,
-            "GET",
             "/api/v1/search/metric_names?search[]=http&include_metadata=true",
-        )
-        .unwrap();
-        let r = rewrite_request(
-            &p,
-            None,
-            None,
-            &tenant(&values, "client_id=\"1999\""),
-            RewriteOptions {
-                victoriametrics_extra_label: false,
-                match_alias: true,
-            },
-            &fake,
-        )
-        .unwrap();
-        assert_eq!(
-            r.path.as_deref(),
-            Some("/api/v1/search/metric_names?search[]=http&match%5B%5D=%7Bclient_id%3D%221999%22%7D")
+            false,
         );
+        let want = format!("/api/v1/search/metric_names?search[]=http&{TENANT_MATCH}");
+        assert_eq!(r.path.as_deref(), Some(want.as_str()));
     }
 
     #[test]
-    fn rules_get_the_tenants_match_and_no_extra_label() {
-        let values = vec!["1999".to_string()];
-        let p = plan("GET", "/api/v1/rules?match[]=up").unwrap();
-        let r = rewrite_request(
-            &p,
-            None,
-            None,
-            &tenant(&values, "client_id=\"1999\""),
-            RewriteOptions {
-                victoriametrics_extra_label: true,
-                match_alias: true,
-            },
-            &fake,
-        )
-        .unwrap();
+    fn rules_get_the_tenants_match_only() {
+        let vm = Backend::VictoriaMetrics;
+        let r = rewritten_on(vm, "/api/v1/rules?match[]=up", true);
         assert_eq!(
             r.path.as_deref(),
             Some("/api/v1/rules?match%5B%5D=%3Cup%3E")
         );
         assert_eq!(r.response, None, "the decision adds the response filter");
-        let p = plan("GET", "/api/v1/rules?match=up").unwrap();
-        let r = rewrite_request(
-            &p,
-            None,
-            None,
-            &tenant(&values, "client_id=\"1999\""),
-            RewriteOptions {
-                victoriametrics_extra_label: true,
-                match_alias: true,
-            },
-            &fake,
-        )
-        .unwrap();
-        assert_eq!(
-            r.path.as_deref(),
-            Some("/api/v1/rules?match=up&match%5B%5D=%7Bclient_id%3D%221999%22%7D")
-        );
+        // The rule engines read no `match` alias.
+        let r = rewritten_on(vm, "/api/v1/rules?match=up", true);
+        let want = format!("/api/v1/rules?match=up&{TENANT_MATCH}");
+        assert_eq!(r.path.as_deref(), Some(want.as_str()));
     }
 
     #[test]

@@ -989,27 +989,23 @@ mod tests {
 
     #[test]
     fn combinations_the_backend_cannot_honour_are_refused() {
-        let with = |extra: &str| {
-            format!(
+        let cases = [
+            (
+                r#""victoriametrics_extra_label":true,"#,
+                "victoriametrics_extra_label",
+                "ignores extra_label",
+            ),
+            (r#""dialect":"metricsql","#, "dialect", "no MetricsQL"),
+            (r#""backend2":1,"#, "backend2", "unknown field"),
+        ];
+        for (extra, field, why) in cases {
+            let json = format!(
                 r#"{{"backend":"prometheus","tenant_label":"t",{extra}"identity":{{"source":"userinfo","cluster":"c","claim":"t"}}}}"#
-            )
-        };
-        assert_field(
-            &err(&with(r#""victoriametrics_extra_label":true,"#)),
-            "victoriametrics_extra_label",
-            "ignores extra_label",
-        );
-        assert_field(
-            &err(&with(r#""dialect":"metricsql","#)),
-            "dialect",
-            "no MetricsQL",
-        );
-        assert_field(&err(&with(r#""backend2":1,"#)), "backend2", "unknown field");
-        assert_field(
-            &err(&with("").replace("prometheus", "thanos")),
-            "backend",
-            "unknown variant",
-        );
+            );
+            assert_field(&err(&json), field, why);
+        }
+        let unknown = r#"{"backend":"thanos","tenant_label":"t","identity":{"source":"userinfo","cluster":"c","claim":"t"}}"#;
+        assert_field(&err(unknown), "backend", "unknown variant");
     }
 
     #[test]

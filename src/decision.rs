@@ -236,13 +236,22 @@ mod tests {
         Ok(values.iter().map(|v| v.to_string()).collect())
     }
 
+    fn forwarded(d: Decision) -> Rewritten {
+        match d {
+            Decision::Forward(r) => r,
+            other => panic!("not forwarded: {other:?}"),
+        }
+    }
+
     #[test]
     fn a_query_is_forwarded_rewritten() {
         let c = config(r#","victoriametrics_extra_label":false"#);
-        let d = decide(&get("/api/v1/query?query=up"), None, tenants(&["7"]), &c);
-        let Decision::Forward(r) = d else {
-            panic!("{d:?}")
-        };
+        let r = forwarded(decide(
+            &get("/api/v1/query?query=up"),
+            None,
+            tenants(&["7"]),
+            &c,
+        ));
         assert_eq!(
             r.path.as_deref(),
             Some("/api/v1/query?query=up%7Bclient_id%3D%227%22%7D")
@@ -369,15 +378,12 @@ mod tests {
             ),
         ] {
             let c = config(&format!(r#"{extra},"max_response_bytes":5000"#));
-            let d = decide(
+            let r = forwarded(decide(
                 &get("/api/v1/alerts?rule_group[]=g&exclude_alerts=true&group_limit=2"),
                 None,
                 tenants(&["7", "8", "7"]),
                 &c,
-            );
-            let Decision::Forward(r) = d else {
-                panic!("{d:?}")
-            };
+            ));
             assert_eq!(
                 r.path.as_deref(),
                 Some("/api/v1/rules?type=alert&match%5B%5D=%7Bclient_id%3D~%227%7C8%22%7D")
@@ -391,10 +397,7 @@ mod tests {
             assert_eq!(filter.dialect, dialect, "{backend:?}");
             assert_eq!(filter.max_bytes, 5000);
             // No extra_label to a rule engine, whatever the setting.
-            let d = decide(&get("/api/v1/rules"), None, tenants(&["7"]), &c);
-            let Decision::Forward(r) = d else {
-                panic!("{d:?}")
-            };
+            let r = forwarded(decide(&get("/api/v1/rules"), None, tenants(&["7"]), &c));
             assert_eq!(
                 r.path.as_deref(),
                 Some("/api/v1/rules?match%5B%5D=%7Bclient_id%3D%227%22%7D")

@@ -1245,6 +1245,19 @@ impl FilterHttp {
         action
     }
 
+    /// Runs `f` on the response stage of a forwarded request that has one; any other
+    /// answer (the filter's own replies included) passes unchanged.
+    fn with_response_stage(&self, f: impl FnOnce(&mut ResponseStage) -> Action) -> Action {
+        let Ok(mut request) = self.request.try_borrow_mut() else {
+            return Action::Pause;
+        };
+        let forwarded = request.stage == Stage::Forwarded;
+        match request.response.as_mut() {
+            Some(stage) if forwarded => f(stage),
+            _ => Action::Continue,
+        }
+    }
+
     fn fail_closed(&self) -> Action {
         let refusal = Refusal::unavailable("filter is not configured");
         let _ = hostcalls::send_http_response(503, refusal.headers(), Some(&refusal.body()));
@@ -1363,36 +1376,18 @@ impl HttpContext for FilterHttp {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
-        let Ok(mut request) = self.request.try_borrow_mut() else {
-            return Action::Pause;
-        };
-        let forwarded = request.stage == Stage::Forwarded;
-        match request.response.as_mut() {
-            Some(stage) if forwarded => stage.on_headers(end_of_stream),
-            _ => Action::Continue,
-        }
+        self.with_response_stage(|stage| stage.on_headers(end_of_stream))
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        let Ok(mut request) = self.request.try_borrow_mut() else {
-            return Action::Pause;
-        };
-        let forwarded = request.stage == Stage::Forwarded;
-        match request.response.as_mut() {
-            Some(stage) if forwarded => stage.on_body(body_size, end_of_stream),
-            _ => Action::Continue,
-        }
+        self.with_response_stage(|stage| stage.on_body(body_size, end_of_stream))
     }
 
     fn on_http_response_trailers(&mut self, _num_trailers: usize) -> Action {
-        let Ok(mut request) = self.request.try_borrow_mut() else {
-            return Action::Pause;
-        };
-        let forwarded = request.stage == Stage::Forwarded;
-        match request.response.as_mut() {
-            // Trailers end the body. The engines send none over HTTP/1.1; an answer
-            // with them is refused rather than read in a way it was not sent.
-            Some(stage) if forwarded && stage.done == Replaced::No => {
+        // Trailers end the body. The engines send none over HTTP/1.1; an answer with
+        // them is refused rather than read in a way it was not sent.
+        self.with_response_stage(|stage| {
+            if stage.done == Replaced::No {
                 stage.refusal.get_or_insert_with(|| {
                     Refusal::upstream(
                         502,
@@ -1401,10 +1396,9 @@ impl HttpContext for FilterHttp {
                     )
                 });
                 let _ = stage.on_body(stage.buffered, true);
-                Action::Continue
             }
-            _ => Action::Continue,
-        }
+            Action::Continue
+        })
     }
 }
 

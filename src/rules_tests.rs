@@ -275,59 +275,52 @@ fn the_callers_selection_narrows_on_every_engine() {
             .to_string()
     };
     for &(engine, body, dialect) in RULE_ANSWERS {
-        let records = narrowed(
-            RuleSelection {
-                kind: Some(RuleKind::Recording),
-                ..Default::default()
-            },
-            body,
-            dialect,
-        );
-        assert_eq!(
-            records,
-            owned(&[("alice", "client:http_requests:last1h", "1999")]),
-            "{engine}"
-        );
-        let alerting = narrowed(
-            RuleSelection {
-                kind: Some(RuleKind::Alerting),
-                ..Default::default()
-            },
-            body,
-            dialect,
-        );
-        assert_eq!(alerting.len(), 3, "{engine}");
-        let by_name = narrowed(
-            RuleSelection {
-                rule_names: vec!["OwnMetricSeen".into(), "AnyServerErrors".into()],
-                ..Default::default()
-            },
-            body,
-            dialect,
-        );
-        assert_eq!(
-            by_name,
-            owned(&[("own-metrics", "OwnMetricSeen", "1999")]),
-            "{engine}"
-        );
-        let by_group = narrowed(
-            RuleSelection {
-                groups: vec!["own-metrics".into(), "shared".into(), "bob".into()],
-                ..Default::default()
-            },
-            body,
-            dialect,
-        );
-        assert_eq!(by_group, owned(&[("own-metrics", "OwnMetricSeen", "1999")]));
-        let by_file = narrowed(
-            RuleSelection {
-                files: vec![tenants_file(body)],
-                ..Default::default()
-            },
-            body,
-            dialect,
-        );
-        assert_eq!(by_file, owned(ALICE_RULES), "{engine}");
+        let own_metric = owned(&[("own-metrics", "OwnMetricSeen", "1999")]);
+        let cases = [
+            (
+                RuleSelection {
+                    kind: Some(RuleKind::Recording),
+                    ..Default::default()
+                },
+                owned(&[("alice", "client:http_requests:last1h", "1999")]),
+            ),
+            (
+                RuleSelection {
+                    kind: Some(RuleKind::Alerting),
+                    ..Default::default()
+                },
+                owned(&[
+                    ("alice", "MemoryHuge", "1999"),
+                    ("alice", "ServerErrors", "1999"),
+                    ("own-metrics", "OwnMetricSeen", "1999"),
+                ]),
+            ),
+            (
+                RuleSelection {
+                    rule_names: vec!["OwnMetricSeen".into(), "AnyServerErrors".into()],
+                    ..Default::default()
+                },
+                own_metric.clone(),
+            ),
+            (
+                RuleSelection {
+                    groups: vec!["own-metrics".into(), "shared".into(), "bob".into()],
+                    ..Default::default()
+                },
+                own_metric,
+            ),
+            (
+                RuleSelection {
+                    files: vec![tenants_file(body)],
+                    ..Default::default()
+                },
+                owned(ALICE_RULES),
+            ),
+        ];
+        for (selection, want) in cases {
+            let got = narrowed(selection.clone(), body, dialect);
+            assert_eq!(got, want, "{engine}: {selection:?}");
+        }
         let no_file = narrowed(
             RuleSelection {
                 files: vec!["elsewhere.yml".into()],

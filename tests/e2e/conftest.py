@@ -16,6 +16,7 @@ runs (`backend = "prometheus"` in the filter's config refuses `extra_label` anyw
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -57,13 +58,7 @@ def vm(workdir):
         end_ms = int(time.time() * 1000)
         server.import_prometheus(seed.exposition(end_ms))
         server.force_flush()
-        server.seed_s = end_ms // 1000
-        server.start_s = server.seed_s - seed.POINTS * seed.STEP_S
-        want = len(seed.ALL_SERIES)
-        wait_until(lambda: len(server.series('{__name__=~".+"}', server.start_s,
-                                             server.seed_s + 60)) == want,
-                   f"{want} seeded series to be queryable", timeout_s=30, proc=server.proc)
-        yield server
+        yield seeded(server, end_ms)
     finally:
         server.stop()
 
@@ -74,15 +69,20 @@ def prom(workdir):
     end_ms = int(time.time() * 1000)
     server = Prometheus(workdir, seed.openmetrics(end_ms))
     try:
-        server.seed_s = end_ms // 1000
-        server.start_s = server.seed_s - seed.POINTS * seed.STEP_S
-        want = len(seed.ALL_SERIES)
-        wait_until(lambda: len(server.series('{__name__=~".+"}', server.start_s,
-                                             server.seed_s + 60)) == want,
-                   f"{want} seeded series to be queryable", timeout_s=30, proc=server.proc)
-        yield server
+        yield seeded(server, end_ms)
     finally:
         server.stop()
+
+
+def seeded(server, end_ms: int):
+    """`server` once it serves every seeded series, with the seed's window on it."""
+    server.seed_s = end_ms // 1000
+    server.start_s = server.seed_s - seed.POINTS * seed.STEP_S
+    want = len(seed.ALL_SERIES)
+    wait_until(lambda: len(server.series('{__name__=~".+"}', server.start_s,
+                                         server.seed_s + 60)) == want,
+               f"{want} seeded series to be queryable", timeout_s=30, proc=server.proc)
+    return server
 
 
 BACKENDS = ["victoriametrics", "prometheus"]
@@ -177,14 +177,21 @@ def envoy_factory(workdir, vm, oidc, wasm):
         factory.stop()
 
 
-@pytest.fixture(scope="session")
-def envoy(workdir, vm, oidc, wasm):
-    """Envoy with the filter and the committed config, exactly as in envoy/envoy.yaml."""
-    proxy = launch(workdir, "envoy-main", filter_config(vm, oidc.port, wasm))
+@contextlib.contextmanager
+def running(workdir: Path, name: str, config: dict):
+    """An Envoy on `config`, ready, stopped on leaving."""
+    proxy = launch(workdir, name, config)
     try:
         yield proxy.wait_ready()
     finally:
         proxy.stop()
+
+
+@pytest.fixture(scope="session")
+def envoy(workdir, vm, oidc, wasm):
+    """Envoy with the filter and the committed config, exactly as in envoy/envoy.yaml."""
+    with running(workdir, "envoy-main", filter_config(vm, oidc.port, wasm)) as proxy:
+        yield proxy
 
 
 def with_plugin(config: dict, **settings: object) -> dict:
@@ -203,11 +210,8 @@ def prometheus_config(prom, oidc_port: int, wasm_path: Path, **extra: object) ->
 @pytest.fixture(scope="session")
 def envoy_prometheus(workdir, prom, oidc, wasm):
     """Envoy in front of Prometheus: the PromQL rewrite is the only line of defence."""
-    proxy = launch(workdir, "envoy-prometheus", prometheus_config(prom, oidc.port, wasm))
-    try:
-        yield proxy.wait_ready()
-    finally:
-        proxy.stop()
+    with running(workdir, "envoy-prometheus", prometheus_config(prom, oidc.port, wasm)) as proxy:
+        yield proxy
 
 
 @pytest.fixture(scope="session")
