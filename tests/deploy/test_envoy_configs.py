@@ -63,8 +63,11 @@ def test_wasm_filter_is_safe(name, wasm, jwks):
     filters = wasm_filters(config)
     assert filters, f"{name}: no wasm filter"
     for f in filters:
-        # A module that fails to load must not turn into a pass-through.
-        assert f.get("failure_policy") == "FAIL_CLOSED", f"{name}: set `failure_policy: FAIL_CLOSED`"
+        # A module that fails must not turn into a pass-through (FAIL_OPEN), and a VM that
+        # traps must be replaced rather than leave its worker refusing everyone
+        # (FAIL_CLOSED); tests/e2e/test_vm_reload.py shows both.
+        assert f.get("failure_policy") == "FAIL_RELOAD", f"{name}: set `failure_policy: FAIL_RELOAD`"
+        assert "fail_open" not in f, f"{name}: `fail_open` is the old, fail-open-or-closed switch"
         # Without it Envoy never hands the filter a POST body (Grafana's default), and
         # every POST query ends in a refusal after a wait.
         assert f.get("allow_on_headers_stop_iteration") is True, (
