@@ -91,6 +91,15 @@ def test_wasm_filter_is_safe(name, wasm, jwks):
     assert shapes.get("UF") == ("error", "unavailable"), f"{name}: map backend failures (UF)"
     assert shapes.get("UC") == ("error", "unavailable"), f"{name}: map backend resets (UC)"
     assert shapes.get("UT") == ("error", "timeout"), f"{name}: map backend timeouts (UT)"
+    # A stream whose Wasm VM failed (trapped, or waiting for FAIL_RELOAD) gets Envoy's own
+    # empty 503 unless a mapper gives it the shape too (tests/e2e/test_vm_reload.py).
+    failed_vm = [
+        mapper["body_format_override"]["json_format"]
+        for mapper in hcm.get("local_reply_config", {}).get("mappers", [])
+        if "wasm_fail_stream" in json.dumps(mapper.get("filter", {}))
+    ]
+    assert [(b.get("status"), b.get("errorType")) for b in failed_vm] == [
+        ("error", "unavailable")], f"{name}: map a failed Wasm VM's 503 (wasm_fail_stream)"
 
 
 # The write endpoints a write-only listener may route (VictoriaMetrics' remote write and
