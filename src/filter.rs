@@ -27,7 +27,9 @@ use crate::api::{self, Plan, Refusal};
 use crate::cache::{
     CacheEntry, CachePolicy, CachedIdentity, FlightClaim, Flights, Joined, LocalCache, FREE_FLIGHT,
 };
-use crate::config::{Config, EngineTimingConfig, IdentitySource, UserinfoConfig};
+use crate::config::{
+    Config, EngineTimingConfig, IdentitySource, UserinfoConfig, DEBUG_TRAP_HEADER,
+};
 use crate::decision::{self, Caller, Decision, RequestHead};
 use crate::identity::{self, UserinfoOutcome};
 use crate::rules::{self, ResponseFilter};
@@ -743,6 +745,12 @@ impl RootContext for FilterRoot {
         if let Some(timing) = &config.debug_time_engine {
             time_engine_once(&config, timing);
         }
+        if config.debug_trap_marker.is_some() {
+            error!(
+                "promql_tenant_filter: debug_trap_marker is set: a request carrying it in \
+                 {DEBUG_TRAP_HEADER} traps this VM; never in production"
+            );
+        }
         if hostcalls::set_tick_period(TICK).is_err() {
             warn!("promql_tenant_filter: could not set the tick period");
         }
@@ -889,6 +897,11 @@ impl Request {
             let refusal = Refusal::unavailable("the request headers could not be read");
             return self.refuse(worker, &refusal);
         };
+        if config.is_debug_trap(headers.get(DEBUG_TRAP_HEADER)) {
+            // `debug_trap_marker`: trap here, where a stack overflow once did.
+            error!("promql_tenant_filter: debug_trap_marker received, trapping this VM");
+            std::process::abort();
+        }
         let head = RequestHead {
             method: headers.get(":method").unwrap_or_default(),
             path: headers.get(":path").unwrap_or_default(),
