@@ -150,7 +150,7 @@ oci: wasm oci-deps $(OCI_BUSYBOX)
 ## No sanitizer: the code under test is safe Rust, and ASan would cost 5x the executions.
 ## Not part of `make test`.
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS := rewrite_query form_codec request_decision
+FUZZ_TARGETS := rewrite_query form_codec request_decision rules_response
 fuzz:
 	@rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
 	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
