@@ -7,10 +7,10 @@ WASM := target/wasm32-wasip1/release/promql_tenant_filter.wasm
 VENV := .venv
 PY_REQUIREMENTS := tests/e2e/requirements.txt tests/deploy/requirements.txt
 
-.PHONY: test deps rust-deps py-deps vm-deps wasm unit lint e2e deploy-check demo demo-check bench oci oci-deps soak fuzz
+.PHONY: test deps rust-deps py-deps vm-deps prom-deps wasm unit lint e2e deploy-check demo demo-check bench oci oci-deps soak fuzz
 
 ## Install everything the tests need on a fresh Debian machine (idempotent).
-deps: rust-deps py-deps vm-deps
+deps: rust-deps py-deps vm-deps prom-deps
 
 rust-deps:
 	@rustup target list --installed | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
@@ -35,11 +35,19 @@ $(VENV)/.installed: $(PY_REQUIREMENTS)
 	$(VENV)/bin/pip install -q --disable-pip-version-check --ignore-requires-python -r tests/deploy/requirements.txt
 	@touch $@
 
-## VictoriaMetrics from Debian: the binary is /usr/bin/victoria-metrics. The package also
-## installs a systemd unit; the tests never use it, they start their own on free ports.
+## VictoriaMetrics from Debian: the binary is /usr/bin/victoria-metrics (and vmalert, the
+## rule engine of the tests). The package also installs a systemd unit; the tests never
+## use it, they start their own on free ports.
 vm-deps:
 	@command -v victoria-metrics >/dev/null || { apt-get update -qq \
 	  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq victoria-metrics >/dev/null; }
+
+## Prometheus from Debian (2.42): /usr/bin/prometheus and /usr/bin/promtool, the second
+## backend of the end-to-end tests (seeded with promtool's TSDB blocks, rules evaluated
+## by Prometheus itself). The package's systemd units are never used either.
+prom-deps:
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { apt-get update -qq \
+	  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; }
 
 ## Build the filter module and print its size.
 wasm: rust-deps
@@ -57,7 +65,8 @@ lint:
 unit:
 	$(CARGO) test --release --no-fail-fast
 
-## End-to-end: real Envoy + the freshly built .wasm, VictoriaMetrics, OIDC provider.
+## End-to-end: real Envoy + the freshly built .wasm, VictoriaMetrics and vmalert,
+## Prometheus, OIDC provider.
 e2e: deps wasm
 	$(VENV)/bin/python -m pytest tests/e2e
 
@@ -141,7 +150,7 @@ oci: wasm oci-deps $(OCI_BUSYBOX)
 ## No sanitizer: the code under test is safe Rust, and ASan would cost 5x the executions.
 ## Not part of `make test`.
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS := rewrite_query form_codec request_decision
+FUZZ_TARGETS := rewrite_query form_codec request_decision rules_response
 fuzz:
 	@rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
 	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked

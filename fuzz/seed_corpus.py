@@ -3,7 +3,8 @@
 
 The seeds are read in place from ../shared/corpus (PROMQL_CORPUS_DIR overrides):
 every expression of promql_corpus.jsonl and every input of prometheus_parse_cases.jsonl,
-wrapped in each target's input format (see the targets' module docs). Files are named by
+wrapped in each target's input format (see the targets' module docs); rules_response's
+are the rule engines' answers in tests/data/rules/. Files are named by
 the SHA-1 of their content, as libFuzzer names its own, so re-running adds nothing twice.
 """
 
@@ -106,6 +107,10 @@ def main():
     for raw in (b"", b"a=1&&b=2&", b"flag&query=rate%28x%5B5m%5D%29", b"q%=1", b"foo=1;query=x",
                 b"x=%e2%82%ac", b"query=a+b&query=%7Bjob%3D%22x%22%7D", b"=&=x&y="):
         write("form_codec", raw, counts)
+    # rules_response: the answers captured from vmalert and Prometheus, under each flag.
+    for answer in sorted((FUZZ_DIR.parent / "tests" / "data" / "rules").glob("*.json")):
+        for flags in range(16):
+            write("rules_response", bytes([flags]) + answer.read_bytes(), counts)
     total = sum(counts.values())
     print(f"seed_corpus: {total} new seed files under {FUZZ_DIR / 'corpus'} {counts}")
 

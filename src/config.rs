@@ -18,6 +18,32 @@ pub const MAX_CACHE_ENTRIES: u64 = 1_000_000;
 pub const MAX_FAILURE_CACHE_TTL_S: u64 = 60;
 /// Largest `timeout_ms`, one minute: a caller waiting longer than that is gone anyway.
 pub const MAX_TIMEOUT_MS: u64 = 60_000;
+/// Default `max_response_bytes`: a rules answer of a few thousand rules.
+pub const DEFAULT_MAX_RESPONSE_BYTES: u64 = 8 * 1024 * 1024;
+/// Largest `max_response_bytes`: the filter holds the answer, and its parsed form,
+/// in the Wasm VM's memory while it filters it.
+pub const MAX_RESPONSE_BYTES: u64 = 128 * 1024 * 1024;
+
+/// The server behind the filter: it decides what differs between the two.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// VictoriaMetrics (single-node or vmselect), rules and alerts from vmalert.
+    #[default]
+    VictoriaMetrics,
+    /// Prometheus, rules and alerts from its own rule engine.
+    Prometheus,
+}
+
+impl Backend {
+    /// The query language the backend reads, the default `dialect`.
+    pub fn dialect(self) -> Dialect {
+        match self {
+            Backend::VictoriaMetrics => Dialect::Metricsql,
+            Backend::Prometheus => Dialect::Promql,
+        }
+    }
+}
 
 /// A configuration error: which field, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,6 +82,8 @@ impl std::error::Error for ConfigError {}
 /// The whole plugin configuration, with every default filled in.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
+    /// The server behind the filter.
+    pub backend: Backend,
     /// The label every selector is confined by, e.g. `client_id`.
     pub tenant_label: String,
     /// Where the caller's identity comes from.
@@ -68,6 +96,9 @@ pub struct Config {
     pub victoriametrics_extra_label: bool,
     /// Largest request body the filter buffers; larger ones get 413.
     pub max_body_bytes: usize,
+    /// Largest backend answer the filter buffers to filter it (rules and alerts);
+    /// larger ones are refused, never passed on unfiltered.
+    pub max_response_bytes: usize,
     /// Debug only: time the engine over these queries at start-up (see
     /// [`crate::timing`]). It delays the plugin's start; never set it in production.
     pub debug_time_engine: Option<EngineTimingConfig>,
@@ -142,21 +173,30 @@ impl Config {
             .map_err(|e| ConfigError::new("", format!("not valid JSON: {e}")))?;
         let top = Fields::new("", &doc)?;
         top.deny_unknown(&[
+            "backend",
             "tenant_label",
             "identity",
             "on_conflict",
             "dialect",
             "victoriametrics_extra_label",
             "max_body_bytes",
+            "max_response_bytes",
             "debug_time_engine",
             "debug_trap_marker",
         ])?;
+        let backend: Backend = top.optional("backend")?.unwrap_or_default();
         let tenant_label: String = top.required("tenant_label")?;
         let on_conflict: ConflictPolicy = top.optional("on_conflict")?.unwrap_or_default();
-        let dialect: Dialect = top.optional("dialect")?.unwrap_or_default();
-        let victoriametrics_extra_label =
-            top.optional("victoriametrics_extra_label")?.unwrap_or(true);
+        let dialect: Dialect = top
+            .optional("dialect")?
+            .unwrap_or_else(|| backend.dialect());
+        let victoriametrics_extra_label = top
+            .optional("victoriametrics_extra_label")?
+            .unwrap_or(backend == Backend::VictoriaMetrics);
         let max_body_bytes: u64 = top.optional("max_body_bytes")?.unwrap_or(1_048_576);
+        let max_response_bytes: u64 = top
+            .optional("max_response_bytes")?
+            .unwrap_or(DEFAULT_MAX_RESPONSE_BYTES);
         let identity_value = top
             .get("identity")
             .ok_or_else(|| ConfigError::new("identity", "missing required field"))?;
@@ -170,19 +210,30 @@ impl Config {
             check_trap_marker(marker)?;
         }
 
+        check_backend(backend, dialect, victoriametrics_extra_label)?;
         check_tenant_label(&tenant_label, victoriametrics_extra_label)?;
         if max_body_bytes == 0 {
             return Err(ConfigError::new("max_body_bytes", "must be greater than 0"));
         }
         let max_body_bytes = usize::try_from(max_body_bytes)
             .map_err(|_| ConfigError::new("max_body_bytes", "too large for this platform"))?;
+        if max_response_bytes == 0 || max_response_bytes > MAX_RESPONSE_BYTES {
+            return Err(ConfigError::new(
+                "max_response_bytes",
+                format!("must be between 1 and {MAX_RESPONSE_BYTES}"),
+            ));
+        }
+        let max_response_bytes = usize::try_from(max_response_bytes)
+            .map_err(|_| ConfigError::new("max_response_bytes", "too large for this platform"))?;
         Ok(Config {
+            backend,
             tenant_label,
             identity,
             on_conflict,
             dialect,
             victoriametrics_extra_label,
             max_body_bytes,
+            max_response_bytes,
             debug_time_engine,
             debug_trap_marker,
         })
@@ -393,6 +444,28 @@ fn parse_claim(value: Option<&Value>) -> Result<Vec<String>, ConfigError> {
     Ok(path)
 }
 
+/// Refuses settings the backend cannot honour: they would look like protection and be
+/// none (Prometheus ignores `extra_label`), or break every query (it reads no MetricsQL).
+fn check_backend(
+    backend: Backend,
+    dialect: Dialect,
+    vm_extra_label: bool,
+) -> Result<(), ConfigError> {
+    if backend == Backend::Prometheus && vm_extra_label {
+        return Err(ConfigError::new(
+            "victoriametrics_extra_label",
+            "must be false with backend \"prometheus\": Prometheus ignores extra_label",
+        ));
+    }
+    if backend == Backend::Prometheus && dialect == Dialect::Metricsql {
+        return Err(ConfigError::new(
+            "dialect",
+            "must be \"promql\" with backend \"prometheus\": Prometheus reads no MetricsQL",
+        ));
+    }
+    Ok(())
+}
+
 fn check_tenant_label(label: &str, vm_extra_label: bool) -> Result<(), ConfigError> {
     const FIELD: &str = "tenant_label";
     if label.is_empty() {
@@ -565,10 +638,14 @@ mod tests {
                 .as_bytes(),
         )
         .unwrap();
+        assert_eq!(c.backend, Backend::VictoriaMetrics);
         assert_eq!(c.on_conflict, ConflictPolicy::And);
-        assert_eq!(c.dialect, Dialect::Promql);
+        // VictoriaMetrics reads MetricsQL: without a `dialect` that is what the filter
+        // parses (before `backend` existed the default was promql for every backend).
+        assert_eq!(c.dialect, Dialect::Metricsql);
         assert!(c.victoriametrics_extra_label);
         assert_eq!(c.max_body_bytes, 1_048_576);
+        assert_eq!(c.max_response_bytes, 8 * 1024 * 1024);
         assert_eq!(
             c.identity.source,
             IdentitySource::Userinfo(UserinfoConfig {
@@ -989,6 +1066,72 @@ mod tests {
         // A quotable UTF-8 name is fine, and `=` is fine without the VM extra label.
         Config::parse(with_label(r#""tenant.id""#, true).as_bytes()).unwrap();
         Config::parse(with_label(r#""a=b""#, false).as_bytes()).unwrap();
+    }
+
+    #[test]
+    fn backend_decides_the_defaults() {
+        let c = Config::parse(
+            br#"{"backend":"prometheus","tenant_label":"t",
+                "identity":{"source":"userinfo","cluster":"c","claim":"t"}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.backend, Backend::Prometheus);
+        assert_eq!(c.dialect, Dialect::Promql);
+        assert!(!c.victoriametrics_extra_label);
+        // `=` in the label is fine where no extra_label is sent.
+        Config::parse(
+            br#"{"backend":"prometheus","tenant_label":"a=b",
+                "identity":{"source":"userinfo","cluster":"c","claim":"t"}}"#,
+        )
+        .unwrap();
+        let c = Config::parse(
+            br#"{"backend":"victoriametrics","dialect":"promql","tenant_label":"t",
+                "identity":{"source":"userinfo","cluster":"c","claim":"t"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (c.backend, c.dialect, c.victoriametrics_extra_label),
+            (Backend::VictoriaMetrics, Dialect::Promql, true)
+        );
+    }
+
+    #[test]
+    fn combinations_the_backend_cannot_honour_are_refused() {
+        let cases = [
+            (
+                r#""victoriametrics_extra_label":true,"#,
+                "victoriametrics_extra_label",
+                "ignores extra_label",
+            ),
+            (r#""dialect":"metricsql","#, "dialect", "no MetricsQL"),
+            (r#""backend2":1,"#, "backend2", "unknown field"),
+        ];
+        for (extra, field, why) in cases {
+            let json = format!(
+                r#"{{"backend":"prometheus","tenant_label":"t",{extra}"identity":{{"source":"userinfo","cluster":"c","claim":"t"}}}}"#
+            );
+            assert_field(&err(&json), field, why);
+        }
+        let unknown = r#"{"backend":"thanos","tenant_label":"t","identity":{"source":"userinfo","cluster":"c","claim":"t"}}"#;
+        assert_field(&err(unknown), "backend", "unknown variant");
+    }
+
+    #[test]
+    fn max_response_bytes_is_bounded() {
+        let with = |n: &str| {
+            format!(
+                r#"{{"tenant_label":"t","max_response_bytes":{n},"identity":{{"source":"userinfo","cluster":"c","claim":"t"}}}}"#
+            )
+        };
+        assert_eq!(
+            Config::parse(with("1000").as_bytes())
+                .unwrap()
+                .max_response_bytes,
+            1000
+        );
+        for bad in ["0", "134217729", "-1", "\"8MiB\""] {
+            assert_eq!(err(&with(bad)).field, "max_response_bytes", "{bad}");
+        }
     }
 
     #[test]

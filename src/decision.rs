@@ -7,7 +7,8 @@
 //!   planned at all, and the credential header says who asks (a bearer token to look
 //!   up, or tenants already verified by Envoy's `jwt_authn`);
 //! - [`finish`]: once the tenants and the body are known, answer locally, refuse, or
-//!   rewrite.
+//!   rewrite (and, for rules and alerts, say how to filter the answer: the plan's
+//!   [`Rewritten::response`]).
 //!
 //! [`decide`] chains the two for one complete request, with the identity lookup's
 //! result passed in. It is what the `request_decision` fuzz target and the regression
@@ -16,6 +17,7 @@
 use crate::api::{self, Action, Plan, QueryRejection, Refusal, RewriteOptions, Rewritten, Tenant};
 use crate::config::{Config, IdentitySource};
 use crate::identity::{self, IdentityError};
+use crate::rules::{self, ResponseFilter};
 use crate::{rewrite, RewriteError, TenantMatcher};
 
 /// What the filter reads from the request headers. `None` is an absent header.
@@ -61,7 +63,7 @@ pub struct Admitted {
 /// The headers half: the endpoint policy first (so an unknown path is 403 whoever
 /// asks), then the body headers when a body follows, then the credential.
 pub fn on_headers(head: &RequestHead<'_>, config: &Config) -> Result<Admitted, Refusal> {
-    let plan = api::plan_request(head.method, head.path)?;
+    let plan = api::plan_request(head.method, head.path, config.backend)?;
     if !head.end_of_stream {
         api::check_content_encoding(head.content_encoding)?;
         api::check_body_headers(
@@ -126,10 +128,22 @@ pub fn finish(
             return Decision::Refuse(Refusal::forbidden(format!("unusable tenant claim: {e}")))
         }
     };
-    // Metadata, rules and alerts are answered for any caller with a tenant.
+    // Metadata is answered for any caller with a tenant.
     if let Action::Answer(answer) = plan.action {
         return Decision::Answer(answer);
     }
+    // Rules and alerts: the engine is asked for the rules, with the caller's own
+    // narrowing kept back to be applied to the answer.
+    let rules_request = match plan.action {
+        Action::FilterRules(view) => match rules::upstream_request(plan, view) {
+            Ok((upstream, selection)) => Some((upstream, view, selection)),
+            Err(refusal) => return Decision::Refuse(refusal),
+        },
+        _ => None,
+    };
+    let plan = rules_request
+        .as_ref()
+        .map_or(plan, |(upstream, ..)| upstream);
     let rewriter = |query: &str| {
         rewrite(query, &matcher, config.on_conflict, config.dialect).map_err(|e| match e {
             RewriteError::Parse(p) => QueryRejection::BadQuery(p.to_string()),
@@ -143,11 +157,35 @@ pub fn finish(
     };
     let options = RewriteOptions {
         victoriametrics_extra_label: config.victoriametrics_extra_label,
+        match_alias: config.backend == crate::config::Backend::VictoriaMetrics,
     };
-    match api::rewrite_request(plan, body, content_type, &tenant, options, &rewriter) {
-        Ok(rewritten) => Decision::Forward(rewritten),
-        Err(refusal) => Decision::Refuse(refusal),
+    let mut rewritten =
+        match api::rewrite_request(plan, body, content_type, &tenant, options, &rewriter) {
+            Ok(rewritten) => rewritten,
+            Err(refusal) => return Decision::Refuse(refusal),
+        };
+    if let Some((upstream, view, selection)) = rules_request {
+        // The engine's path and parameters differ from the client's even when the
+        // rewrite left them alone.
+        if rewritten.path.is_none() {
+            rewritten.path = Some(if upstream.raw_query.is_empty() {
+                upstream.raw_path.clone()
+            } else {
+                format!("{}?{}", upstream.raw_path, upstream.raw_query)
+            });
+        }
+        rewritten.response = Some(ResponseFilter {
+            view,
+            selection,
+            tenant_label: config.tenant_label.clone(),
+            tenants: matcher.values().to_vec(),
+            // vmalert hands its rules to VictoriaMetrics, which reads MetricsQL whatever
+            // `dialect` the filter parses the clients' queries in.
+            dialect: config.backend.dialect(),
+            max_bytes: config.max_response_bytes,
+        });
     }
+    Decision::Forward(rewritten)
 }
 
 /// One complete request: the headers, the body (`None` when the headers ended the
@@ -198,13 +236,22 @@ mod tests {
         Ok(values.iter().map(|v| v.to_string()).collect())
     }
 
+    fn forwarded(d: Decision) -> Rewritten {
+        match d {
+            Decision::Forward(r) => r,
+            other => panic!("not forwarded: {other:?}"),
+        }
+    }
+
     #[test]
     fn a_query_is_forwarded_rewritten() {
         let c = config(r#","victoriametrics_extra_label":false"#);
-        let d = decide(&get("/api/v1/query?query=up"), None, tenants(&["7"]), &c);
-        let Decision::Forward(r) = d else {
-            panic!("{d:?}")
-        };
+        let r = forwarded(decide(
+            &get("/api/v1/query?query=up"),
+            None,
+            tenants(&["7"]),
+            &c,
+        ));
         assert_eq!(
             r.path.as_deref(),
             Some("/api/v1/query?query=up%7Bclient_id%3D%227%22%7D")
@@ -297,15 +344,17 @@ mod tests {
     fn local_answers_need_an_identity_but_no_rewrite() {
         let c = config("");
         assert_eq!(
-            decide(&get("/api/v1/rules"), None, tenants(&["7"]), &c),
-            Decision::Answer(api::RULES_ANSWER)
+            decide(&get("/api/v1/metadata"), None, tenants(&["7"]), &c),
+            Decision::Answer(api::METADATA_ANSWER)
         );
         // Found by the request_decision fuzz target: an unusable tenant used to get the
         // local answers all the same.
-        assert!(matches!(
-            decide(&get("/api/v1/rules"), None, tenants(&[""]), &c),
-            Decision::Refuse(Refusal { status: 403, .. })
-        ));
+        for path in ["/api/v1/metadata", "/api/v1/rules", "/api/v1/alerts"] {
+            assert!(matches!(
+                decide(&get(path), None, tenants(&[""]), &c),
+                Decision::Refuse(Refusal { status: 403, .. })
+            ));
+        }
         let no_token = RequestHead {
             credential: None,
             ..get("/api/v1/rules")
@@ -314,6 +363,58 @@ mod tests {
             decide(&no_token, None, tenants(&["7"]), &c),
             Decision::Refuse(Refusal { status: 401, .. })
         ));
+    }
+
+    #[test]
+    fn rules_and_alerts_ask_the_engine_and_filter_its_answer() {
+        use crate::config::Backend;
+        use crate::rules::{RuleKind, RuleView};
+        for (backend, extra, dialect) in [
+            (Backend::VictoriaMetrics, "", crate::Dialect::Metricsql),
+            (
+                Backend::Prometheus,
+                r#","backend":"prometheus""#,
+                crate::Dialect::Promql,
+            ),
+        ] {
+            let c = config(&format!(r#"{extra},"max_response_bytes":5000"#));
+            let r = forwarded(decide(
+                &get("/api/v1/alerts?rule_group[]=g&exclude_alerts=true&group_limit=2"),
+                None,
+                tenants(&["7", "8", "7"]),
+                &c,
+            ));
+            assert_eq!(
+                r.path.as_deref(),
+                Some("/api/v1/rules?type=alert&match%5B%5D=%7Bclient_id%3D~%227%7C8%22%7D")
+            );
+            let filter = r.response.expect("a response filter");
+            assert_eq!(filter.view, RuleView::Alerts);
+            assert_eq!(filter.selection.kind, Some(RuleKind::Alerting));
+            assert_eq!(filter.selection.groups, ["g"]);
+            assert_eq!(filter.tenants, ["7", "8"]);
+            assert_eq!(filter.tenant_label, "client_id");
+            assert_eq!(filter.dialect, dialect, "{backend:?}");
+            assert_eq!(filter.max_bytes, 5000);
+            // No extra_label to a rule engine, whatever the setting.
+            let r = forwarded(decide(&get("/api/v1/rules"), None, tenants(&["7"]), &c));
+            assert_eq!(
+                r.path.as_deref(),
+                Some("/api/v1/rules?match%5B%5D=%7Bclient_id%3D%227%22%7D")
+            );
+            assert!(matches!(
+                decide(&get("/api/v1/rules?type=x"), None, tenants(&["7"]), &c),
+                Decision::Refuse(Refusal { status: 400, .. })
+            ));
+        }
+        // Other endpoints have no response filter.
+        let c = config("");
+        let Decision::Forward(r) =
+            decide(&get("/api/v1/query?query=up"), None, tenants(&["7"]), &c)
+        else {
+            panic!()
+        };
+        assert_eq!(r.response, None);
     }
 
     #[test]

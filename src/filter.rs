@@ -18,6 +18,10 @@
 //!   root context adopts them on its next tick and asks again from its own callback.
 //! - The SDK's hostcall wrappers panic on unexpected host statuses; the filter only
 //!   edits headers and bodies while Envoy still holds them, so none is expected.
+//! - Response stage (rules and alerts, [`crate::rules`]): pausing the response headers
+//!   holds them, and with `allow_on_headers_stop_iteration` the body callbacks still
+//!   come; at the end of the body the held headers and the buffered body can both be
+//!   rewritten before returning `Continue`.
 
 use crate::api::{self, Plan, Refusal};
 use crate::cache::{
@@ -28,6 +32,7 @@ use crate::config::{
 };
 use crate::decision::{self, Caller, Decision, RequestHead};
 use crate::identity::{self, UserinfoOutcome};
+use crate::rules::{self, ResponseFilter};
 use crate::TenantMatcher;
 use log::{debug, error, info, warn};
 use proxy_wasm::hostcalls;
@@ -823,6 +828,31 @@ struct Request {
     body_size: usize,
     /// The callout this request leads, if any.
     callout: Option<u32>,
+    /// How to filter the backend's answer, for rules and alerts.
+    response: Option<ResponseStage>,
+}
+
+/// The answer of a request whose response the filter rewrites.
+struct ResponseStage {
+    filter: ResponseFilter,
+    /// The backend's `:status`.
+    status: u16,
+    /// Decided before the body was all in: the answer the caller gets instead.
+    refusal: Option<Refusal>,
+    /// Bytes of the answer Envoy holds so far.
+    buffered: usize,
+    done: Replaced,
+}
+
+/// How far the replacement of the engine's answer went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Replaced {
+    /// Not yet: the answer is being buffered.
+    No,
+    /// Written into the held headers and body: later body data (past the bound) is dropped.
+    InPlace,
+    /// Answered with a local reply: the callbacks it runs through pass it unchanged.
+    Locally,
 }
 
 impl Request {
@@ -837,6 +867,7 @@ impl Request {
             body: None,
             body_size: 0,
             callout: None,
+            response: None,
         }
     }
 
@@ -1019,6 +1050,22 @@ impl Request {
                     "content-length",
                 ));
         }
+        if let Some(filter) = rewritten.response {
+            // The engines compress when asked to; the filter reads plain JSON only.
+            for name in rules::UPSTREAM_HEADERS_TO_REMOVE {
+                written = written.and(hostcalls::remove_map_value(
+                    MapType::HttpRequestHeaders,
+                    name,
+                ));
+            }
+            self.response = Some(ResponseStage {
+                filter,
+                status: 0,
+                refusal: None,
+                buffered: 0,
+                done: Replaced::No,
+            });
+        }
         if written.is_err() {
             return self.refuse(
                 worker,
@@ -1065,6 +1112,128 @@ impl Request {
     }
 }
 
+impl ResponseStage {
+    /// Response headers: hold them until the body is in, unless there is none.
+    fn on_headers(&mut self, end_of_stream: bool) -> Action {
+        if self.done != Replaced::No {
+            return Action::Continue;
+        }
+        let header = |name| {
+            hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, name)
+                .ok()
+                .flatten()
+        };
+        self.status = header(":status")
+            .and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok())
+            .unwrap_or(0);
+        let encoding = header("content-encoding");
+        let length = header("content-length");
+        if let Err(refusal) = self
+            .filter
+            .check_headers(encoding.as_deref(), length.as_deref())
+        {
+            self.refusal = Some(refusal);
+        }
+        if end_of_stream {
+            // Nothing to filter and no body to replace: answer anew.
+            let (status, body) = self.replacement(&[]);
+            self.done = Replaced::Locally;
+            let _ = hostcalls::send_http_response(
+                status,
+                vec![("content-type", "application/json")],
+                Some(&body),
+            );
+        }
+        Action::Pause
+    }
+
+    /// Response body: buffer to the end (within the bound), then replace it.
+    fn on_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        match self.done {
+            Replaced::No => {}
+            Replaced::Locally => return Action::Continue,
+            Replaced::InPlace => {
+                // Past the replacement (an answer over the bound): drop what follows.
+                let _ = hostcalls::set_buffer(BufferType::HttpResponseBody, 0, body_size, &[]);
+                return Action::Continue;
+            }
+        }
+        self.buffered = body_size;
+        if body_size > self.filter.max_bytes && self.refusal.is_none() {
+            self.refusal = Some(self.filter.too_large());
+        }
+        if !end_of_stream && self.refusal.is_none() {
+            return Action::Pause;
+        }
+        let body = if self.refusal.is_none() {
+            hostcalls::get_buffer(BufferType::HttpResponseBody, 0, body_size)
+                .ok()
+                .flatten()
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        if self.refusal.is_none() && body.len() != body_size {
+            self.refusal = Some(Refusal::unavailable(
+                "the rule engine's answer could not be read",
+            ));
+        }
+        let (status, replacement) = self.replacement(&body);
+        self.done = Replaced::InPlace;
+        let status = status.to_string();
+        let written = hostcalls::set_map_value_bytes(
+            MapType::HttpResponseHeaders,
+            ":status",
+            Some(status.as_bytes()),
+        )
+        .and(hostcalls::set_map_value_bytes(
+            MapType::HttpResponseHeaders,
+            "content-type",
+            Some(b"application/json"),
+        ))
+        .and(hostcalls::remove_map_value(
+            MapType::HttpResponseHeaders,
+            "content-length",
+        ))
+        .and(hostcalls::remove_map_value(
+            MapType::HttpResponseHeaders,
+            "content-encoding",
+        ))
+        .and(hostcalls::set_buffer(
+            BufferType::HttpResponseBody,
+            0,
+            body_size,
+            &replacement,
+        ));
+        if written.is_err() {
+            // The engine's answer must not pass as it is: reset the stream instead.
+            let refusal = Refusal::unavailable("the rule engine's answer could not be filtered");
+            self.done = Replaced::Locally;
+            let _ = hostcalls::send_http_response(503, refusal.headers(), Some(&refusal.body()));
+            return Action::Pause;
+        }
+        Action::Continue
+    }
+
+    /// The status and body the caller gets for the engine's answer `body`.
+    fn replacement(&self, body: &[u8]) -> (u32, Vec<u8>) {
+        let result = match &self.refusal {
+            Some(refusal) => Err(refusal.clone()),
+            None => self.filter.filter(self.status, body),
+        };
+        match result {
+            Ok(filtered) => (200, filtered),
+            Err(refusal) => {
+                debug!(
+                    "promql_tenant_filter: rule engine answer refused: {}",
+                    refusal.message
+                );
+                (u32::from(refusal.status), refusal.body())
+            }
+        }
+    }
+}
+
 /// One HTTP stream. The state lives behind an `Rc` so that another context's callout
 /// response can finish this request while it is parked.
 struct FilterHttp {
@@ -1087,6 +1256,19 @@ impl FilterHttp {
                 .insert(self.context_id, Rc::clone(&self.request));
         }
         action
+    }
+
+    /// Runs `f` on the response stage of a forwarded request that has one; any other
+    /// answer (the filter's own replies included) passes unchanged.
+    fn with_response_stage(&self, f: impl FnOnce(&mut ResponseStage) -> Action) -> Action {
+        let Ok(mut request) = self.request.try_borrow_mut() else {
+            return Action::Pause;
+        };
+        let forwarded = request.stage == Stage::Forwarded;
+        match request.response.as_mut() {
+            Some(stage) if forwarded => f(stage),
+            _ => Action::Continue,
+        }
     }
 
     fn fail_closed(&self) -> Action {
@@ -1204,6 +1386,32 @@ impl HttpContext for FilterHttp {
             Stage::Forwarded => Action::Continue,
             _ => Action::Pause,
         }
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        self.with_response_stage(|stage| stage.on_headers(end_of_stream))
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        self.with_response_stage(|stage| stage.on_body(body_size, end_of_stream))
+    }
+
+    fn on_http_response_trailers(&mut self, _num_trailers: usize) -> Action {
+        // Trailers end the body. The engines send none over HTTP/1.1; an answer with
+        // them is refused rather than read in a way it was not sent.
+        self.with_response_stage(|stage| {
+            if stage.done == Replaced::No {
+                stage.refusal.get_or_insert_with(|| {
+                    Refusal::upstream(
+                        502,
+                        crate::api::ErrorType::Internal,
+                        "the rule engine's answer had trailers",
+                    )
+                });
+                let _ = stage.on_body(stage.buffered, true);
+            }
+            Action::Continue
+        })
     }
 }
 

@@ -14,6 +14,11 @@ use std::collections::HashMap;
 struct Stream {
     headers: Vec<(String, Vec<u8>)>,
     body: Vec<u8>,
+    /// The backend's answer, as Envoy holds it while the filter sees it.
+    response_headers: Vec<(String, Vec<u8>)>,
+    response_body: Vec<u8>,
+    /// What of the answer Envoy passed on to the client.
+    body_passed: Vec<u8>,
     resumed: bool,
     reply: Option<Reply>,
 }
@@ -128,6 +133,10 @@ fn map_of(host: &mut Host, map: MapType) -> Option<&mut Vec<(String, Vec<u8>)>> 
             host.streams.get_mut(&id).map(|s| &mut s.headers)
         }
         MapType::HttpCallResponseHeaders => host.response.as_mut().map(|r| &mut r.0),
+        MapType::HttpResponseHeaders => {
+            let id = host.effective;
+            host.streams.get_mut(&id).map(|s| &mut s.response_headers)
+        }
         _ => None,
     }
 }
@@ -174,6 +183,9 @@ unsafe extern "C" fn proxy_get_buffer_bytes(
     let data = with_host(|h| match buffer {
         BufferType::PluginConfiguration => Some(h.configuration.clone()),
         BufferType::HttpRequestBody => h.streams.get(&h.effective).map(|s| s.body.clone()),
+        BufferType::HttpResponseBody => {
+            h.streams.get(&h.effective).map(|s| s.response_body.clone())
+        }
         BufferType::HttpCallResponseBody => h.response.as_ref().map(|r| r.1.clone()),
         _ => None,
     });
@@ -205,6 +217,12 @@ unsafe extern "C" fn proxy_set_buffer_bytes(
                 assert_eq!(start, 0);
                 let size = size.min(stream.body.len());
                 stream.body.splice(0..size, new);
+                Status::Ok
+            }
+            (BufferType::HttpResponseBody, Some(stream)) => {
+                assert_eq!(start, 0);
+                let size = size.min(stream.response_body.len());
+                stream.response_body.splice(0..size, new);
                 Status::Ok
             }
             _ => Status::BadArgument,
@@ -594,6 +612,12 @@ extern "C" {
     fn proxy_on_request_headers(context_id: u32, num_headers: usize, end_of_stream: bool)
         -> Action;
     fn proxy_on_request_body(context_id: u32, body_size: usize, end_of_stream: bool) -> Action;
+    fn proxy_on_response_headers(
+        context_id: u32,
+        num_headers: usize,
+        end_of_stream: bool,
+    ) -> Action;
+    fn proxy_on_response_body(context_id: u32, body_size: usize, end_of_stream: bool) -> Action;
     fn proxy_on_http_call_response(
         context_id: u32,
         token: u32,
@@ -704,6 +728,41 @@ impl Vm {
         let headers = usize::from(status.is_some());
         unsafe { proxy_on_http_call_response(context, token, headers, body.len(), 0) };
         with_host(|h| h.response = None);
+    }
+
+    /// The backend answers request `id`: its headers, then the body in `chunks` (none:
+    /// a headers-only answer), buffered as Envoy buffers it while the filter pauses.
+    /// Returns the filter's action for the headers and for each chunk.
+    fn upstream_answers(&self, id: u32, headers: &[(&str, &str)], chunks: &[&str]) -> Vec<Action> {
+        with_host(|h| {
+            let stream = h.streams.get_mut(&id).unwrap();
+            stream.response_headers = headers
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+                .collect();
+            h.effective = id;
+        });
+        let mut actions =
+            vec![unsafe { proxy_on_response_headers(id, headers.len(), chunks.is_empty()) }];
+        for (i, chunk) in chunks.iter().enumerate() {
+            let size = with_host(|h| {
+                h.effective = id;
+                let stream = h.streams.get_mut(&id).unwrap();
+                stream.response_body.extend_from_slice(chunk.as_bytes());
+                stream.response_body.len()
+            });
+            let action = unsafe { proxy_on_response_body(id, size, i + 1 == chunks.len()) };
+            if action == Action::Continue {
+                // Envoy passes what it held on and buffers anew.
+                with_host(|h| {
+                    let stream = h.streams.get_mut(&id).unwrap();
+                    let passed = std::mem::take(&mut stream.response_body);
+                    stream.body_passed.extend(passed);
+                });
+            }
+            actions.push(action);
+        }
+        actions
     }
 
     fn end(&self, id: u32) {
@@ -1648,4 +1707,156 @@ fn reject_policy_refuses_another_tenants_matcher() {
         (reply.status, error_type(&reply).as_str()),
         (403, "forbidden")
     );
+}
+
+// ---- The response stage: rules and alerts -------------------------------------------
+
+const JWT_CONFIG: &str = r#"{"tenant_label":"client_id","max_response_bytes":2000,
+  "identity":{"source":"jwt_payload_header","claim":"client_id"}}"#;
+/// `{"client_id":"1999"}`, as `jwt_authn` forwards it.
+const ALICE_PAYLOAD: &str = "eyJjbGllbnRfaWQiOiIxOTk5In0";
+
+fn rules_answer(rules: &[(&str, &str)]) -> String {
+    let rules: Vec<serde_json::Value> = rules
+        .iter()
+        .map(|(name, tenant)| {
+            serde_json::json!({"name": name, "type": "recording",
+                "query": format!("sum(x{{client_id=\"{tenant}\"}})"),
+                "labels": {"client_id": tenant}})
+        })
+        .collect();
+    serde_json::json!({"status": "success", "data": {"groups": [{"name": "g", "rules": rules}]}})
+        .to_string()
+}
+
+fn ask_rules(vm: &Vm, id: u32) {
+    let action = vm.request(
+        1,
+        id,
+        "GET",
+        "/api/v1/rules",
+        &[
+            ("x-jwt-payload", ALICE_PAYLOAD),
+            ("accept-encoding", "gzip"),
+        ],
+        None,
+    );
+    assert_eq!(action, Action::Continue);
+}
+
+fn response_header(vm: &Vm, id: u32, name: &str) -> Option<String> {
+    vm.stream(id)
+        .response_headers
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+}
+
+#[test]
+fn a_rules_answer_is_held_whole_and_replaced_by_the_tenants_part() {
+    let vm = Vm::new();
+    assert!(vm.configure(1, JWT_CONFIG));
+    ask_rules(&vm, 2);
+    let stream = vm.stream(2);
+    assert!(stream.headers.iter().all(|(n, _)| n != "accept-encoding"));
+    let answer = rules_answer(&[("mine", "1999"), ("theirs", "2000")]);
+    let (first, second) = answer.split_at(answer.len() / 2);
+    let actions = vm.upstream_answers(
+        2,
+        &[
+            (":status", "200"),
+            ("content-length", "999"),
+            ("content-type", "application/json"),
+        ],
+        &[first, second],
+    );
+    assert_eq!(actions, [Action::Pause, Action::Pause, Action::Continue]);
+    let passed = String::from_utf8(vm.stream(2).body_passed).unwrap();
+    assert!(
+        passed.contains("mine") && !passed.contains("theirs"),
+        "{passed}"
+    );
+    assert_eq!(response_header(&vm, 2, ":status").as_deref(), Some("200"));
+    assert_eq!(response_header(&vm, 2, "content-length"), None);
+    assert_eq!(vm.reply(2), None);
+}
+
+#[test]
+fn an_answer_over_the_bound_is_replaced_at_once_and_the_rest_dropped() {
+    let vm = Vm::new();
+    assert!(vm.configure(1, JWT_CONFIG));
+    ask_rules(&vm, 2);
+    let big = rules_answer(&[("theirs", "2000"); 40]);
+    assert!(big.len() > 2000);
+    let (first, rest) = big.split_at(2100);
+    let actions = vm.upstream_answers(2, &[(":status", "200")], &[first, rest]);
+    assert_eq!(actions, [Action::Pause, Action::Continue, Action::Continue]);
+    let passed = String::from_utf8(vm.stream(2).body_passed).unwrap();
+    let body: serde_json::Value = serde_json::from_str(&passed).unwrap();
+    assert_eq!(body["errorType"], "internal");
+    assert!(!passed.contains("theirs"));
+    assert_eq!(response_header(&vm, 2, ":status").as_deref(), Some("502"));
+    // Announced larger: refused without reading it.
+    ask_rules(&vm, 3);
+    let answer = rules_answer(&[("mine", "1999")]);
+    vm.upstream_answers(
+        3,
+        &[(":status", "200"), ("content-length", "5000")],
+        &[&answer],
+    );
+    assert!(!String::from_utf8(vm.stream(3).body_passed)
+        .unwrap()
+        .contains("mine"));
+}
+
+#[test]
+fn a_compressed_or_failed_answer_never_passes() {
+    let vm = Vm::new();
+    assert!(vm.configure(1, JWT_CONFIG));
+    let answer = rules_answer(&[("mine", "1999")]);
+    for (id, headers) in [
+        (2, vec![(":status", "200"), ("content-encoding", "gzip")]),
+        (3, vec![(":status", "503")]),
+    ] {
+        ask_rules(&vm, id);
+        vm.upstream_answers(id, &headers, &[&answer]);
+        let passed = String::from_utf8(vm.stream(id).body_passed).unwrap();
+        assert!(!passed.contains("mine"), "{passed}");
+        let body: serde_json::Value = serde_json::from_str(&passed).unwrap();
+        assert_eq!(body["status"], "error");
+        assert_eq!(response_header(&vm, id, "content-encoding"), None);
+    }
+    // An answer without a body is answered anew.
+    ask_rules(&vm, 4);
+    assert_eq!(
+        vm.upstream_answers(4, &[(":status", "200")], &[]),
+        [Action::Pause]
+    );
+    assert_eq!(vm.reply(4).map(|r| r.status), Some(502));
+}
+
+#[test]
+fn other_answers_pass_untouched() {
+    let vm = Vm::new();
+    assert!(vm.configure(1, JWT_CONFIG));
+    let action = vm.request(
+        1,
+        2,
+        "GET",
+        "/api/v1/query?query=up",
+        &[
+            ("x-jwt-payload", ALICE_PAYLOAD),
+            ("accept-encoding", "gzip"),
+        ],
+        None,
+    );
+    assert_eq!(action, Action::Continue);
+    assert!(vm
+        .stream(2)
+        .headers
+        .iter()
+        .any(|(n, _)| n == "accept-encoding"));
+    let actions = vm.upstream_answers(2, &[(":status", "200")], &["anything"]);
+    assert_eq!(actions, [Action::Continue, Action::Continue]);
+    assert_eq!(vm.stream(2).body_passed, b"anything");
 }

@@ -118,12 +118,18 @@ fn lone_carriage_return_in_a_comment_is_refused() {
 /// request_decision: `POST /api/v1/rules` with a valid token whose lookup gave an
 /// empty tenant value. The local answers (rules, alerts, metadata) went out before the
 /// tenant was checked; now every endpoint refuses a caller without a usable tenant.
+/// Rules and alerts are no longer local answers: they go to the rule engine, by GET
+/// only (Prometheus serves them so), and come back filtered.
 #[test]
 fn local_answers_need_a_usable_tenant() {
     let c = config(r#","max_body_bytes":64"#);
-    for path in ["/api/v1/rules", "/api/v1/alerts", "/api/v1/metadata"] {
+    for (method, path) in [
+        (&b"GET"[..], "/api/v1/rules"),
+        (b"GET", "/api/v1/alerts"),
+        (b"POST", "/api/v1/metadata"),
+    ] {
         let head = RequestHead {
-            method: b"POST",
+            method,
             path: path.as_bytes(),
             content_type: Some(b"end()G9rZlimitkW4tYWJjZG\xa5Vm"),
             content_encoding: Some(b"Z2hpams"),
@@ -135,10 +141,21 @@ fn local_answers_need_a_usable_tenant() {
             Decision::Refuse(r) => assert_eq!(r.status, 403, "{path}"),
             other => panic!("{path}: {other:?}"),
         }
-        assert!(matches!(
-            decide(&head, None, tenant("1999"), &c),
-            Decision::Answer(_)
-        ));
+        match decide(&head, None, tenant("1999"), &c) {
+            Decision::Answer(_) => assert_eq!(path, "/api/v1/metadata"),
+            Decision::Forward(r) => assert!(r.response.is_some(), "{path}"),
+            other => panic!("{path}: {other:?}"),
+        }
+        let post = RequestHead {
+            method: b"POST",
+            ..head
+        };
+        if path != "/api/v1/metadata" {
+            match decide(&post, None, tenant("1999"), &c) {
+                Decision::Refuse(r) => assert_eq!(r.status, 405, "{path}"),
+                other => panic!("{path}: {other:?}"),
+            }
+        }
     }
 }
 

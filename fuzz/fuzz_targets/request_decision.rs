@@ -21,7 +21,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use promql_tenant_filter::api::{self, Action, Refusal};
-use promql_tenant_filter::config::{Config, IdentitySource};
+use promql_tenant_filter::config::{Backend, Config, IdentitySource};
 use promql_tenant_filter::decision::{decide, Decision, RequestHead};
 use promql_tenant_filter::form::Params;
 use promql_tenant_filter::identity::{self, IdentityError};
@@ -88,7 +88,7 @@ fuzz_target!(|data: &[u8]| {
     match &decision {
         Decision::Refuse(refusal) => check_refusal(refusal),
         Decision::Answer(_) | Decision::Forward(_) => {
-            let plan = api::plan_request(method, path)
+            let plan = api::plan_request(method, path, config.backend)
                 .unwrap_or_else(|r| panic!("let through a request planning refuses: {r:?}"));
             let tenants = verified_tenants(&config, head.credential, looked_up)
                 .expect("let through without a verified identity");
@@ -97,6 +97,19 @@ fuzz_target!(|data: &[u8]| {
                 return;
             };
             assert!(!matches!(plan.action, Action::Answer(_)));
+            // Rules and alerts: the answer is filtered for exactly the caller's tenants.
+            match (&plan.action, &rewritten.response) {
+                (Action::FilterRules(view), Some(filter)) => {
+                    assert_eq!(filter.view, *view);
+                    let matcher = TenantMatcher::new(&config.tenant_label, &tenants).unwrap();
+                    assert_eq!(filter.tenants, matcher.values());
+                    assert_eq!(filter.tenant_label, config.tenant_label);
+                    assert_eq!(filter.max_bytes, config.max_response_bytes);
+                }
+                (Action::FilterRules(_), None) => panic!("rules forwarded without a filter"),
+                (_, Some(_)) => panic!("a response filter on {:?}", plan.action),
+                (_, None) => {}
+            }
             if let Some(b) = body {
                 assert!(
                     b.len() <= config.max_body_bytes,
@@ -250,13 +263,17 @@ fn check_forwarded(
     let targets: &[&str] = match action {
         Action::RewriteQuery => &["query"],
         Action::RewriteMatch => &["match[]", "match"],
+        Action::FilterRules(_) => &["match[]"],
         _ => &[],
     };
     let mut selectors = 0;
     for (name, value) in &params {
         if targets.contains(&name.as_str()) {
             check_confined(value, config.dialect, &expected);
-            selectors += 1;
+            // Prometheus reads no `match` alias: only `match[]` selects there.
+            if name != "match" || config.backend == Backend::VictoriaMetrics {
+                selectors += 1;
+            }
         }
         match name.as_str() {
             "extra_label" => {
@@ -278,7 +295,7 @@ fn check_forwarded(
             _ => {}
         }
     }
-    if *action == Action::RewriteMatch {
+    if matches!(action, Action::RewriteMatch | Action::FilterRules(_)) {
         assert!(
             selectors > 0,
             "the backend sees no match[]: it would answer for every tenant\n  path: {final_path:?}\n  body: {:?}",

@@ -126,7 +126,15 @@ pub fn config_from_flags(flags: u8) -> Config {
     } else {
         64
     };
+    // Prometheus reads PromQL only and ignores extra_label: the config refuses both.
+    let prometheus = flags & 0b1000_0000 != 0;
+    let (backend, dialect, extra_label) = if prometheus {
+        ("prometheus", "promql", false)
+    } else {
+        ("victoriametrics", dialect, extra_label)
+    };
     let json = serde_json::json!({
+        "backend": backend,
         "tenant_label": label,
         "on_conflict": policy,
         "dialect": dialect,

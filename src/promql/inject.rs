@@ -198,7 +198,7 @@ pub fn rewrite(
 /// (`instance`, `job`) of `v`'s series alone, so another tenant's info series with the
 /// same instance and job would lend its labels to ours. With a second argument, every
 /// matcher of that selector (ours included) takes part in selecting the info series.
-fn unconfinable_call(expr: &super::ast::Expr<'_>) -> Option<usize> {
+pub(crate) fn unconfinable_call(expr: &super::ast::Expr<'_>) -> Option<usize> {
     let mut found = None;
     expr.for_each_node(&mut |node| {
         if let super::ast::ExprKind::Call(call) = &node.kind {

@@ -1,14 +1,22 @@
-"""Fixtures of the end-to-end tests: real VictoriaMetrics, OIDC provider and Envoy.
+"""Fixtures of the end-to-end tests: real VictoriaMetrics, Prometheus, OIDC provider and
+Envoy.
 
-Session-wide: one VictoriaMetrics seeded with both tenants' series, one OIDC provider
-with the users, tokens from its authorization-code flow, and one Envoy running the built
-filter with `envoy/envoy.yaml`. Tests that need another config (short cache, broken IdP,
-bad plugin config) start their own Envoy through `envoy_factory`, stopped after the test.
-Logs of every process are kept under the session's temporary directory.
+Session-wide: one VictoriaMetrics and one Prometheus seeded with both tenants' series,
+one OIDC provider with the users, tokens from its authorization-code flow, and Envoys
+running the built filter with `envoy/envoy.yaml`. Tests that need another config (short
+cache, broken IdP, bad plugin config) start their own Envoy through `envoy_factory`,
+stopped after the test. Logs of every process are kept under the session's temporary
+directory.
+
+The isolation and adversarial suites take the `backend` parameter ("victoriametrics",
+"prometheus"): `store` is that backend's server and `proxy` (in those suites) an Envoy
+in front of it. Prometheus ignores `extra_label`, so there only the rewrite-only Envoy
+runs (`backend = "prometheus"` in the filter's config refuses `extra_label` anyway).
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -21,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import envoy_config  # noqa: E402
 import seed  # noqa: E402
 from procs import free_port, stop_all, wait_until  # noqa: E402
-from services import Envoy, OidcProvider, VictoriaMetrics  # noqa: E402
+from services import Envoy, OidcProvider, Prometheus, VictoriaMetrics  # noqa: E402
 
 WASM = envoy_config.REPO / "target/wasm32-wasip1/release/promql_tenant_filter.wasm"
 USERS = {
@@ -50,15 +58,46 @@ def vm(workdir):
         end_ms = int(time.time() * 1000)
         server.import_prometheus(seed.exposition(end_ms))
         server.force_flush()
-        server.seed_s = end_ms // 1000
-        server.start_s = server.seed_s - seed.POINTS * seed.STEP_S
-        want = len(seed.ALL_SERIES)
-        wait_until(lambda: len(server.series('{__name__=~".+"}', server.start_s,
-                                             server.seed_s + 60)) == want,
-                   f"{want} seeded series to be queryable", timeout_s=30, proc=server.proc)
-        yield server
+        yield seeded(server, end_ms)
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def prom(workdir):
+    """Prometheus started on blocks of every series of seed.py, queryable at once."""
+    end_ms = int(time.time() * 1000)
+    server = Prometheus(workdir, seed.openmetrics(end_ms))
+    try:
+        yield seeded(server, end_ms)
+    finally:
+        server.stop()
+
+
+def seeded(server, end_ms: int):
+    """`server` once it serves every seeded series, with the seed's window on it."""
+    server.seed_s = end_ms // 1000
+    server.start_s = server.seed_s - seed.POINTS * seed.STEP_S
+    want = len(seed.ALL_SERIES)
+    wait_until(lambda: len(server.series('{__name__=~".+"}', server.start_s,
+                                         server.seed_s + 60)) == want,
+               f"{want} seeded series to be queryable", timeout_s=30, proc=server.proc)
+    return server
+
+
+BACKENDS = ["victoriametrics", "prometheus"]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request) -> str:
+    """The server behind the filter, by its `backend` setting's name."""
+    return request.param
+
+
+@pytest.fixture
+def store(request, backend):
+    """The seeded server of `backend`: VictoriaMetrics or Prometheus."""
+    return request.getfixturevalue("vm" if backend == "victoriametrics" else "prom")
 
 
 @pytest.fixture(scope="session")
@@ -85,6 +124,7 @@ def wasm() -> Path:
 
 def filter_config(vm, oidc_port: int, wasm_path: Path,
                   template: str = "envoy.yaml", **extra: object) -> dict:
+    # `vm`: the backend server, VictoriaMetrics or Prometheus (anything with a `port`).
     """A committed template filled in for this session; returns the config and its ports."""
     listen, admin = free_port(), free_port()
     config = envoy_config.render(
@@ -137,14 +177,41 @@ def envoy_factory(workdir, vm, oidc, wasm):
         factory.stop()
 
 
-@pytest.fixture(scope="session")
-def envoy(workdir, vm, oidc, wasm):
-    """Envoy with the filter and the committed config, exactly as in envoy/envoy.yaml."""
-    proxy = launch(workdir, "envoy-main", filter_config(vm, oidc.port, wasm))
+@contextlib.contextmanager
+def running(workdir: Path, name: str, config: dict):
+    """An Envoy on `config`, ready, stopped on leaving."""
+    proxy = launch(workdir, name, config)
     try:
         yield proxy.wait_ready()
     finally:
         proxy.stop()
+
+
+@pytest.fixture(scope="session")
+def envoy(workdir, vm, oidc, wasm):
+    """Envoy with the filter and the committed config, exactly as in envoy/envoy.yaml."""
+    with running(workdir, "envoy-main", filter_config(vm, oidc.port, wasm)) as proxy:
+        yield proxy
+
+
+def with_plugin(config: dict, **settings: object) -> dict:
+    """A rendered config (with its ports) whose plugin configuration has `settings`."""
+    plugin = envoy_config.plugin_config(config)
+    plugin.update(settings)
+    return {**envoy_config.with_plugin_config(config, plugin), "_ports": config["_ports"]}
+
+
+def prometheus_config(prom, oidc_port: int, wasm_path: Path, **extra: object) -> dict:
+    """The committed template in front of Prometheus: `backend` set, no `extra_label`."""
+    return with_plugin(filter_config(prom, oidc_port, wasm_path, **extra),
+                       backend="prometheus", victoriametrics_extra_label=False)
+
+
+@pytest.fixture(scope="session")
+def envoy_prometheus(workdir, prom, oidc, wasm):
+    """Envoy in front of Prometheus: the PromQL rewrite is the only line of defence."""
+    with running(workdir, "envoy-prometheus", prometheus_config(prom, oidc.port, wasm)) as proxy:
+        yield proxy
 
 
 @pytest.fixture(scope="session")
@@ -160,6 +227,19 @@ def envoy_without_vm_label(workdir, vm, oidc, wasm):
         yield proxy.wait_ready()
     finally:
         proxy.stop()
+
+
+@pytest.fixture(params=["with_vm_extra_label", "rewrite_only"])
+def proxy(request, backend):
+    """An Envoy in front of `backend`. VictoriaMetrics runs twice: with its own
+    `extra_label` and without it, the real proof that the PromQL rewrite alone holds.
+    Prometheus ignores `extra_label`, so for it only the rewrite-only run exists."""
+    if backend == "prometheus":
+        if request.param == "with_vm_extra_label":
+            pytest.skip("Prometheus ignores extra_label: its rewrite-only run is the one")
+        return request.getfixturevalue("envoy_prometheus")
+    name = "envoy" if request.param == "with_vm_extra_label" else "envoy_without_vm_label"
+    return request.getfixturevalue(name)
 
 
 def bearer(token: str) -> dict[str, str]:

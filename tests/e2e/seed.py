@@ -1,4 +1,4 @@
-"""The series the end-to-end tests write to VictoriaMetrics, and what each user may see.
+"""The series the end-to-end tests write to both backends, and what each user may see.
 
 Both tenants share metric names (so a missing matcher shows at once), each has a metric
 and a label of its own (so label and name endpoints can leak), and there are traps: a
@@ -64,3 +64,13 @@ def exposition(end_ms: int) -> str:
             ts = end_ms - (POINTS - 1 - point) * STEP_S * 1000
             lines.append(f"{name}{{{matchers}}} {index * 100 + point} {ts}")
     return "\n".join(lines) + "\n"
+
+
+def openmetrics(end_ms: int) -> str:
+    """The same samples as OpenMetrics text (timestamps in seconds, `# EOF` at the end),
+    for `promtool tsdb create-blocks-from openmetrics`."""
+    lines = []
+    for line in exposition(end_ms).splitlines():
+        sample, _, ts = line.rpartition(" ")
+        lines.append(f"{sample} {int(ts) / 1000:.3f}")
+    return "\n".join(lines) + "\n# EOF\n"

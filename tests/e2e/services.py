@@ -1,4 +1,5 @@
-"""The real services of the end-to-end tests: VictoriaMetrics, the OIDC provider, Envoy.
+"""The real services of the end-to-end tests: VictoriaMetrics, Prometheus, vmalert, the OIDC
+provider, Envoy.
 
 Each class starts one real process on 127.0.0.1 on a free port, waits for it by polling,
 and offers the few calls the tests need. `IdpRelay` is the only thing written here that
@@ -12,6 +13,7 @@ import http.server
 import json
 import re
 import shutil
+import subprocess
 import sys
 import threading
 import time
@@ -53,29 +55,35 @@ class VictoriaMetrics:
     """Single-node VictoriaMetrics with its storage in a temporary directory.
 
     `stop()` then `start()` restarts it on the same port and the same data directory,
-    so what was written survives (the soak's outage)."""
+    so what was written survives (the soak's outage). With `vmalert_url` it proxies the
+    rules and alerts API to that vmalert (`-vmalert.proxyURL`), as Grafana expects."""
 
-    def __init__(self, workdir: Path, port: int | None = None):
+    name = "victoriametrics"
+
+    def __init__(self, workdir: Path, port: int | None = None, vmalert_url: str | None = None,
+                 label: str = "victoria-metrics"):
         self.workdir = workdir
+        self.label = label
         self.port = port or free_port()
         self.url = f"http://{LOOPBACK}:{self.port}"
+        self.vmalert_url = vmalert_url
         self.starts = 0
         self.start()
 
     def start(self) -> None:
         self.starts += 1
-        self.proc = Proc(
-            "victoria-metrics",
-            [
-                _binary("victoria-metrics"),
-                f"-storageDataPath={self.workdir / 'vm-data'}",
-                f"-httpListenAddr={LOOPBACK}:{self.port}",
-                # Samples are queryable at once instead of after the default 30s offset.
-                "-search.latencyOffset=0s",
-                "-retentionPeriod=1",
-            ],
-            _log_path(self.workdir, "victoria-metrics", self.starts),
-        )
+        data = "vm-data" if self.label == "victoria-metrics" else f"{self.label}-data"
+        argv = [
+            _binary("victoria-metrics"),
+            f"-storageDataPath={self.workdir / data}",
+            f"-httpListenAddr={LOOPBACK}:{self.port}",
+            # Samples are queryable at once instead of after the default 30s offset.
+            "-search.latencyOffset=0s",
+            "-retentionPeriod=1",
+        ]
+        if self.vmalert_url:
+            argv.append(f"-vmalert.proxyURL={self.vmalert_url}")
+        self.proc = Proc(self.label, argv, _log_path(self.workdir, self.label, self.starts))
         wait_until(lambda: requests.get(f"{self.url}/health", timeout=1).ok,
                    "VictoriaMetrics /health", proc=self.proc)
 
@@ -113,6 +121,128 @@ class VictoriaMetrics:
             if now == last:
                 return now
             last = now
+
+    def stop(self) -> None:
+        self.proc.stop()
+
+
+# ---------------------------------------------------------------------------- Prometheus
+
+
+class Prometheus:
+    """Prometheus from Debian (2.42), seeded offline and running its own rule engine.
+
+    The seed is OpenMetrics text with explicit timestamps, written into TSDB blocks by
+    `promtool tsdb create-blocks-from openmetrics` before Prometheus starts on that
+    directory: no scraping, no remote-write receiver, nothing to reach. There is nothing
+    to scrape either, so the config holds only the rule files.
+
+    `--query.lookback-delta=1h`: /federate always reads the lookback window before *now*
+    (it takes no time parameter), so with the default 5 minutes it would see nothing of
+    the seed once the suite had run that long. Instant queries at the seed time read the
+    same series either way: every seeded series has a sample at that time."""
+
+    name = "prometheus"
+
+    def __init__(self, workdir: Path, openmetrics: str, rule_files: tuple[Path, ...] = (),
+                 port: int | None = None, label: str = "prometheus"):
+        self.workdir = workdir
+        self.label = label
+        self.port = port or free_port()
+        self.url = f"http://{LOOPBACK}:{self.port}"
+        self.data = workdir / f"{label}-data"
+        seed_file = workdir / f"{label}-seed.om"
+        seed_file.write_text(openmetrics)
+        created = subprocess.run(
+            [_binary("promtool"), "tsdb", "create-blocks-from", "openmetrics", str(seed_file),
+             str(self.data)], capture_output=True, text=True, timeout=120)
+        if created.returncode != 0:
+            raise RuntimeError(f"promtool could not write the seed blocks:\n{created.stderr}")
+        config = workdir / f"{label}.yml"
+        config.write_text(json.dumps({
+            "global": {"evaluation_interval": "1s"},
+            "rule_files": [str(path) for path in rule_files],
+        }))
+        self.proc = Proc(
+            label,
+            [
+                _binary("prometheus"),
+                f"--config.file={config}",
+                f"--storage.tsdb.path={self.data}",
+                f"--web.listen-address={LOOPBACK}:{self.port}",
+                "--query.lookback-delta=1h",
+            ],
+            workdir / f"{label}.log",
+        )
+        wait_until(lambda: requests.get(f"{self.url}/-/ready", timeout=1).ok,
+                   "Prometheus /-/ready", proc=self.proc)
+
+    def series(self, match: str, start: int, end: int) -> list[dict]:
+        r = requests.get(f"{self.url}/api/v1/series",
+                         params={"match[]": match, "start": start, "end": end}, timeout=10)
+        r.raise_for_status()
+        return r.json()["data"]
+
+    def stop(self) -> None:
+        self.proc.stop()
+
+
+# ---------------------------------------------------------------------------- vmalert
+
+
+class AlertSink:
+    """Where vmalert sends its notifications: vmalert refuses to start with alerting
+    rules and no notifier, and no Alertmanager is installed here. It answers 200 to
+    every POST and counts them, nothing more; the rules and alerts under test are read
+    from vmalert itself."""
+
+    def __init__(self):
+        sink = self
+        self.posts = 0
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self):  # noqa: N802 - the stdlib's naming
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                sink.posts += 1
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *_args):
+                pass
+
+        self.server = _RelayServer((LOOPBACK, 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://{LOOPBACK}:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class VmAlert:
+    """vmalert from Debian's victoria-metrics package, evaluating `rule_files` against
+    VictoriaMetrics and writing what they record (and its ALERTS series) back to it."""
+
+    def __init__(self, workdir: Path, victoriametrics_url: str, notifier_url: str,
+                 rule_files: tuple[Path, ...], port: int | None = None,
+                 label: str = "vmalert"):
+        self.port = port or free_port()
+        self.url = f"http://{LOOPBACK}:{self.port}"
+        argv = [
+            _binary("vmalert"),
+            f"-datasource.url={victoriametrics_url}",
+            f"-remoteWrite.url={victoriametrics_url}",
+            f"-notifier.url={notifier_url}",
+            f"-httpListenAddr={LOOPBACK}:{self.port}",
+            "-evaluationInterval=1s",
+        ] + [f"-rule={path}" for path in rule_files]
+        self.proc = Proc(label, argv, workdir / f"{label}.log")
+        wait_until(lambda: requests.get(f"{self.url}/api/v1/rules", timeout=1).ok,
+                   "vmalert /api/v1/rules", proc=self.proc)
 
     def stop(self) -> None:
         self.proc.stop()

@@ -5,7 +5,8 @@ request comes from alice with a token from the real provider's login flow. Whate
 provider says, the filter must never forward: nonsense is an outage (503, nothing
 cached), an identity without a usable tenant is 403. Outright outages (unreachable,
 slow, 5xx, 429 without a body) are in test_idp_failures.py; odd claim types from the
-real provider in test_refusals.py.
+real provider in test_refusals.py. The suite runs in front of both backends (the
+module's Envoy is parametrized like `backend`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import json
 
 import pytest
 from adversary import Answer, assert_refused_or_confined, backend_requests
-from conftest import EnvoyFactory, call
+from conftest import BACKENDS, EnvoyFactory, call, with_plugin
 from services import IdpRelay
 
 
@@ -25,11 +26,20 @@ def relay(oidc):
     relay.stop()
 
 
-@pytest.fixture(scope="module")
-def relayed_envoy(workdir, vm, oidc, wasm, relay):
-    factory = EnvoyFactory(workdir, vm, oidc, wasm)
+@pytest.fixture(scope="module", params=BACKENDS)
+def relayed_envoy(request, workdir, oidc, wasm, relay):
+    """An Envoy whose provider is the relay, in front of each backend in turn; its
+    `store` is that backend's server."""
+    prometheus = request.param == "prometheus"
+    store = request.getfixturevalue("prom" if prometheus else "vm")
+    factory = EnvoyFactory(workdir, store, oidc, wasm)
+    config = factory.config(oidc_port=relay.port)
+    if prometheus:
+        config = with_plugin(config, backend="prometheus", victoriametrics_extra_label=False)
     try:
-        yield factory.start(factory.config(oidc_port=relay.port), "envoy-odd-idp").wait_ready()
+        proxy = factory.start(config, f"envoy-odd-idp-{request.param}").wait_ready()
+        proxy.store = store
+        yield proxy
     finally:
         factory.stop()
 
@@ -81,12 +91,12 @@ def test_misbehaving_provider_is_never_trusted(relayed_envoy, oidc, relay, statu
     assert backend_requests(relayed_envoy) == before, "forwarded without a usable identity"
 
 
-def test_provider_answering_for_the_wrong_tenant_is_what_decides(relayed_envoy, vm, oidc, relay):
+def test_provider_answering_for_the_wrong_tenant_is_what_decides(relayed_envoy, oidc, relay):
     # The stand-in's answer is the identity: the filter cannot second-guess a provider,
     # which is why the TLS connection to it must be verified (docs/security.md). Shown
     # here so the other tests' refusals are known to come from the answers' shape.
     relay.answer = (200, b'{"sub": "alice", "client_id": "1999"}', JSON)
     answer = Answer.of(call(relayed_envoy, "GET", "/api/v1/query", oidc.login("alice"),
-                            {"query": '{__name__=~".+"}', "time": vm.seed_s}))
+                            {"query": '{__name__=~".+"}', "time": relayed_envoy.store.seed_s}))
     assert assert_refused_or_confined(answer) == "confined"
     assert answer.json()["data"]["result"], answer
