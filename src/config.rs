@@ -35,6 +35,19 @@ pub enum Backend {
     Prometheus,
 }
 
+/// The `writes` setting: whether clients may push metrics, and through which mechanism
+/// the backend is made to stamp them with the writer's tenant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Writes {
+    /// Every ingestion endpoint is refused.
+    #[default]
+    Deny,
+    /// VictoriaMetrics' ingestion endpoints pass, each with `extra_label` set to the
+    /// writer's tenant (see [`crate::writes`]).
+    VictoriaMetrics,
+}
+
 impl Backend {
     /// The query language the backend reads, the default `dialect`.
     pub fn dialect(self) -> Dialect {
@@ -84,6 +97,8 @@ impl std::error::Error for ConfigError {}
 pub struct Config {
     /// The server behind the filter.
     pub backend: Backend,
+    /// Whether clients may write, and how their tenant is enforced.
+    pub writes: Writes,
     /// The label every selector is confined by, e.g. `client_id`.
     pub tenant_label: String,
     /// Where the caller's identity comes from.
@@ -130,6 +145,9 @@ pub struct IdentityConfig {
     pub source: IdentitySource,
     /// Path to the tenant claim: one key per nesting level.
     pub claim: Vec<String>,
+    /// Path to the claim naming the one tenant a write goes to, for identities with
+    /// several tenants (`jwt_payload_header` only; see [`crate::writes`]).
+    pub write_tenant_claim: Option<Vec<String>>,
 }
 
 /// Where the caller's claims come from.
@@ -174,6 +192,7 @@ impl Config {
         let top = Fields::new("", &doc)?;
         top.deny_unknown(&[
             "backend",
+            "writes",
             "tenant_label",
             "identity",
             "on_conflict",
@@ -185,6 +204,7 @@ impl Config {
             "debug_trap_marker",
         ])?;
         let backend: Backend = top.optional("backend")?.unwrap_or_default();
+        let writes: Writes = top.optional("writes")?.unwrap_or_default();
         let tenant_label: String = top.required("tenant_label")?;
         let on_conflict: ConflictPolicy = top.optional("on_conflict")?.unwrap_or_default();
         let dialect: Dialect = top
@@ -211,7 +231,11 @@ impl Config {
         }
 
         check_backend(backend, dialect, victoriametrics_extra_label)?;
-        check_tenant_label(&tenant_label, victoriametrics_extra_label)?;
+        check_writes(writes, backend, &identity)?;
+        check_tenant_label(
+            &tenant_label,
+            victoriametrics_extra_label || writes == Writes::VictoriaMetrics,
+        )?;
         if max_body_bytes == 0 {
             return Err(ConfigError::new("max_body_bytes", "must be greater than 0"));
         }
@@ -227,6 +251,7 @@ impl Config {
             .map_err(|_| ConfigError::new("max_response_bytes", "too large for this platform"))?;
         Ok(Config {
             backend,
+            writes,
             tenant_label,
             identity,
             on_conflict,
@@ -289,13 +314,18 @@ fn parse_time_engine(value: &Value) -> Result<EngineTimingConfig, ConfigError> {
 fn parse_identity(value: &Value) -> Result<IdentityConfig, ConfigError> {
     let fields = Fields::new("identity", value)?;
     let source: String = fields.required("source")?;
-    let claim = parse_claim(fields.get("claim"))?;
+    let claim = parse_claim("identity.claim", fields.get("claim"))?;
+    let write_tenant_claim = fields
+        .get("write_tenant_claim")
+        .map(|value| parse_claim("identity.write_tenant_claim", Some(value)))
+        .transpose()?;
     let source = match source.as_str() {
         "userinfo" => {
             fields.deny_unknown_for_source(
                 &[
                     "source",
                     "claim",
+                    "write_tenant_claim",
                     "cluster",
                     "authority",
                     "path",
@@ -310,7 +340,10 @@ fn parse_identity(value: &Value) -> Result<IdentityConfig, ConfigError> {
             IdentitySource::Userinfo(parse_userinfo(&fields)?)
         }
         "jwt_payload_header" => {
-            fields.deny_unknown_for_source(&["source", "claim", "header"], "jwt_payload_header")?;
+            fields.deny_unknown_for_source(
+                &["source", "claim", "write_tenant_claim", "header"],
+                "jwt_payload_header",
+            )?;
             let header: String = fields
                 .optional("header")?
                 .unwrap_or_else(|| "x-jwt-payload".to_string());
@@ -333,7 +366,11 @@ fn parse_identity(value: &Value) -> Result<IdentityConfig, ConfigError> {
             ))
         }
     };
-    Ok(IdentityConfig { source, claim })
+    Ok(IdentityConfig {
+        source,
+        claim,
+        write_tenant_claim,
+    })
 }
 
 fn parse_userinfo(fields: &Fields<'_>) -> Result<UserinfoConfig, ConfigError> {
@@ -405,10 +442,9 @@ fn parse_userinfo(fields: &Fields<'_>) -> Result<UserinfoConfig, ConfigError> {
     })
 }
 
-fn parse_claim(value: Option<&Value>) -> Result<Vec<String>, ConfigError> {
-    const FIELD: &str = "identity.claim";
+fn parse_claim(field: &str, value: Option<&Value>) -> Result<Vec<String>, ConfigError> {
     let path = match value {
-        None => return Err(ConfigError::new(FIELD, "missing required field")),
+        None => return Err(ConfigError::new(field, "missing required field")),
         Some(Value::String(key)) => vec![key.clone()],
         Some(Value::Array(items)) => {
             let mut path = Vec::with_capacity(items.len());
@@ -417,20 +453,20 @@ fn parse_claim(value: Option<&Value>) -> Result<Vec<String>, ConfigError> {
                     Value::String(key) => path.push(key.clone()),
                     other => {
                         return Err(ConfigError::new(
-                            &format!("{FIELD}[{i}]"),
+                            &format!("{field}[{i}]"),
                             format!("expected a string, found {}", kind(other)),
                         ))
                     }
                 }
             }
             if path.is_empty() {
-                return Err(ConfigError::new(FIELD, "the claim path must not be empty"));
+                return Err(ConfigError::new(field, "the claim path must not be empty"));
             }
             path
         }
         Some(other) => {
             return Err(ConfigError::new(
-                FIELD,
+                field,
                 format!(
                     "expected a string or an array of strings, found {}",
                     kind(other)
@@ -439,7 +475,7 @@ fn parse_claim(value: Option<&Value>) -> Result<Vec<String>, ConfigError> {
         }
     };
     if path.iter().any(String::is_empty) {
-        return Err(ConfigError::new(FIELD, "claim keys must not be empty"));
+        return Err(ConfigError::new(field, "claim keys must not be empty"));
     }
     Ok(path)
 }
@@ -461,6 +497,42 @@ fn check_backend(
         return Err(ConfigError::new(
             "dialect",
             "must be \"promql\" with backend \"prometheus\": Prometheus reads no MetricsQL",
+        ));
+    }
+    Ok(())
+}
+
+/// `writes` needs a backend that stamps `extra_label` on what it ingests (Prometheus'
+/// remote-write receiver ignores it: the client's own labels would decide the tenant),
+/// and `identity.write_tenant_claim` means nothing without writes.
+fn check_writes(
+    writes: Writes,
+    backend: Backend,
+    identity: &IdentityConfig,
+) -> Result<(), ConfigError> {
+    if writes == Writes::VictoriaMetrics && backend != Backend::VictoriaMetrics {
+        return Err(ConfigError::new(
+            "writes",
+            "must be \"deny\" with backend \"prometheus\": Prometheus' remote-write \
+             receiver ignores extra_label, so nothing would confine a write to its tenant",
+        ));
+    }
+    if identity.write_tenant_claim.is_none() {
+        return Ok(());
+    }
+    if writes == Writes::Deny {
+        return Err(ConfigError::new(
+            "identity.write_tenant_claim",
+            "has no use while `writes` is \"deny\"",
+        ));
+    }
+    // The userinfo answer is cached as the tenants alone, shared between workers in
+    // that form; machines that write carry a JWT anyway (/userinfo does not take
+    // client-credentials tokens).
+    if matches!(identity.source, IdentitySource::Userinfo(_)) {
+        return Err(ConfigError::new(
+            "identity.write_tenant_claim",
+            "is only read with source \"jwt_payload_header\"",
         ));
     }
     Ok(())
@@ -489,7 +561,7 @@ fn check_tenant_label(label: &str, vm_extra_label: bool) -> Result<(), ConfigErr
     if vm_extra_label && label.contains('=') {
         return Err(ConfigError::new(
             FIELD,
-            "must not contain `=` when `victoriametrics_extra_label` is set",
+            "must not contain `=` when `victoriametrics_extra_label` or `writes` is set",
         ));
     }
     Ok(())
@@ -1114,6 +1186,59 @@ mod tests {
         }
         let unknown = r#"{"backend":"thanos","tenant_label":"t","identity":{"source":"userinfo","cluster":"c","claim":"t"}}"#;
         assert_field(&err(unknown), "backend", "unknown variant");
+    }
+
+    #[test]
+    fn writes_default_to_deny_and_need_victoriametrics() {
+        let userinfo = r#""identity":{"source":"userinfo","cluster":"c","claim":"t"}"#;
+        let jwt = r#""identity":{"source":"jwt_payload_header","claim":"t","write_tenant_claim":["w","id"]}"#;
+        let parse =
+            |extra: &str| Config::parse(format!(r#"{{"tenant_label":"t",{extra}}}"#).as_bytes());
+        let c = parse(userinfo).unwrap();
+        assert_eq!(c.writes, Writes::Deny);
+        assert_eq!(c.identity.write_tenant_claim, None);
+        let c = parse(&format!(r#""writes":"victoriametrics",{userinfo}"#)).unwrap();
+        assert_eq!(c.writes, Writes::VictoriaMetrics);
+        let c = parse(&format!(r#""writes":"victoriametrics",{jwt}"#)).unwrap();
+        assert_eq!(
+            c.identity.write_tenant_claim,
+            Some(vec!["w".to_string(), "id".to_string()])
+        );
+        let refused = [
+            (
+                format!(r#""backend":"prometheus","writes":"victoriametrics",{userinfo}"#),
+                "writes",
+                "ignores extra_label",
+            ),
+            (
+                format!(r#""writes":"prometheus",{userinfo}"#),
+                "writes",
+                "unknown variant",
+            ),
+            (format!(r#""writes":true,{userinfo}"#), "writes", "invalid type"),
+            (jwt.to_string(), "identity.write_tenant_claim", "\"deny\""),
+            (
+                r#""writes":"victoriametrics","identity":{"source":"userinfo","cluster":"c","claim":"t","write_tenant_claim":"w"}"#.to_string(),
+                "identity.write_tenant_claim",
+                "jwt_payload_header",
+            ),
+            (
+                r#""writes":"victoriametrics","identity":{"source":"jwt_payload_header","claim":"t","write_tenant_claim":[]}"#.to_string(),
+                "identity.write_tenant_claim",
+                "claim path must not be empty",
+            ),
+            (
+                r#""writes":"victoriametrics","identity":{"source":"jwt_payload_header","claim":"t","write_tenant_claim":[1]}"#.to_string(),
+                "identity.write_tenant_claim[0]",
+                "expected a string",
+            ),
+        ];
+        for (extra, field, why) in refused {
+            assert_field(&parse(&extra).expect_err(&extra), field, why);
+        }
+        // VictoriaMetrics splits `extra_label` at its first `=`, writes included.
+        let label = r#"{"tenant_label":"a=b","victoriametrics_extra_label":false,"writes":"victoriametrics","identity":{"source":"userinfo","cluster":"c","claim":"t"}}"#;
+        assert_field(&err(label), "tenant_label", "`writes`");
     }
 
     #[test]
