@@ -9,7 +9,7 @@
 //! a router might normalise differently from us (`..`, `//`, encoded `/`, `;`, a
 //! fragment) is refused outright rather than guessed at.
 
-use crate::config::Backend;
+use crate::config::{Backend, Writes};
 use crate::form::{FormError, Params};
 use crate::rules::{ResponseFilter, RuleView};
 use serde_json::json;
@@ -161,6 +161,9 @@ pub enum Action {
     Answer(&'static str),
     /// Forward as is (after stripping).
     PassThrough,
+    /// A write: decided at the headers, the `:path` given the tenant's `extra_label`
+    /// (see [`crate::writes`]), the body streamed through unread.
+    Write,
 }
 
 /// An allowed request: what to do, and its raw path and query string.
@@ -229,11 +232,12 @@ fn endpoint(path: &str, backend: Backend) -> Option<(Action, &'static str)> {
 }
 
 /// Decides from the method and `:path` whether the request is allowed on `backend`,
-/// and how.
+/// with `writes`, and how.
 pub fn plan_request(
     method: &[u8],
     path_and_query: &[u8],
     backend: Backend,
+    writes: Writes,
 ) -> Result<Plan, Refusal> {
     let Ok(target) = std::str::from_utf8(path_and_query) else {
         return Err(Refusal::bad_request("request path is not valid UTF-8"));
@@ -245,6 +249,20 @@ pub fn plan_request(
     }
     let (raw_path, raw_query) = target.split_once('?').unwrap_or((target, ""));
     let path = canonical_path(raw_path)?;
+    if crate::writes::is_write_path(&path) {
+        if writes == Writes::Deny {
+            return Err(crate::writes::writes_denied(&path));
+        }
+        if method != crate::writes::WRITE_METHOD.as_bytes() {
+            return Err(Refusal::method_not_allowed(crate::writes::WRITE_METHOD));
+        }
+        return Ok(Plan {
+            action: Action::Write,
+            raw_path: raw_path.to_string(),
+            raw_query: raw_query.to_string(),
+            reads_body: false,
+        });
+    }
     // VictoriaMetrics serves its Prometheus API under `/prometheus` too; Prometheus
     // does not, so there the prefixed paths are unknown.
     let unprefixed = match path.strip_prefix("/prometheus") {
@@ -460,7 +478,7 @@ pub fn rewrite_request(
         Action::RewriteMatch => &["match[]", "match"],
         // The rule engines read `match[]` only (where they read it at all).
         Action::FilterRules(_) => &["match[]"],
-        Action::PassThrough | Action::Answer(_) => &[],
+        Action::PassThrough | Action::Answer(_) | Action::Write => &[],
     };
     // The rewritten parameters the backend reads as the request's selectors.
     let read_by_backend = |name: &str| name != "match" || options.match_alias;
@@ -488,7 +506,7 @@ pub fn rewrite_request(
         && matches!(plan.action, Action::RewriteQuery | Action::RewriteMatch)
     {
         match tenant.values {
-            [one] => url.push("extra_label", &format!("{}={one}", tenant.label)),
+            [one] => url.push("extra_label", &extra_label(tenant.label, one)),
             _ => url.push("extra_filters[]", &format!("{{{}}}", tenant.matcher_text)),
         }
     }
@@ -510,6 +528,12 @@ pub fn rewrite_request(
         rewritten_params,
         response: None,
     })
+}
+
+/// The value of VictoriaMetrics' `extra_label` for one tenant: `name=value`, which it
+/// splits at the first `=` (so the label may hold none, and the value any).
+pub fn extra_label(label: &str, tenant: &str) -> String {
+    format!("{label}={tenant}")
 }
 
 fn rewrite_params(
@@ -543,11 +567,16 @@ mod tests {
     use super::*;
 
     fn plan(method: &str, path: &str) -> Result<Plan, Refusal> {
-        plan_request(method.as_bytes(), path.as_bytes(), Backend::VictoriaMetrics)
+        plan_request(
+            method.as_bytes(),
+            path.as_bytes(),
+            Backend::VictoriaMetrics,
+            Writes::Deny,
+        )
     }
 
     fn plan_on(backend: Backend, method: &str, path: &str) -> Result<Plan, Refusal> {
-        plan_request(method.as_bytes(), path.as_bytes(), backend)
+        plan_request(method.as_bytes(), path.as_bytes(), backend, Writes::Deny)
     }
 
     fn status(method: &str, path: &str) -> u16 {
@@ -876,7 +905,13 @@ mod tests {
             assert_eq!(r.error_type, ErrorType::BadData);
         }
         assert_eq!(
-            plan_request(b"GET", b"/api/v1/\xff", Backend::VictoriaMetrics).map_err(|r| r.status),
+            plan_request(
+                b"GET",
+                b"/api/v1/\xff",
+                Backend::VictoriaMetrics,
+                Writes::Deny
+            )
+            .map_err(|r| r.status),
             Err(400)
         );
     }
@@ -1204,12 +1239,14 @@ mod tests {
         #[test]
         fn planning_never_panics(method in proptest::collection::vec(proptest::num::u8::ANY, 0..8),
                                  path in proptest::collection::vec(proptest::num::u8::ANY, 0..64)) {
-            let _ = plan_request(&method, &path, Backend::VictoriaMetrics);
+            let _ = plan_request(&method, &path, Backend::VictoriaMetrics, Writes::VictoriaMetrics);
         }
 
         #[test]
         fn allowed_paths_are_canonical(path in "/[a-z0-9%./;_\\\\]{0,40}") {
-            if let Ok(plan) = plan_request(b"GET", path.as_bytes(), Backend::Prometheus) {
+            let writes = if path.len() % 2 == 0 { Writes::Deny } else { Writes::VictoriaMetrics };
+            let method: &[u8] = if writes == Writes::Deny { b"GET" } else { b"POST" };
+            if let Ok(plan) = plan_request(method, path.as_bytes(), Backend::Prometheus, writes) {
                 let decoded = crate::form::decode(&plan.raw_path, 0).unwrap();
                 proptest::prop_assert!(!decoded.contains("//"));
                 proptest::prop_assert!(!decoded.split('/').any(|s| s == ".." || s == "."));

@@ -18,7 +18,7 @@ use crate::api::{self, Action, Plan, QueryRejection, Refusal, RewriteOptions, Re
 use crate::config::{Config, IdentitySource};
 use crate::identity::{self, IdentityError};
 use crate::rules::{self, ResponseFilter};
-use crate::{rewrite, RewriteError, TenantMatcher};
+use crate::{rewrite, writes, RewriteError, TenantMatcher};
 
 /// What the filter reads from the request headers. `None` is an absent header.
 #[derive(Debug, Clone, Copy, Default)]
@@ -62,9 +62,13 @@ pub struct Admitted {
 
 /// The headers half: the endpoint policy first (so an unknown path is 403 whoever
 /// asks), then the body headers when a body follows, then the credential.
+///
+/// A write's body is the client's to shape (snappy, gzip, any type, any length): the
+/// filter never reads it, so it checks none of its headers either.
 pub fn on_headers(head: &RequestHead<'_>, config: &Config) -> Result<Admitted, Refusal> {
-    let plan = api::plan_request(head.method, head.path, config.backend)?;
-    if !head.end_of_stream {
+    let plan = api::plan_request(head.method, head.path, config.backend, config.writes)?;
+    let write = plan.action == Action::Write;
+    if !head.end_of_stream && !write {
         api::check_content_encoding(head.content_encoding)?;
         api::check_body_headers(
             head.content_type,
@@ -79,7 +83,13 @@ pub fn on_headers(head: &RequestHead<'_>, config: &Config) -> Result<Admitted, R
         }
         IdentitySource::JwtPayloadHeader { .. } => {
             let tenants = identity::claims_from_payload_header(head.credential)
-                .and_then(|claims| identity::tenants_from_claims(&claims, &config.identity.claim))
+                .and_then(|claims| {
+                    if write {
+                        writes::tenants_from_claims(&claims, &config.identity)
+                    } else {
+                        identity::tenants_from_claims(&claims, &config.identity.claim)
+                    }
+                })
                 .map_err(refusal_for)?;
             Caller::Tenants(tenants)
         }
@@ -117,8 +127,8 @@ pub fn finish(
     config: &Config,
 ) -> Decision {
     // The filter refuses a larger body as it arrives; checked again so that this
-    // function alone never forwards one.
-    if body.is_some_and(|b| b.len() > config.max_body_bytes) {
+    // function alone never forwards one. A write's body is never read, nor bounded.
+    if plan.action != Action::Write && body.is_some_and(|b| b.len() > config.max_body_bytes) {
         return Decision::Refuse(Refusal::too_large(config.max_body_bytes));
     }
     // First, so that a caller without a usable tenant gets 403 on every endpoint.
@@ -131,6 +141,16 @@ pub fn finish(
     // Metadata is answered for any caller with a tenant.
     if let Action::Answer(answer) = plan.action {
         return Decision::Answer(answer);
+    }
+    // A write goes on with its body untouched (whatever `body` holds).
+    if plan.action == Action::Write {
+        return match writes::path_for(plan, matcher.values(), &config.tenant_label) {
+            Ok(path) => Decision::Forward(Rewritten {
+                path: Some(path),
+                ..Rewritten::default()
+            }),
+            Err(refusal) => Decision::Refuse(refusal),
+        };
     }
     // Rules and alerts: the engine is asked for the rules, with the caller's own
     // narrowing kept back to be applied to the answer.
@@ -415,6 +435,107 @@ mod tests {
             panic!()
         };
         assert_eq!(r.response, None);
+    }
+
+    fn write(path: &str) -> RequestHead<'_> {
+        RequestHead {
+            method: b"POST",
+            path: path.as_bytes(),
+            content_type: Some(b"application/x-protobuf"),
+            content_encoding: Some(b"snappy"),
+            content_length: Some(b"99999999"),
+            credential: Some(b"Bearer abc"),
+            end_of_stream: false,
+        }
+    }
+
+    #[test]
+    fn writes_are_decided_at_the_headers_and_keep_their_body() {
+        let denied = config("");
+        assert!(matches!(
+            decide(&write("/api/v1/write"), None, tenants(&["7"]), &denied),
+            Decision::Refuse(Refusal { status: 403, .. })
+        ));
+        let c = config(r#","writes":"victoriametrics","max_body_bytes":10"#);
+        // No body check applies: any encoding, type and length stream through.
+        let admitted = on_headers(&write("/api/v1/write?extra_label=client_id=8"), &c).unwrap();
+        assert_eq!(admitted.plan.action, Action::Write);
+        let body = vec![0u8; 100];
+        let r = forwarded(decide(
+            &write("/api/v1/write?extra_label=client_id=8"),
+            Some(&body),
+            tenants(&["7"]),
+            &c,
+        ));
+        assert_eq!(
+            r.path.as_deref(),
+            Some("/api/v1/write?extra_label=client_id%3D7")
+        );
+        assert_eq!(r.body, None, "a write body is never replaced");
+        assert_eq!(r.response, None);
+        // Several tenants: nobody can say which one the data belongs to.
+        assert!(matches!(
+            decide(&write("/api/v1/write"), None, tenants(&["7", "8"]), &c),
+            Decision::Refuse(Refusal { status: 403, .. })
+        ));
+        // Identity before anything else about the write.
+        let no_token = RequestHead {
+            credential: None,
+            ..write("/api/v1/write")
+        };
+        assert!(matches!(
+            decide(&no_token, None, tenants(&["7"]), &c),
+            Decision::Refuse(Refusal { status: 401, .. })
+        ));
+        assert!(matches!(
+            decide(&write("/api/v1/write"), None, tenants(&[""]), &c),
+            Decision::Refuse(Refusal { status: 403, .. })
+        ));
+    }
+
+    #[test]
+    fn a_jwt_writes_to_the_tenant_its_write_claim_names() {
+        let c = Config::parse(
+            br#"{"tenant_label":"client_id","writes":"victoriametrics","identity":{"source":"jwt_payload_header","claim":"client_id","write_tenant_claim":"write_to"}}"#,
+        )
+        .unwrap();
+        let unused = || Err(IdentityError::Unavailable("unused".into()));
+        let decide_with = |claims: &str, path: &str| {
+            use base64::Engine as _;
+            let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(claims);
+            let head = if path.contains("import") {
+                write(path)
+            } else {
+                get(path)
+            };
+            let head = RequestHead {
+                credential: Some(payload.as_bytes()),
+                ..head
+            };
+            decide(&head, None, unused(), &c)
+        };
+        let both = r#"{"client_id":["7","8"],"write_to":"8"}"#;
+        let r = forwarded(decide_with(both, "/api/v1/import"));
+        assert_eq!(
+            r.path.as_deref(),
+            Some("/api/v1/import?extra_label=client_id%3D8")
+        );
+        // Reads keep every tenant of the token.
+        let r = forwarded(decide_with(both, "/api/v1/series"));
+        assert_eq!(
+            r.path.as_deref(),
+            Some("/api/v1/series?match%5B%5D=%7Bclient_id%3D~%227%7C8%22%7D&extra_filters%5B%5D=%7Bclient_id%3D~%227%7C8%22%7D")
+        );
+        for (claims, status) in [
+            (r#"{"client_id":["7","8"]}"#, 403),
+            (r#"{"client_id":["7","8"],"write_to":"9"}"#, 403),
+            (r#"{"client_id":"7","write_to":"8"}"#, 403),
+        ] {
+            match decide_with(claims, "/api/v1/import") {
+                Decision::Refuse(r) => assert_eq!(r.status, status, "{claims}"),
+                other => panic!("{claims}: {other:?}"),
+            }
+        }
     }
 
     #[test]

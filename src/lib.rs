@@ -18,3 +18,4 @@ pub mod form;
 pub mod identity;
 pub mod rules;
 pub mod timing;
+pub mod writes;

@@ -561,7 +561,13 @@ fn size_and_depth_are_bounded() {
 #[test]
 fn the_request_asks_the_engine_for_rules_with_only_match() {
     let plan_of = |path: &str| {
-        crate::api::plan_request(b"GET", path.as_bytes(), Backend::VictoriaMetrics).unwrap()
+        crate::api::plan_request(
+            b"GET",
+            path.as_bytes(),
+            Backend::VictoriaMetrics,
+            crate::config::Writes::Deny,
+        )
+        .unwrap()
     };
     let upstream = |path: &str| {
         let plan = plan_of(path);

@@ -88,7 +88,7 @@ fuzz_target!(|data: &[u8]| {
     match &decision {
         Decision::Refuse(refusal) => check_refusal(refusal),
         Decision::Answer(_) | Decision::Forward(_) => {
-            let plan = api::plan_request(method, path, config.backend)
+            let plan = api::plan_request(method, path, config.backend, config.writes)
                 .unwrap_or_else(|r| panic!("let through a request planning refuses: {r:?}"));
             let tenants = verified_tenants(&config, head.credential, looked_up)
                 .expect("let through without a verified identity");
