@@ -71,6 +71,9 @@ struct Metrics {
     idp_errors: u32,
     bad_queries: u32,
     remote_waits: u32,
+    writes_allowed: u32,
+    writes_denied: u32,
+    write_bytes: u32,
 }
 
 impl Metrics {
@@ -88,12 +91,19 @@ impl Metrics {
             idp_errors: counter("idp_errors"),
             bad_queries: counter("bad_queries"),
             remote_waits: counter("userinfo_remote_waits"),
+            writes_allowed: counter("writes_allowed"),
+            writes_denied: counter("writes_denied"),
+            write_bytes: counter("write_bytes"),
         }
     }
 
     fn bump(&self, id: u32) {
+        self.add(id, 1);
+    }
+
+    fn add(&self, id: u32, by: usize) {
         // Counting must never take a request down with it.
-        let _ = hostcalls::increment_metric(id, 1);
+        let _ = hostcalls::increment_metric(id, i64::try_from(by).unwrap_or(i64::MAX));
     }
 }
 
@@ -830,6 +840,11 @@ struct Request {
     callout: Option<u32>,
     /// How to filter the backend's answer, for rules and alerts.
     response: Option<ResponseStage>,
+    /// The request goes to an ingestion endpoint (allowed or not): counted as a write.
+    write: bool,
+    /// Bytes of a write's body Envoy holds while its identity is looked up; they go on
+    /// unread when it is let go.
+    held_write_bytes: usize,
 }
 
 /// The answer of a request whose response the filter rewrites.
@@ -868,12 +883,17 @@ impl Request {
             body_size: 0,
             callout: None,
             response: None,
+            write: false,
+            held_write_bytes: 0,
         }
     }
 
     /// Answers with a refusal; the request goes no further.
     fn refuse(&mut self, worker: &Worker, refusal: &Refusal) -> Action {
         worker.metrics.bump(worker.metrics.requests_denied);
+        if self.write {
+            worker.metrics.bump(worker.metrics.writes_denied);
+        }
         let body = refusal.body();
         let status = refusal.status.to_string();
         debug!(
@@ -911,6 +931,7 @@ impl Request {
             credential: headers.get(decision::credential_header(config)),
             end_of_stream,
         };
+        self.write = api::is_write_target(head.path);
         let admitted = match decision::on_headers(&head, config) {
             Ok(admitted) => admitted,
             Err(refusal) => return self.refuse(worker, &refusal),
@@ -924,12 +945,14 @@ impl Request {
             }
         }
         self.content_type = head.content_type.map(<[u8]>::to_vec);
+        // A write is decided at its headers, and its body streams through unread.
+        let streams_body = admitted.plan.action == api::Action::Write;
         self.plan = Some(admitted.plan);
         match admitted.caller {
             Caller::Token(token) => self.token = Some(token),
             Caller::Tenants(tenants) => self.known = Some(Resolution::Tenants(tenants)),
         }
-        if end_of_stream {
+        if end_of_stream || streams_body {
             self.stage = Stage::Identity;
             Action::Continue
         } else {
@@ -1073,6 +1096,12 @@ impl Request {
             );
         }
         worker.metrics.bump(worker.metrics.requests_allowed);
+        if self.write {
+            worker.metrics.bump(worker.metrics.writes_allowed);
+            worker
+                .metrics
+                .add(worker.metrics.write_bytes, self.held_write_bytes);
+        }
         self.stage = Stage::Forwarded;
         Action::Continue
     }
@@ -1080,7 +1109,18 @@ impl Request {
     fn on_body(&mut self, worker: &Worker, body_size: usize, end_of_stream: bool) -> Action {
         match self.stage {
             Stage::Body => {}
-            Stage::Forwarded => return Action::Continue,
+            Stage::Forwarded => {
+                // Each callback after the request went on brings new data only.
+                if self.write {
+                    worker.metrics.add(worker.metrics.write_bytes, body_size);
+                }
+                return Action::Continue;
+            }
+            // Held by Envoy until the identity is known: `body_size` is all of it so far.
+            Stage::Identity if self.write => {
+                self.held_write_bytes = body_size;
+                return Action::Pause;
+            }
             // Refused, answered, or still being judged: no data goes through unjudged.
             _ => return Action::Pause,
         }

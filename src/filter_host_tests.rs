@@ -844,6 +844,9 @@ fn good_configuration_defines_the_counters() {
         "cache_misses",
         "idp_errors",
         "bad_queries",
+        "writes_allowed",
+        "writes_denied",
+        "write_bytes",
     ] {
         assert!(
             names.contains(&format!("promql_tenant_filter.{name}")),
@@ -1859,4 +1862,172 @@ fn other_answers_pass_untouched() {
     let actions = vm.upstream_answers(2, &[(":status", "200")], &["anything"]);
     assert_eq!(actions, [Action::Continue, Action::Continue]);
     assert_eq!(vm.stream(2).body_passed, b"anything");
+}
+
+// ---- Writes: decided at the headers, the body streamed through unread ---------------
+
+const WRITES_JWT_CONFIG: &str = r#"{"tenant_label":"client_id","max_body_bytes":16,
+  "writes":"victoriametrics",
+  "identity":{"source":"jwt_payload_header","claim":"client_id"}}"#;
+
+/// Envoy hands the filter one more chunk of the request body: it buffers what the
+/// filter pauses on, and passes what it lets go (here, into `body_passed`).
+fn request_chunk(id: u32, chunk: &[u8], end_of_stream: bool) -> Action {
+    let size = with_host(|h| {
+        h.effective = id;
+        let stream = h.streams.get_mut(&id).unwrap();
+        stream.body.extend_from_slice(chunk);
+        stream.body.len()
+    });
+    let action = unsafe { proxy_on_request_body(id, size, end_of_stream) };
+    if action == Action::Continue {
+        with_host(|h| {
+            let stream = h.streams.get_mut(&id).unwrap();
+            let passed = std::mem::take(&mut stream.body);
+            stream.body_passed.extend(passed);
+        });
+    }
+    action
+}
+
+fn path_of(vm: &Vm, id: u32) -> String {
+    let stream = vm.stream(id);
+    let (_, path) = stream.headers.iter().find(|(n, _)| n == ":path").unwrap();
+    String::from_utf8_lossy(path).into_owned()
+}
+
+#[test]
+fn a_write_goes_on_at_its_headers_and_its_body_streams_through_unread() {
+    let vm = Vm::new();
+    assert!(vm.configure(1, WRITES_JWT_CONFIG));
+    let action = vm.request(
+        1,
+        2,
+        "POST",
+        "/api/v1/write?extra_label=client_id=2000",
+        &[
+            ("x-jwt-payload", ALICE_PAYLOAD),
+            ("content-encoding", "snappy"),
+            ("content-type", "application/x-protobuf"),
+            ("content-length", "40"),
+        ],
+        None,
+    );
+    assert_eq!(action, Action::Continue);
+    assert_eq!(
+        path_of(&vm, 2),
+        "/api/v1/write?extra_label=client_id%3D1999"
+    );
+    // Larger than max_body_bytes, and not a form: neither matters to a write.
+    let chunk = [0xffu8; 20];
+    assert_eq!(request_chunk(2, &chunk, false), Action::Continue);
+    assert_eq!(request_chunk(2, &chunk, true), Action::Continue);
+    let stream = vm.stream(2);
+    assert_eq!(
+        stream.body_passed,
+        [chunk, chunk].concat(),
+        "passed untouched"
+    );
+    assert!(stream.headers.iter().any(|(n, _)| n == "content-length"));
+    assert!(vm.reply(2).is_none());
+    assert_eq!(vm.counter("writes_allowed"), 1);
+    assert_eq!(vm.counter("write_bytes"), 40);
+    assert_eq!(vm.counter("writes_denied"), 0);
+    assert_eq!(vm.counter("requests_allowed"), 1);
+}
+
+#[test]
+fn a_write_waiting_for_userinfo_is_held_then_let_go_whole() {
+    let vm = Vm::new();
+    let config = USERINFO_CONFIG.replacen('{', r#"{"writes":"victoriametrics","#, 1);
+    assert!(vm.configure(1, &config));
+    let action = vm.request(
+        1,
+        2,
+        "POST",
+        "/influx/write?db=x",
+        &[("authorization", "Bearer alice-token")],
+        None,
+    );
+    assert_eq!(action, Action::Pause);
+    // Envoy buffers what arrives meanwhile (with allow_on_headers_stop_iteration).
+    assert_eq!(request_chunk(2, b"m v=1\n", false), Action::Pause);
+    assert_eq!(request_chunk(2, b"m v=2\n", false), Action::Pause);
+    let token = vm.callouts()[0].token;
+    vm.respond(
+        token,
+        Some("200"),
+        r#"{"sub":"alice","https://example.com/client_id":"1999"}"#,
+    );
+    assert!(vm.stream(2).resumed);
+    assert_eq!(
+        path_of(&vm, 2),
+        "/influx/write?db=x&extra_label=client_id%3D1999"
+    );
+    with_host(|h| {
+        // Envoy sends on what it held when the request resumes.
+        let stream = h.streams.get_mut(&2).unwrap();
+        let held = std::mem::take(&mut stream.body);
+        stream.body_passed.extend(held);
+    });
+    assert_eq!(request_chunk(2, b"m v=3\n", true), Action::Continue);
+    assert_eq!(vm.stream(2).body_passed, b"m v=1\nm v=2\nm v=3\n");
+    assert_eq!(vm.counter("write_bytes"), 18);
+    assert_eq!(vm.counter("writes_allowed"), 1);
+}
+
+#[test]
+fn refused_writes_are_counted_and_answered_in_prometheus_shape() {
+    let vm = Vm::new();
+    // The default: writes denied.
+    assert!(vm.configure(1, JWT_CONFIG));
+    let write = |id: u32, path: &str, payload: &str| {
+        vm.request(1, id, "POST", path, &[("x-jwt-payload", payload)], None)
+    };
+    assert_eq!(write(2, "/api/v1/import", ALICE_PAYLOAD), Action::Pause);
+    let reply = vm.reply(2).unwrap();
+    assert_eq!(
+        (reply.status, error_type(&reply).as_str()),
+        (403, "forbidden")
+    );
+    assert!(
+        reply.body.contains("writes are not enabled"),
+        "{}",
+        reply.body
+    );
+    assert_eq!(vm.counter("writes_denied"), 1);
+
+    // A second plugin configuration on the same VM, with writes on; counters are
+    // shared by name, as Envoy's are.
+    let vm2 = vm;
+    assert!(vm2.configure(11, WRITES_JWT_CONFIG));
+    // {"client_id":["1999","2000"]}: which tenant would the data belong to?
+    let both = "eyJjbGllbnRfaWQiOlsiMTk5OSIsIjIwMDAiXX0";
+    let action = vm2.request(
+        11,
+        12,
+        "POST",
+        "/api/v1/write",
+        &[("x-jwt-payload", both)],
+        None,
+    );
+    assert_eq!(action, Action::Pause);
+    let reply = vm2.reply(12).unwrap();
+    assert_eq!(reply.status, 403);
+    assert!(reply.body.contains("several tenants"), "{}", reply.body);
+    // Nothing of its body goes on.
+    assert_eq!(request_chunk(12, b"data", true), Action::Pause);
+    assert!(vm2.stream(12).body_passed.is_empty());
+    let action = vm2.request(
+        11,
+        13,
+        "GET",
+        "/api/v1/write",
+        &[("x-jwt-payload", ALICE_PAYLOAD)],
+        None,
+    );
+    assert_eq!(action, Action::Pause);
+    assert_eq!(vm2.reply(13).unwrap().status, 405);
+    assert_eq!(vm2.counter("writes_denied"), 3);
+    assert_eq!(vm2.counter("writes_allowed"), 0);
 }

@@ -146,6 +146,23 @@ mod tests {
     }
 
     #[test]
+    fn write_targets_are_told_apart_whatever_the_policy() {
+        for path in ALLOWED {
+            assert!(crate::api::is_write_target(path.as_bytes()), "{path}");
+            let with_query = format!("{path}?extra_label=a=b");
+            assert!(crate::api::is_write_target(with_query.as_bytes()));
+        }
+        for path in [
+            &b"/api/v1/query"[..],
+            b"/api/v1/import/native",
+            b"/api/v1//write",
+            b"/api/v1/write\xff",
+        ] {
+            assert!(!crate::api::is_write_target(path), "{path:?}");
+        }
+    }
+
+    #[test]
     fn the_default_refuses_every_write_path() {
         for path in ALLOWED.iter().chain(OTHER_INGESTION) {
             for method in ["POST", "PUT", "GET"] {
