@@ -36,10 +36,11 @@ $(VENV)/.installed: $(PY_REQUIREMENTS)
 	@touch $@
 
 ## VictoriaMetrics from Debian: the binary is /usr/bin/victoria-metrics (and vmalert, the
-## rule engine of the tests). The package also installs a systemd unit; the tests never
-## use it, they start their own on free ports.
+## rule engine of the tests, and vmagent, a remote-write client of the write tests). The
+## package also installs a systemd unit; the tests never use it, they start their own on
+## free ports.
 vm-deps:
-	@command -v victoria-metrics >/dev/null || { apt-get update -qq \
+	@command -v victoria-metrics >/dev/null && command -v vmagent >/dev/null || { apt-get update -qq \
 	  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq victoria-metrics >/dev/null; }
 
 ## Prometheus from Debian (2.42): /usr/bin/prometheus and /usr/bin/promtool, the second

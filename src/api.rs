@@ -288,14 +288,14 @@ pub fn plan_request(
     })
 }
 
-/// True when `path_and_query` names an ingestion endpoint of [`crate::writes`], allowed
+/// True when `path_and_query` names an ingestion endpoint ([`crate::writes`]), allowed
 /// or not: what the filter counts as a write, refused or let through.
 pub fn is_write_target(path_and_query: &[u8]) -> bool {
     let Ok(target) = std::str::from_utf8(path_and_query) else {
         return false;
     };
     let raw_path = target.split(['?', '#']).next().unwrap_or_default();
-    canonical_path(raw_path).is_ok_and(|path| crate::writes::is_write_path(&path))
+    canonical_path(raw_path).is_ok_and(|path| crate::writes::is_ingestion_path(&path))
 }
 
 /// Percent-decodes a path, refusing anything a router could read two ways.

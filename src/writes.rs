@@ -33,16 +33,38 @@ const PREFIXABLE: &[&str] = &[
 /// `/prometheus` prefix only.
 const INFLUX_WRITE: &str = "/influx/write";
 
+/// VictoriaMetrics' other ingestion endpoints (v1.79, with or without `/prometheus`):
+/// never allowed, but counted as writes when refused.
+const OTHER_INGESTION: &[&str] = &[
+    "/api/v1/import/native",
+    "/influx/api/v2/write",
+    "/write",
+    "/api/v2/write",
+    "/datadog/api/v1/series",
+    "/api/put",
+    "/newrelic/infra/v2/metrics/events/bulk",
+    "/opentelemetry/api/v1/push",
+];
+
 /// The one method the write endpoints are allowed with.
 pub const WRITE_METHOD: &str = "POST";
 
 /// True for a (percent-decoded, canonical) path of an allowed ingestion endpoint.
 pub fn is_write_path(path: &str) -> bool {
-    let unprefixed = match path.strip_prefix("/prometheus") {
+    PREFIXABLE.contains(&unprefixed(path)) || path == INFLUX_WRITE
+}
+
+/// True for the path of any ingestion endpoint VictoriaMetrics serves, allowed or not.
+pub fn is_ingestion_path(path: &str) -> bool {
+    let unprefixed = unprefixed(path);
+    is_write_path(path) || OTHER_INGESTION.contains(&unprefixed) || unprefixed == INFLUX_WRITE
+}
+
+fn unprefixed(path: &str) -> &str {
+    match path.strip_prefix("/prometheus") {
         Some(rest) if rest.starts_with('/') => rest,
         _ => path,
-    };
-    PREFIXABLE.contains(&unprefixed) || path == INFLUX_WRITE
+    }
 }
 
 /// The refusal of a write path while `writes` is `deny`.
@@ -147,14 +169,14 @@ mod tests {
 
     #[test]
     fn write_targets_are_told_apart_whatever_the_policy() {
-        for path in ALLOWED {
+        for path in ALLOWED.iter().chain(&OTHER_INGESTION[..10]) {
             assert!(crate::api::is_write_target(path.as_bytes()), "{path}");
             let with_query = format!("{path}?extra_label=a=b");
             assert!(crate::api::is_write_target(with_query.as_bytes()));
         }
         for path in [
             &b"/api/v1/query"[..],
-            b"/api/v1/import/native",
+            b"/api/v1/admin/tsdb/delete_series",
             b"/api/v1//write",
             b"/api/v1/write\xff",
         ] {

@@ -77,14 +77,18 @@ def envoy_validate(config_text: str, tmp_path: Path, name: str = "envoy.yaml") -
                           capture_output=True, text=True, timeout=60)
 
 
+WASM_TYPE = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
+
+
 def wasm_filters(config: dict) -> list[dict]:
-    """Every envoy.filters.http.wasm filter of a bootstrap config."""
+    """Every Wasm HTTP filter of a bootstrap config, known by its type rather than its name
+    (envoy/envoy.writes.yaml runs a second one under another name)."""
     found = []
     for listener in config.get("static_resources", {}).get("listeners", []):
         for chain in listener.get("filter_chains", []):
             for network_filter in chain.get("filters", []):
                 for http_filter in network_filter.get("typed_config", {}).get("http_filters", []):
-                    if http_filter.get("name") == "envoy.filters.http.wasm":
+                    if http_filter.get("typed_config", {}).get("@type") == WASM_TYPE:
                         found.append(http_filter["typed_config"]["config"])
     return found
 

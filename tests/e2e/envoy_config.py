@@ -41,23 +41,28 @@ def http_filters(config: dict) -> list[dict]:
     return _connection_manager(config)["http_filters"]
 
 
-def _wasm_plugin(config: dict) -> dict:
+# The second instance of the filter in envoy/envoy.writes.yaml, on the write route.
+WRITES_FILTER = "promql_tenant_filter.writes"
+
+
+def _wasm_plugin(config: dict, name: str = WASM_FILTER) -> dict:
     for http_filter in http_filters(config):
-        if http_filter["name"] == WASM_FILTER:
+        if http_filter["name"] == name:
             return http_filter["typed_config"]["config"]
-    raise KeyError("no wasm filter in this config")
+    raise KeyError(f"no wasm filter {name!r} in this config")
 
 
-def plugin_config(config: dict) -> dict:
-    """The plugin's JSON configuration, decoded."""
-    return json.loads(_wasm_plugin(config)["configuration"]["value"])
+def plugin_config(config: dict, name: str = WASM_FILTER) -> dict:
+    """The plugin's JSON configuration of the wasm filter `name`, decoded."""
+    return json.loads(_wasm_plugin(config, name)["configuration"]["value"])
 
 
-def with_plugin_config(config: dict, plugin: dict | str) -> dict:
-    """A copy of `config` whose plugin configuration is `plugin` (a dict, or raw text)."""
+def with_plugin_config(config: dict, plugin: dict | str, name: str = WASM_FILTER) -> dict:
+    """A copy of `config` whose plugin configuration (of the wasm filter `name`) is
+    `plugin` (a dict, or raw text)."""
     config = copy.deepcopy(config)
     text = plugin if isinstance(plugin, str) else json.dumps(plugin)
-    _wasm_plugin(config)["configuration"]["value"] = text
+    _wasm_plugin(config, name)["configuration"]["value"] = text
     return config
 
 

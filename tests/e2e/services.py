@@ -1,10 +1,12 @@
 """The real services of the end-to-end tests: VictoriaMetrics, Prometheus, vmalert, the OIDC
-provider, Envoy.
+provider, Envoy, and the remote-write clients vmagent and Prometheus.
 
 Each class starts one real process on 127.0.0.1 on a free port, waits for it by polling,
-and offers the few calls the tests need. `IdpRelay` is the only thing written here that
-answers HTTP: a relay in front of the real provider that can delay or fail on demand, to
-play an identity provider that is slow or broken.
+and offers the few calls the tests need. What is written here to answer HTTP stands in
+for what is not under test: `IdpRelay`, a relay in front of the real provider that can
+delay or fail on demand, to play an identity provider that is slow or broken;
+`AlertSink`, where vmalert notifies; `ScrapeTarget`, a customer's exporter for the
+remote-write clients to scrape.
 """
 
 from __future__ import annotations
@@ -61,12 +63,13 @@ class VictoriaMetrics:
     name = "victoriametrics"
 
     def __init__(self, workdir: Path, port: int | None = None, vmalert_url: str | None = None,
-                 label: str = "victoria-metrics"):
+                 label: str = "victoria-metrics", flags: tuple[str, ...] = ()):
         self.workdir = workdir
         self.label = label
         self.port = port or free_port()
         self.url = f"http://{LOOPBACK}:{self.port}"
         self.vmalert_url = vmalert_url
+        self.flags = flags
         self.starts = 0
         self.start()
 
@@ -83,6 +86,7 @@ class VictoriaMetrics:
         ]
         if self.vmalert_url:
             argv.append(f"-vmalert.proxyURL={self.vmalert_url}")
+        argv += self.flags
         self.proc = Proc(self.label, argv, _log_path(self.workdir, self.label, self.starts))
         wait_until(lambda: requests.get(f"{self.url}/health", timeout=1).ok,
                    "VictoriaMetrics /health", proc=self.proc)
@@ -243,6 +247,114 @@ class VmAlert:
         self.proc = Proc(label, argv, workdir / f"{label}.log")
         wait_until(lambda: requests.get(f"{self.url}/api/v1/rules", timeout=1).ok,
                    "vmalert /api/v1/rules", proc=self.proc)
+
+    def stop(self) -> None:
+        self.proc.stop()
+
+
+# ---------------------------------------------------------------------------- remote-write clients
+
+
+class ScrapeTarget:
+    """A page of metrics in the Prometheus text format, for vmagent and Prometheus to scrape:
+    the only thing the write tests serve themselves. `text` can be changed at any time."""
+
+    def __init__(self, text: str):
+        target = self
+        self.text = text
+        self.scrapes = 0
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self):  # noqa: N802 - the stdlib's naming
+                target.scrapes += 1
+                body = target.text.encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *_args):
+                pass
+
+        self.server = _RelayServer((LOOPBACK, 0), Handler)
+        self.server.daemon_threads = True
+        self.address = f"{LOOPBACK}:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _scrape_config(job: str, target: ScrapeTarget) -> dict:
+    # honor_labels: the target's own labels stay as it wrote them, a `client_id` included,
+    # as a customer's exporter would have them.
+    return {"job_name": job, "honor_labels": True, "scrape_interval": "1s",
+            "static_configs": [{"targets": [target.address]}]}
+
+
+class VmAgent:
+    """vmagent from Debian's victoria-metrics package: scrapes `target` every second and
+    pushes what it scraped to `remote_write_url` with `Authorization: Bearer <token>`."""
+
+    def __init__(self, workdir: Path, name: str, target: ScrapeTarget, remote_write_url: str,
+                 token: str):
+        self.port = free_port()
+        config = workdir / f"{name}.yml"
+        config.write_text(json.dumps({"scrape_configs": [_scrape_config(name, target)]}))
+        token_file = workdir / f"{name}.token"
+        token_file.write_text(token)
+        argv = [
+            _binary("vmagent"),
+            f"-promscrape.config={config}",
+            f"-remoteWrite.url={remote_write_url}",
+            f"-remoteWrite.bearerTokenFile={token_file}",
+            f"-remoteWrite.tmpDataPath={workdir / (name + '-queue')}",
+            "-remoteWrite.flushInterval=500ms",
+            f"-httpListenAddr={LOOPBACK}:{self.port}",
+        ]
+        self.proc = Proc(name, argv, workdir / f"{name}.log")
+        wait_until(lambda: requests.get(f"http://{LOOPBACK}:{self.port}/health", timeout=1).ok,
+                   f"{name} /health", proc=self.proc)
+
+    def stop(self) -> None:
+        self.proc.stop()
+
+
+class PrometheusAgent:
+    """Prometheus (Debian's 2.42) scraping `target` every second and sending it on with
+    `remote_write`, authenticated the way its docs say: `authorization: credentials`."""
+
+    def __init__(self, workdir: Path, name: str, target: ScrapeTarget, remote_write_url: str,
+                 token: str):
+        self.port = free_port()
+        self.url = f"http://{LOOPBACK}:{self.port}"
+        config = workdir / f"{name}.yml"
+        config.write_text(json.dumps({
+            "global": {"scrape_interval": "1s"},
+            "scrape_configs": [_scrape_config(name, target)],
+            "remote_write": [{
+                "url": remote_write_url,
+                "authorization": {"credentials": token},
+                "queue_config": {"batch_send_deadline": "500ms", "min_backoff": "100ms",
+                                 "max_backoff": "1s"},
+            }],
+        }))
+        self.proc = Proc(
+            name,
+            [
+                _binary("prometheus"),
+                f"--config.file={config}",
+                f"--storage.tsdb.path={workdir / (name + '-data')}",
+                f"--web.listen-address={LOOPBACK}:{self.port}",
+            ],
+            workdir / f"{name}.log",
+        )
+        wait_until(lambda: requests.get(f"{self.url}/-/ready", timeout=1).ok,
+                   f"{name} /-/ready", proc=self.proc)
 
     def stop(self) -> None:
         self.proc.stop()

@@ -34,6 +34,13 @@ CASES = {
     "unknown-source": (lambda p: p["identity"].update(source="ldap"), ["source", "ldap"]),
     "bad-on-conflict": (lambda p: p.update(on_conflict="xor"), ["on_conflict", "xor"]),
     "claim-wrong-type": (lambda p: p["identity"].update(claim=42), ["claim"]),
+    # Prometheus' remote-write receiver ignores extra_label: nothing would confine a write.
+    "writes-on-prometheus": (
+        lambda p: p.update(backend="prometheus", dialect="promql",
+                           victoriametrics_extra_label=False, writes="victoriametrics"),
+        ["writes"]),
+    "write-claim-with-writes-denied": (
+        lambda p: p["identity"].update(write_tenant_claim="w"), ["write_tenant_claim"]),
 }
 
 
@@ -57,7 +64,7 @@ def test_envoy_refuses_a_plugin_config_that_is_not_a_json_object(envoy_factory, 
     assert proxy.wait_exit(timeout_s=60) != 0, proxy.proc.log_tail()
 
 
-@pytest.mark.parametrize("template", ["envoy.yaml", "envoy.jwt.yaml"])
+@pytest.mark.parametrize("template", ["envoy.yaml", "envoy.jwt.yaml", "envoy.writes.yaml"])
 def test_committed_config_passes_envoy_validate(envoy_factory, tmp_path, template):
     (tmp_path / "jwks.json").write_text(jwt_keys.SigningKey("validate").jwks())
     config = envoy_factory.config(template, JWT_ISSUER=jwt_keys.ISSUER,
