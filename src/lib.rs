@@ -16,4 +16,5 @@ pub mod decision;
 pub mod filter;
 pub mod form;
 pub mod identity;
+pub mod mediatype;
 pub mod timing;
