@@ -9,7 +9,8 @@
 //! a router might normalise differently from us (`..`, `//`, encoded `/`, `;`, a
 //! fragment) is refused outright rather than guessed at.
 
-use crate::form::{FormError, Params};
+use crate::form::{go_param_count, FormError, Params};
+use crate::mediatype::{self, MediaTypeError};
 use serde_json::json;
 
 /// Parameters the client may not set: VictoriaMetrics would apply them as filters, and
@@ -17,6 +18,18 @@ use serde_json::json;
 pub const STRIPPED_PARAMS: &[&str] = &["extra_label", "extra_filters", "extra_filters[]"];
 /// Headers the client may not set: VictoriaMetrics cluster reads the tenant from them.
 pub const STRIPPED_HEADERS: &[&str] = &["accountid", "projectid"];
+
+/// The media type of a form body, which Go's `Request.ParseForm` reads.
+pub const FORM_MEDIA_TYPE: &str = "application/x-www-form-urlencoded";
+/// Go's `maxFormSize`: `ParseForm` reads nothing of a larger form body ("http: POST too
+/// large") and both backends then see only the URL's parameters.
+pub const GO_MAX_FORM_BYTES: usize = 10 << 20;
+/// The most parameters the filter forwards in a query string or a form body. Go 1.24.12,
+/// 1.25.6 and 1.26 drop every parameter of a query string or body holding more than
+/// 10,000 (their default `urlmaxqueryparams`; Go counts `&`s plus one), so a tenant
+/// selector among them would vanish. A tenth of that leaves room for a backend run with
+/// a lower `GODEBUG=urlmaxqueryparams`.
+pub const MAX_FORWARDED_PARAMS: usize = 1000;
 
 /// Answer to `/api/v1/metadata`: metadata cannot be filtered by tenant.
 pub const METADATA_ANSWER: &str = r#"{"status":"success","data":{}}"#;
@@ -103,15 +116,6 @@ impl Refusal {
             format!("request body larger than {max_body_bytes} bytes"),
         )
     }
-    /// 415.
-    pub fn unsupported_media_type() -> Refusal {
-        Refusal::new(
-            415,
-            ErrorType::BadData,
-            "request body must be application/x-www-form-urlencoded",
-        )
-    }
-
     /// The JSON body, in Prometheus' error shape.
     pub fn body(&self) -> Vec<u8> {
         json!({
@@ -284,8 +288,8 @@ pub fn check_body_headers(
         if length > max_body_bytes as u64 {
             return Err(Refusal::too_large(max_body_bytes));
         }
-        if length > 0 && !is_form(content_type) {
-            return Err(Refusal::unsupported_media_type());
+        if length > 0 {
+            check_form_media_type(content_type)?;
         }
     }
     Ok(())
@@ -309,13 +313,53 @@ pub fn check_content_encoding(content_encoding: Option<&[u8]>) -> Result<(), Ref
     }
 }
 
-/// True for `application/x-www-form-urlencoded`, with or without parameters.
-pub fn is_form(content_type: Option<&[u8]>) -> bool {
-    let Some(value) = content_type.and_then(|v| std::str::from_utf8(v).ok()) else {
-        return false;
+/// Accepts a body's `Content-Type` only where every Go version the backends may be
+/// built with reads the body as a form, cleanly, through `Request.ParseForm`:
+/// `mime.ParseMediaType` must return `application/x-www-form-urlencoded` and no error.
+///
+/// Anything else is refused, because counting what is in a body the backend does not
+/// read would leave the request without a tenant selector: without a type Go takes the
+/// body for `application/octet-stream`; a repeated parameter makes Go 1.19 read nothing
+/// (Go 1.20 and later accept equal repeats); a broken parameter makes Go read the body
+/// but report an error, on which Prometheus' series and federate handlers refuse and
+/// VictoriaMetrics does not; `multipart/form-data` is read by `FormValue` but not by
+/// this filter; and Go 1.25 took `{` and `}` out of the token alphabet until a later
+/// point release put them back.
+pub fn check_form_media_type(content_type: Option<&[u8]>) -> Result<(), Refusal> {
+    let refuse = |why: &str| {
+        Err(Refusal::new(
+            415,
+            ErrorType::BadData,
+            format!("request body must be {FORM_MEDIA_TYPE}: {why}"),
+        ))
     };
-    let essence = value.split(';').next().unwrap_or_default().trim();
-    essence.eq_ignore_ascii_case("application/x-www-form-urlencoded")
+    let Some(value) = content_type else {
+        return refuse("no Content-Type (Go reads such a body as application/octet-stream)");
+    };
+    if value.contains(&b'{') || value.contains(&b'}') {
+        return refuse("`{` or `}` in Content-Type (Go versions disagree on them)");
+    }
+    match mediatype::parse(value) {
+        Ok(media_type) if media_type.essence == FORM_MEDIA_TYPE => Ok(()),
+        Ok(_) => refuse("another Content-Type"),
+        Err(e @ MediaTypeError::DuplicateParameter { same_value, .. }) => refuse(&format!(
+            "{} in Content-Type (Go {} the body)",
+            e.go_message(),
+            if same_value {
+                "1.19 ignores, Go 1.20 and later read"
+            } else {
+                "ignores"
+            }
+        )),
+        Err(e) if e.go_reads_type() == Some(FORM_MEDIA_TYPE) => refuse(&format!(
+            "{} in Content-Type (Go reads the body but reports an error)",
+            e.go_message()
+        )),
+        Err(e) => refuse(&format!(
+            "{} in Content-Type (Go ignores the body)",
+            e.go_message()
+        )),
+    }
 }
 
 /// Why the engine refused a query.
@@ -390,9 +434,7 @@ pub fn rewrite_request(
                     "a request body is only read on POST; send GET parameters in the URL",
                 ));
             }
-            if !is_form(content_type) {
-                return Err(Refusal::unsupported_media_type());
-            }
+            check_form_media_type(content_type)?;
             let text = std::str::from_utf8(bytes)
                 .map_err(|_| Refusal::bad_request("invalid form body: not valid UTF-8"))?;
             Some(Params::parse(text).map_err(|e| bad_params("form body", e))?)
@@ -419,8 +461,26 @@ pub fn rewrite_request(
         Action::RewriteQuery if rewritten_params == 0 => {
             return Err(Refusal::bad_request("missing query parameter \"query\""));
         }
-        Action::RewriteMatch if rewritten_params == 0 => {
-            url.push("match[]", &format!("{{{}}}", tenant.matcher_text));
+        Action::RewriteMatch => {
+            // Prometheus reads only `match[]`; VictoriaMetrics reads `match[]` and its
+            // alias `match`. A request with `match` alone would reach Prometheus with
+            // no selector at all, which answers for every tenant: each rewritten `match`
+            // goes out as a `match[]` too, and the tenant's own selector when there is
+            // neither.
+            let all = || std::iter::once(&url).chain(form.as_ref());
+            if !all().any(|params| params.contains("match[]")) {
+                let aliases: Vec<String> = all()
+                    .flat_map(Params::pairs)
+                    .filter(|pair| pair.name() == "match")
+                    .map(|pair| pair.value().to_string())
+                    .collect();
+                if aliases.is_empty() {
+                    url.push("match[]", &format!("{{{}}}", tenant.matcher_text));
+                }
+                for alias in aliases {
+                    url.push("match[]", &alias);
+                }
+            }
         }
         _ => {}
     }
@@ -433,22 +493,50 @@ pub fn rewrite_request(
         }
     }
 
-    let path = url.is_changed().then(|| {
-        let query = url.encode();
+    let query = url.is_changed().then(|| url.encode());
+    check_param_count(
+        "query string",
+        query.as_deref().unwrap_or(&plan.raw_query).as_bytes(),
+    )?;
+    let path = query.map(|query| {
         if query.is_empty() {
             plan.raw_path.clone()
         } else {
             format!("{}?{query}", plan.raw_path)
         }
     });
-    let body = form
+    let new_body = form
         .filter(Params::is_changed)
         .map(|form| form.encode().into_bytes());
+    if let Some(forwarded) = new_body.as_deref().or(body).filter(|b| !b.is_empty()) {
+        if forwarded.len() > GO_MAX_FORM_BYTES {
+            return Err(Refusal::new(
+                413,
+                ErrorType::BadData,
+                format!(
+                    "the form body would reach the backend larger than {GO_MAX_FORM_BYTES} \
+                     bytes, and Go's ParseForm ignores such a body"
+                ),
+            ));
+        }
+        check_param_count("form body", forwarded)?;
+    }
     Ok(Rewritten {
         path,
-        body,
+        body: new_body,
         rewritten_params,
     })
+}
+
+/// Refuses a query string or form body Go's `url.ParseQuery` might drop whole.
+fn check_param_count(place: &str, raw: &[u8]) -> Result<(), Refusal> {
+    let count = go_param_count(raw);
+    if count > MAX_FORWARDED_PARAMS {
+        return Err(Refusal::bad_request(format!(
+            "too many parameters in the {place}: {count}, at most {MAX_FORWARDED_PARAMS}"
+        )));
+    }
+    Ok(())
 }
 
 fn rewrite_params(
@@ -873,6 +961,109 @@ mod tests {
     }
 
     #[test]
+    fn a_body_counts_only_where_every_go_reads_it_as_a_form() {
+        let values = vec!["1".to_string()];
+        let t = tenant(&values, "client_id=\"1\"");
+        let opts = RewriteOptions {
+            victoriametrics_extra_label: false,
+        };
+        let p = plan("POST", "/api/v1/label/client_id/values").unwrap();
+        let status = |ct: &[u8]| {
+            rewrite_request(&p, Some(b"match[]=up"), Some(ct), &t, opts, &fake)
+                .map(|r| r.rewritten_params)
+                .map_err(|r| (r.status, r.message))
+        };
+        // Issue #10: Go ignores the body on a repeated parameter; a filter that read it
+        // added no selector of its own, and the backend answered for every tenant.
+        for ct in [
+            "application/x-www-form-urlencoded; a=1; a=2",
+            "application/x-www-form-urlencoded; charset=utf-8; CHARSET=latin1",
+            // Go 1.19 ignores the body, Go 1.20 and later read it.
+            "application/x-www-form-urlencoded; a=1; a=1",
+            // Go reads the body, and reports an error.
+            "application/x-www-form-urlencoded; charset",
+            "application/x-www-form-urlencoded; charset=\"utf-8",
+            "application/x-www-form-urlencoded;;",
+            // Two Content-Type headers, as Envoy joins them.
+            "application/x-www-form-urlencoded; a=1,text/plain",
+            "application/x-www-form-urlencoded,application/x-www-form-urlencoded",
+            // Go ignores the body.
+            "",
+            "application/x-www-form-urlencoded/x",
+            "\"application/x-www-form-urlencoded\"",
+            "multipart/form-data; boundary=x",
+            // Go 1.25.0 and 1.19 disagree on braces.
+            "application/x-www-form-urlencoded; a={b}",
+        ] {
+            let (code, message) = status(ct.as_bytes()).unwrap_err();
+            assert_eq!(code, 415, "{ct:?}: {message}");
+            assert!(
+                message.contains("application/x-www-form-urlencoded"),
+                "{message}"
+            );
+        }
+        for ct in [
+            "application/x-www-form-urlencoded",
+            "APPLICATION/X-WWW-FORM-URLENCODED ; Charset=\"UTF-8\" ;",
+            "application/x-www-form-urlencoded;a=1;b=1",
+            "application/x-www-form-urlencoded;\u{a0}charset=utf-8",
+        ] {
+            assert_eq!(status(ct.as_bytes()), Ok(1), "{ct:?}");
+        }
+        // The same verdict at header time, when a Content-Length announces a body.
+        assert_eq!(
+            check_body_headers(
+                Some(b"application/x-www-form-urlencoded; a=1; a=2"),
+                Some(b"10"),
+                100
+            )
+            .map_err(|r| r.status),
+            Err(415)
+        );
+    }
+
+    #[test]
+    fn a_match_alias_alone_also_goes_out_as_match_brackets() {
+        // Prometheus reads no `match`: with it alone, every tenant's labels came back.
+        let r = run("GET", "/api/v1/labels?match=a&start=1", None, false).unwrap();
+        assert_eq!(
+            r.path.as_deref(),
+            Some("/api/v1/labels?match=%3Ca%3E&start=1&match%5B%5D=%3Ca%3E")
+        );
+        let r = run("POST", "/api/v1/series", Some("match=a&match=b"), false).unwrap();
+        assert_eq!(
+            r.path.as_deref(),
+            Some("/api/v1/series?match%5B%5D=%3Ca%3E&match%5B%5D=%3Cb%3E")
+        );
+        // With a `match[]` anywhere, nothing is added.
+        let r = run("POST", "/api/v1/series?match=a", Some("match[]=b"), false).unwrap();
+        assert_eq!(r.path.as_deref(), Some("/api/v1/series?match=%3Ca%3E"));
+    }
+
+    #[test]
+    fn what_go_would_drop_whole_is_refused() {
+        let many = |n: usize| vec!["a=1"; n].join("&");
+        // The tenant selector the filter appends counts too.
+        let at_limit = format!("/api/v1/labels?{}", many(MAX_FORWARDED_PARAMS - 1));
+        assert!(run("GET", &at_limit, None, false).is_ok());
+        let over = format!("/api/v1/labels?{}", many(MAX_FORWARDED_PARAMS));
+        let r = run("GET", &over, None, false).unwrap_err();
+        assert_eq!((r.status, r.error_type), (400, ErrorType::BadData));
+        assert!(r.message.contains("too many parameters"), "{}", r.message);
+        let body = format!("match[]=x&{}", many(MAX_FORWARDED_PARAMS));
+        let r = run("POST", "/api/v1/labels", Some(&body), false).unwrap_err();
+        assert_eq!(r.status, 400);
+        // Go's ParseForm ignores a form body over 10 MiB: a body the rewrite grows past
+        // that is refused, one that stays at it passes (the stand-in adds `%3C` `%3E`).
+        let fits = format!("query={}", "a".repeat(GO_MAX_FORM_BYTES - 12));
+        let r = run("POST", "/api/v1/query", Some(&fits), false).unwrap();
+        assert_eq!(r.body.map(|b| b.len()), Some(GO_MAX_FORM_BYTES));
+        let grows = format!("query={}", "a".repeat(GO_MAX_FORM_BYTES - 11));
+        let r = run("POST", "/api/v1/query", Some(&grows), false).unwrap_err();
+        assert_eq!(r.status, 413);
+    }
+
+    #[test]
     fn body_header_checks() {
         let form = Some(&b"application/x-www-form-urlencoded"[..]);
         assert_eq!(check_body_headers(form, Some(b"100"), 100), Ok(()));
@@ -927,7 +1118,6 @@ mod tests {
             (Refusal::unavailable("x"), 503, "unavailable"),
             (Refusal::method_not_allowed(GET_POST), 405, "bad_data"),
             (Refusal::too_large(1), 413, "bad_data"),
-            (Refusal::unsupported_media_type(), 415, "bad_data"),
         ];
         for (r, status, kind) in cases {
             assert_eq!(r.status, status);
