@@ -14,16 +14,14 @@
 //!   filter's own `extra_label` / `extra_filters[]` arrive.
 
 mod common;
-#[path = "go_form_oracle/client.rs"]
+#[path = "go_form_oracle/mod.rs"]
 mod go_oracle;
 
 use common::{for_each_selector_mut, ExpectedMatcher};
-use go_oracle::{forwarded_request, GoOracle, GoString, HandlerView};
-use promql_tenant_filter::api::{self, Action};
+use go_oracle::{compare, forwarded_request, GoOracle};
+use promql_tenant_filter::api;
 use promql_tenant_filter::config::Config;
 use promql_tenant_filter::decision::{decide, Decision, RequestHead};
-use promql_tenant_filter::form::Params;
-use promql_tenant_filter::mediatype;
 use std::path::Path;
 
 const FORM: &str = "application/x-www-form-urlencoded";
@@ -39,10 +37,6 @@ fn config(extra_label: bool) -> Config {
             "identity":{{"source":"userinfo","cluster":"idp","claim":"client_id"}}}}"#
     );
     Config::parse(json.as_bytes()).unwrap()
-}
-
-fn text(value: &GoString) -> String {
-    String::from_utf8_lossy(&value.bytes()).into_owned()
 }
 
 // ---------------------------------------------------------------------------- media types
@@ -170,33 +164,9 @@ const HOSTILE_MEDIA_TYPES: &[&str] = &[
 fn media_types_are_read_as_go_reads_them() {
     let mut go = oracle();
     for input in GO_MEDIA_TYPE_INPUTS.iter().chain(HOSTILE_MEDIA_TYPES) {
-        let theirs = go.media_type(input.as_bytes());
-        match mediatype::parse(input.as_bytes()) {
-            Ok(ours) => {
-                assert_eq!(theirs.error, None, "{input:?}: Go refuses what we accept");
-                assert_eq!(text(&theirs.media_type), ours.essence, "{input:?}");
-                let their_params: Vec<(String, Vec<u8>)> = theirs
-                    .params
-                    .iter()
-                    .map(|p| (text(&p.key), p.values[0].bytes()))
-                    .collect();
-                let our_params: Vec<(String, Vec<u8>)> = ours.params.into_iter().collect();
-                assert_eq!(their_params, our_params, "{input:?}");
-            }
-            Err(e) => {
-                assert_eq!(
-                    theirs.error.as_deref(),
-                    Some(e.go_message()),
-                    "{input:?}: {e:?}"
-                );
-                assert_eq!(
-                    text(&theirs.media_type),
-                    e.go_reads_type().unwrap_or_default(),
-                    "{input:?}"
-                );
-            }
-        }
+        compare::media_type(&mut go, input.as_bytes()).unwrap();
     }
+    compare::media_type(&mut go, b"application/x-www-form-urlencoded; a=\"\xff\"").unwrap();
 }
 
 // ---------------------------------------------------------------------------- query strings
@@ -230,41 +200,7 @@ const QUERY_STRINGS: &[&str] = &[
 fn query_strings_are_read_as_go_reads_them() {
     let mut go = oracle();
     for input in QUERY_STRINGS {
-        let theirs = go.parse_query(input.as_bytes());
-        match Params::parse(input) {
-            Ok(ours) => {
-                assert_eq!(theirs.error, None, "{input:?}");
-                let mut grouped: Vec<(String, Vec<String>)> = Vec::new();
-                for (chunk, pair) in input.split('&').zip(ours.pairs()) {
-                    if chunk.is_empty() {
-                        // An empty chunk (`&&`) is no parameter for Go; `=` is one.
-                        continue;
-                    }
-                    match grouped.iter_mut().find(|(n, _)| n == pair.name()) {
-                        Some((_, values)) => values.push(pair.value().to_string()),
-                        None => grouped.push((pair.name().into(), vec![pair.value().into()])),
-                    }
-                }
-                grouped.sort();
-                let their_pairs: Vec<(String, Vec<String>)> = theirs
-                    .values
-                    .iter()
-                    .map(|p| (text(&p.key), p.values.iter().map(text).collect()))
-                    .collect();
-                assert_eq!(their_pairs, grouped, "{input:?}");
-            }
-            Err(e) => {
-                let kept_bytes = theirs
-                    .values
-                    .iter()
-                    .flat_map(|p| std::iter::once(&p.key).chain(&p.values))
-                    .any(|v| v.text().is_none());
-                assert!(
-                    theirs.error.is_some() || kept_bytes,
-                    "{input:?}: we refuse ({e}) what Go reads cleanly"
-                );
-            }
-        }
+        compare::query(&mut go, input).unwrap();
     }
 }
 
@@ -544,15 +480,11 @@ fn decide_as_alice(
     )
 }
 
-/// The selectors in `value` that lack the tenant matcher, or why it is not PromQL.
-fn unconfined(value: &[u8]) -> Option<String> {
-    let Ok(text) = std::str::from_utf8(value) else {
-        return Some(format!("not UTF-8: {value:?}"));
-    };
-    let mut ast = match promql_parser::parser::parse(text) {
-        Ok(ast) => ast,
-        Err(e) => return Some(format!("{text:?} does not parse: {e}")),
-    };
+/// Whether every selector of `value` carries alice's tenant matcher (in each or-branch).
+fn confined(value: &[u8]) -> Result<(), String> {
+    let text = std::str::from_utf8(value).map_err(|_| format!("not UTF-8: {value:?}"))?;
+    let mut ast =
+        promql_parser::parser::parse(text).map_err(|e| format!("{text:?} does not parse: {e}"))?;
     let tenant = ExpectedMatcher::new("client_id", &[TENANT]);
     let mut missing = None;
     for_each_selector_mut(&mut ast, &mut |vs| {
@@ -566,54 +498,9 @@ fn unconfined(value: &[u8]) -> Option<String> {
             missing.get_or_insert(vs.to_string());
         }
     });
-    missing.map(|selector| format!("selector {selector} in {text:?} lacks the tenant"))
-}
-
-/// The verdict on a forwarded request: what Go hands the backend is confined.
-fn check_go_reading(view: &HandlerView, action: Action, extra_label: bool, what: &str) {
-    if view.server_error.is_some() {
-        return; // the Go server answers 400 itself: no handler runs
-    }
-    let targets: &[&str] = match action {
-        Action::RewriteQuery => &["query"],
-        Action::RewriteMatch => &["match[]", "match"],
-        _ => &[],
-    };
-    for name in targets {
-        for value in view.form_values(name) {
-            if let Some(problem) = unconfined(&value) {
-                panic!("{what}: the backend reads {name}: {problem}");
-            }
-        }
-    }
-    match action {
-        Action::RewriteQuery => assert!(
-            !view.query.bytes().is_empty(),
-            "{what}: FormValue(\"query\") is empty"
-        ),
-        // Prometheus reads match[] only: without one it answers for every tenant.
-        Action::RewriteMatch => assert!(
-            !view.form_values("match[]").is_empty(),
-            "{what}: the backend reads no match[]: {view:?}"
-        ),
-        _ => {}
-    }
-    let own_label = format!("client_id={TENANT}");
-    for value in view.form_values("extra_label") {
-        assert!(
-            extra_label && value == own_label.as_bytes(),
-            "{what}: extra_label {:?} reaches the backend",
-            String::from_utf8_lossy(&value)
-        );
-    }
-    for name in ["extra_filters", "extra_filters[]"] {
-        for value in view.form_values(name) {
-            assert!(
-                extra_label && name == "extra_filters[]",
-                "{what}: {name}={:?} reaches the backend",
-                String::from_utf8_lossy(&value)
-            );
-        }
+    match missing {
+        Some(selector) => Err(format!("selector {selector} in {text:?} lacks the tenant")),
+        None => Ok(()),
     }
 }
 
@@ -625,6 +512,7 @@ fn judge(
     content_type: Option<&[u8]>,
     body: &[u8],
 ) -> Vec<Decision> {
+    let own_label = format!("client_id={TENANT}");
     let mut decisions = Vec::new();
     for extra_label in [false, true] {
         let decision = decide_as_alice(method, target, content_type, body, extra_label);
@@ -632,15 +520,17 @@ fn judge(
             let action = api::plan_request(method, target).unwrap().action;
             let path = rewritten.path.as_deref().map_or(target, str::as_bytes);
             let final_body = rewritten.body.as_deref().unwrap_or(body);
-            let what = format!(
-                "{} {} [{}] {:?}",
-                String::from_utf8_lossy(method),
-                String::from_utf8_lossy(target),
-                String::from_utf8_lossy(content_type.unwrap_or_default()),
-                String::from_utf8_lossy(body)
-            );
             if let Some(raw) = forwarded_request(method, path, content_type, Some(final_body)) {
-                check_go_reading(&go.request(&raw), action, extra_label, &what);
+                let extra = extra_label.then_some(("extra_label", own_label.as_bytes()));
+                if let Err(e) = compare::forwarded(&go.request(&raw), action, &confined, extra) {
+                    panic!(
+                        "{} {} [{}] {:?}: {e}",
+                        String::from_utf8_lossy(method),
+                        String::from_utf8_lossy(target),
+                        String::from_utf8_lossy(content_type.unwrap_or_default()),
+                        String::from_utf8_lossy(body)
+                    );
+                }
             }
         }
         decisions.push(decision);

@@ -1,12 +1,6 @@
-//! The Rust side of the Go form oracle (`main.go` beside this file): builds it with the
-//! Go that builds the backends, runs it as a child process, and asks it how Go's
-//! `net/http` reads a request, a query string or a `Content-Type`.
-//!
-//! Shared by the integration test `tests/go_form_rules.rs` and the fuzz targets
-//! (`fuzz/src/lib.rs` includes it by path), so that both judge the filter by the same
-//! reading.
-
-#![allow(dead_code)] // each user takes a different subset
+//! The oracle process: builds `main.go` with the Go that builds the backends, runs it
+//! as a child, and asks it how Go's `net/http` reads a request, a query string or a
+//! `Content-Type`.
 
 use serde::Deserialize;
 use std::io::{BufReader, Read, Write};
