@@ -7,7 +7,10 @@
 //!
 //! Paths are matched after percent-decoding, as the backends' routers do, and any path
 //! a router might normalise differently from us (`..`, `//`, encoded `/`, `;`, a
-//! fragment) is refused outright rather than guessed at.
+//! fragment) is refused outright rather than guessed at. Parameters are read as Go's
+//! `Request.ParseForm` reads them (both backends are Go), or refused: a body counts only
+//! where every Go version reads it as a form ([`check_form_media_type`]), and nothing is
+//! forwarded that Go would drop whole (a form over 10 MiB, over 10,000 parameters).
 
 use crate::form::{go_param_count, FormError, Params};
 use crate::mediatype::{self, MediaTypeError};
@@ -162,7 +165,8 @@ pub struct Plan {
     /// The query string as the client sent it (after `?`), possibly empty.
     pub raw_query: String,
     /// Whether the backend reads a form body: only for POST. Go's `Request.ParseForm`
-    /// ignores the body of a GET, so parameters there must not count as rewritten.
+    /// ignores the body of a GET (and of a DELETE), so parameters there must not count
+    /// as rewritten; it reads PUT and PATCH bodies, which the filter refuses (405).
     pub reads_body: bool,
 }
 
