@@ -10,8 +10,8 @@
 //!   it refuses, Go reports an error or keeps bytes that are not UTF-8;
 //! - our media type, parameters and error are Go's (for UTF-8 input);
 //! - `decode(encode(x)) == x` for the input itself and every decoded name and value;
-//! - every edit (`set_value`, `remove_all`, `push`) re-encodes to text that parses back
-//!   to exactly the edited pair list.
+//! - every edit (`set_value` on each pair, or 32 of a long input; `remove_all`; `push`)
+//!   re-encodes to text that parses back to exactly the edited pair list.
 
 #![no_main]
 
@@ -65,8 +65,12 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(decode(&encode(value), 0).as_deref(), Ok(value.as_str()));
     }
 
-    // Replace each value with a hostile one: only that pair changes.
-    for index in 0..params.pairs().len() {
+    // Replace a value with a hostile one: only that pair changes. Every pair of a short
+    // input, 32 spread over a long one: each edit re-encodes and re-parses the whole
+    // input, and checking all of ~1,700 pairs once took over 10 s (a timeout of this
+    // check, not of the filter).
+    let count = params.pairs().len();
+    for index in (0..count).step_by(count.div_ceil(32).max(1)) {
         let mut edited = params.clone();
         let value = format!("{}&x=1;+%{}", params.pairs()[index].value(), index);
         edited.set_value(index, value.clone());
