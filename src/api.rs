@@ -604,12 +604,22 @@ mod tests {
     }
 
     fn run(method: &str, path: &str, body: Option<&str>, vm: bool) -> Result<Rewritten, Refusal> {
+        run_typed(method, path, body, FORM_MEDIA_TYPE.as_bytes(), vm)
+    }
+
+    fn run_typed(
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        content_type: &[u8],
+        vm: bool,
+    ) -> Result<Rewritten, Refusal> {
         let values = vec!["1999".to_string()];
         let plan = plan(method, path)?;
         rewrite_request(
             &plan,
             body.map(str::as_bytes),
-            Some(b"application/x-www-form-urlencoded"),
+            Some(content_type),
             &tenant(&values, "client_id=\"1999\""),
             RewriteOptions {
                 victoriametrics_extra_label: vm,
@@ -966,14 +976,9 @@ mod tests {
 
     #[test]
     fn a_body_counts_only_where_every_go_reads_it_as_a_form() {
-        let values = vec!["1".to_string()];
-        let t = tenant(&values, "client_id=\"1\"");
-        let opts = RewriteOptions {
-            victoriametrics_extra_label: false,
-        };
-        let p = plan("POST", "/api/v1/label/client_id/values").unwrap();
-        let status = |ct: &[u8]| {
-            rewrite_request(&p, Some(b"match[]=up"), Some(ct), &t, opts, &fake)
+        let status = |ct: &str| {
+            let path = "/api/v1/label/client_id/values";
+            run_typed("POST", path, Some("match[]=up"), ct.as_bytes(), false)
                 .map(|r| r.rewritten_params)
                 .map_err(|r| (r.status, r.message))
         };
@@ -999,7 +1004,7 @@ mod tests {
             // Go 1.25.0 and 1.19 disagree on braces.
             "application/x-www-form-urlencoded; a={b}",
         ] {
-            let (code, message) = status(ct.as_bytes()).unwrap_err();
+            let (code, message) = status(ct).unwrap_err();
             assert_eq!(code, 415, "{ct:?}: {message}");
             assert!(
                 message.contains("application/x-www-form-urlencoded"),
@@ -1012,7 +1017,7 @@ mod tests {
             "application/x-www-form-urlencoded;a=1;b=1",
             "application/x-www-form-urlencoded;\u{a0}charset=utf-8",
         ] {
-            assert_eq!(status(ct.as_bytes()), Ok(1), "{ct:?}");
+            assert_eq!(status(ct), Ok(1), "{ct:?}");
         }
         // The same verdict at header time, when a Content-Length announces a body.
         assert_eq!(
@@ -1029,19 +1034,34 @@ mod tests {
     #[test]
     fn a_match_alias_alone_also_goes_out_as_match_brackets() {
         // Prometheus reads no `match`: with it alone, every tenant's labels came back.
-        let r = run("GET", "/api/v1/labels?match=a&start=1", None, false).unwrap();
-        assert_eq!(
-            r.path.as_deref(),
-            Some("/api/v1/labels?match=%3Ca%3E&start=1&match%5B%5D=%3Ca%3E")
-        );
-        let r = run("POST", "/api/v1/series", Some("match=a&match=b"), false).unwrap();
-        assert_eq!(
-            r.path.as_deref(),
-            Some("/api/v1/series?match%5B%5D=%3Ca%3E&match%5B%5D=%3Cb%3E")
-        );
         // With a `match[]` anywhere, nothing is added.
-        let r = run("POST", "/api/v1/series?match=a", Some("match[]=b"), false).unwrap();
-        assert_eq!(r.path.as_deref(), Some("/api/v1/series?match=%3Ca%3E"));
+        for (method, path, body, forwarded) in [
+            (
+                "GET",
+                "/api/v1/labels?match=a&start=1",
+                None,
+                "/api/v1/labels?match=%3Ca%3E&start=1&match%5B%5D=%3Ca%3E",
+            ),
+            (
+                "POST",
+                "/api/v1/series",
+                Some("match=a&match=b"),
+                "/api/v1/series?match%5B%5D=%3Ca%3E&match%5B%5D=%3Cb%3E",
+            ),
+            (
+                "POST",
+                "/api/v1/series?match=a",
+                Some("match[]=b"),
+                "/api/v1/series?match=%3Ca%3E",
+            ),
+        ] {
+            let r = run(method, path, body, false).unwrap();
+            assert_eq!(
+                r.path.as_deref(),
+                Some(forwarded),
+                "{method} {path} {body:?}"
+            );
+        }
     }
 
     #[test]

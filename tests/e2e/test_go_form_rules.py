@@ -6,6 +6,8 @@ from a naive one, sent as alice, byte for byte (a raw socket), through the real 
 VictoriaMetrics with `victoriametrics_extra_label: false`, so that nothing but the filter's
 own reading keeps tenants apart. Each answer must be the refusal the rule names (in
 Prometheus' error shape, from the filter, never forwarded) or hold alice's data only.
+`Content-Length` shorter or longer than the body is the adversarial suite's
+(`test_adversarial_http.py`, with and without `extra_label`).
 
 Self-check: the same bytes, without a token, go through the same Envoy config with the
 wasm filter removed (`envoy_config.without_wasm`). Where a rule is marked as leaking, they
@@ -21,7 +23,7 @@ from dataclasses import dataclass, field
 import envoy_config
 import pytest
 from adversary import (ANY_ENCODED, FORM, assert_leaks_directly, assert_refused_or_confined,
-                       backend_requests, raw_exchange, raw_one, request_bytes)
+                       backend_requests, raw_one, request_bytes)
 from conftest import filter_config, launch
 
 ALICE_MATCH = b"match[]=alice_only_total"
@@ -176,34 +178,6 @@ def test_go_form_rule(envoy_without_vm_label, unfiltered, vm, tokens, rule):
         assert backend_requests(proxy) == before, "a refused request reached the backend"
     if rule.leaks:
         assert_leaks_directly(raw_one(unfiltered.url, build(rule, vm, None)))
-
-
-def test_content_length_shorter_than_body(envoy_without_vm_label, vm, tokens):
-    # Envoy frames the body by Content-Length: the bytes after it are a second request
-    # on the connection, which the filter judges on its own (no token: 401).
-    proxy = envoy_without_vm_label
-    smuggled = request_bytes("GET", with_window(f"{LABEL_VALUES}?match[]={ANY_ENCODED}", vm))
-    head = request_bytes("POST", with_window(LABEL_VALUES, vm),
-                         [("Authorization", f"Bearer {tokens['alice']}"),
-                          ("Content-Type", FORM), ("Content-Length", str(len(ALICE_MATCH)))])
-    head = head.replace(b"Connection: close\r\n", b"")
-    answers = raw_exchange(proxy.url, head + ALICE_MATCH + smuggled, expect=2)
-    assert [a.status for a in answers] == [200, 401], answers
-    assert assert_refused_or_confined(answers[0]) == "confined"
-    assert assert_refused_or_confined(answers[1]) == "filter"
-
-
-def test_content_length_longer_than_body(envoy_without_vm_label, vm, tokens):
-    # The body never completes (the client half-closes): nothing reaches the backend.
-    proxy = envoy_without_vm_label
-    before = backend_requests(proxy)
-    data = request_bytes("POST", with_window(LABEL_VALUES, vm),
-                         [("Authorization", f"Bearer {tokens['alice']}"),
-                          ("Content-Type", FORM), ("Content-Length", "500")], ALICE_MATCH)
-    for answer in raw_exchange(proxy.url, data, expect=None, shut_write=True):
-        assert_refused_or_confined(answer)
-        assert answer.status >= 400, answer
-    assert backend_requests(proxy) == before
 
 
 def test_form_body_over_gos_limit(envoy_factory, unfiltered, vm, tokens):
