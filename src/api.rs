@@ -119,6 +119,15 @@ impl Refusal {
             format!("request body larger than {max_body_bytes} bytes"),
         )
     }
+    /// 415, saying why the body is not read as a form.
+    pub fn unsupported_media_type(why: &str) -> Refusal {
+        Refusal::new(
+            415,
+            ErrorType::BadData,
+            format!("request body must be {FORM_MEDIA_TYPE}: {why}"),
+        )
+    }
+
     /// The JSON body, in Prometheus' error shape.
     pub fn body(&self) -> Vec<u8> {
         json!({
@@ -330,13 +339,7 @@ pub fn check_content_encoding(content_encoding: Option<&[u8]>) -> Result<(), Ref
 /// this filter; and Go 1.25 took `{` and `}` out of the token alphabet until a later
 /// point release put them back.
 pub fn check_form_media_type(content_type: Option<&[u8]>) -> Result<(), Refusal> {
-    let refuse = |why: &str| {
-        Err(Refusal::new(
-            415,
-            ErrorType::BadData,
-            format!("request body must be {FORM_MEDIA_TYPE}: {why}"),
-        ))
-    };
+    let refuse = |why: &str| Err(Refusal::unsupported_media_type(why));
     let Some(value) = content_type else {
         return refuse("no Content-Type (Go reads such a body as application/octet-stream)");
     };
@@ -364,6 +367,12 @@ pub fn check_form_media_type(content_type: Option<&[u8]>) -> Result<(), Refusal>
             e.go_message()
         )),
     }
+}
+
+/// True where every Go version reads a body with this `Content-Type` as a form, as
+/// [`check_form_media_type`] decides.
+pub fn is_form(content_type: Option<&[u8]>) -> bool {
+    check_form_media_type(content_type).is_ok()
 }
 
 /// Why the engine refused a query.
@@ -1019,6 +1028,13 @@ mod tests {
         ] {
             assert_eq!(status(ct), Ok(1), "{ct:?}");
         }
+        assert!(is_form(Some(
+            b"application/x-www-form-urlencoded; charset=utf-8"
+        )));
+        assert!(!is_form(Some(
+            b"application/x-www-form-urlencoded; a=1; a=2"
+        )));
+        assert!(!is_form(None));
         // The same verdict at header time, when a Content-Length announces a body.
         assert_eq!(
             check_body_headers(
@@ -1142,6 +1158,7 @@ mod tests {
             (Refusal::unavailable("x"), 503, "unavailable"),
             (Refusal::method_not_allowed(GET_POST), 405, "bad_data"),
             (Refusal::too_large(1), 413, "bad_data"),
+            (Refusal::unsupported_media_type("x"), 415, "bad_data"),
         ];
         for (r, status, kind) in cases {
             assert_eq!(r.status, status);
