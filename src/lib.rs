@@ -16,5 +16,6 @@ pub mod decision;
 pub mod filter;
 pub mod form;
 pub mod identity;
+pub mod mediatype;
 pub mod rules;
 pub mod timing;
