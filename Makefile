@@ -7,10 +7,10 @@ WASM := target/wasm32-wasip1/release/promql_tenant_filter.wasm
 VENV := .venv
 PY_REQUIREMENTS := tests/e2e/requirements.txt tests/deploy/requirements.txt
 
-.PHONY: test deps rust-deps py-deps vm-deps prom-deps wasm unit lint e2e deploy-check demo demo-check bench oci oci-deps soak fuzz
+.PHONY: test deps rust-deps py-deps vm-deps prom-deps go-deps wasm unit lint e2e deploy-check demo demo-check bench oci oci-deps soak fuzz
 
 ## Install everything the tests need on a fresh Debian machine (idempotent).
-deps: rust-deps py-deps vm-deps prom-deps
+deps: rust-deps py-deps vm-deps prom-deps go-deps
 
 rust-deps:
 	@rustup target list --installed | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
@@ -49,6 +49,12 @@ vm-deps:
 prom-deps:
 	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { apt-get update -qq \
 	  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; }
+
+## Go from Debian, the Go that builds its Prometheus and VictoriaMetrics: the tests build
+## the form oracle tests/go_form_oracle with it (standard library only, no network).
+go-deps:
+	@command -v go >/dev/null || { apt-get update -qq \
+	  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq golang-go >/dev/null; }
 
 ## Build the filter module and print its size.
 wasm: rust-deps
@@ -152,7 +158,7 @@ oci: wasm oci-deps $(OCI_BUSYBOX)
 ## Not part of `make test`.
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS := rewrite_query form_codec request_decision rules_response
-fuzz:
+fuzz: go-deps
 	@rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
 	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
 	python3 fuzz/seed_corpus.py

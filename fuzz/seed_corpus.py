@@ -39,6 +39,24 @@ def expressions():
                     yield case["input"].encode()
 
 
+MEDIA_TYPES = [
+    b"application/x-www-form-urlencoded; a=1; a=2",
+    b"application/x-www-form-urlencoded; charset=utf-8; CHARSET=latin1",
+    b"application/x-www-form-urlencoded; a=1; a=1",
+    b"application/x-www-form-urlencoded; charset",
+    b'application/x-www-form-urlencoded; charset="utf-8',
+    b"application/x-www-form-urlencoded;;",
+    b"application/x-www-form-urlencoded,text/plain",
+    b"application/x-www-form-urlencoded; charset=utf-8,text/plain",
+    b'APPLICATION/X-WWW-FORM-URLENCODED ; charset="UTF-8" ;',
+    "application/x-www-form-urlencoded;\u00a0charset=utf-8".encode(),
+    "appl\u0130cation/x-www-form-urlencoded".encode(),
+    b"application/x-www-form-urlencoded; title*0*=us-ascii'en'a%20b; title*1=c",
+    b'application/x-www-form-urlencoded; a="\\"\""',
+    b"multipart/form-data; boundary=x",
+]
+
+
 def write(target, data, counts):
     out = FUZZ_DIR / "corpus" / target
     out.mkdir(parents=True, exist_ok=True)
@@ -111,6 +129,17 @@ def main():
     for answer in sorted((FUZZ_DIR.parent / "tests" / "data" / "rules").glob("*.json")):
         for flags in range(16):
             write("rules_response", bytes([flags]) + answer.read_bytes(), counts)
+    # Content types Go reads in its own way (issue #10): each is a form_codec input (read
+    # as a Content-Type too) and the Content-Type of a POST to the selector endpoints.
+    for content_type in MEDIA_TYPES:
+        write("form_codec", content_type, counts)
+        for config in (0, 16):
+            for path, body in ((b"/api/v1/label/client_id/values", b"match[]=up"),
+                               (b"/api/v1/labels?start=1", b"match=up"),
+                               (b"/api/v1/query", b"query=up")):
+                write("request_decision",
+                      decision_input(config, CRED | BEARER | CT, b"POST", path, body, content_type),
+                      counts)
     total = sum(counts.values())
     print(f"seed_corpus: {total} new seed files under {FUZZ_DIR / 'corpus'} {counts}")
 

@@ -177,7 +177,6 @@ pub fn finish(
     };
     let options = RewriteOptions {
         victoriametrics_extra_label: config.victoriametrics_extra_label,
-        match_alias: config.backend == crate::config::Backend::VictoriaMetrics,
     };
     let mut rewritten =
         match api::rewrite_request(plan, body, content_type, &tenant, options, &rewriter) {

@@ -194,6 +194,13 @@ impl Params {
     }
 }
 
+/// How many parameters Go's `url.ParseQuery` counts in `raw` before reading it, for
+/// its limit (Go 1.24.12 and later): every `&` plus one, empty pairs and the empty input
+/// included.
+pub fn go_param_count(raw: &[u8]) -> usize {
+    raw.iter().filter(|&&b| b == b'&').count() + 1
+}
+
 /// Decodes one name or value: `+` is a space, `%XX` a byte; the result must be UTF-8.
 /// `offset` is where `raw` starts in the whole input, for error messages.
 pub fn decode(raw: &str, offset: usize) -> Result<String, FormError> {

@@ -16,6 +16,7 @@ pub mod decision;
 pub mod filter;
 pub mod form;
 pub mod identity;
+pub mod mediatype;
 pub mod rules;
 pub mod timing;
 pub mod writes;

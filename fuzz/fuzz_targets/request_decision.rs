@@ -12,8 +12,9 @@
 //! - the decision does not depend on the bearer token's text (so no refusal quotes it):
 //!   the same request with another token of the same shape gets the same decision;
 //! - nothing but a refusal without a verified identity;
-//! - a forwarded request is on an allowed endpoint, and what the backend decodes from
-//!   its final URL and (for a POST form) body has every `query` / `match[]` / `match`
+//! - a forwarded request is on an allowed endpoint, and what Go's `net/http` hands the
+//!   backend's handler for it (the Go form oracle, given the final `:path`, the client's
+//!   `Content-Type` and the final body) has every `query` / `match[]` / `match`
 //!   re-parsing and confined to the tenant, at least one `match[]` where the endpoint
 //!   needs one, and only our own `extra_label` / `extra_filters[]`.
 
@@ -21,12 +22,14 @@
 
 use libfuzzer_sys::fuzz_target;
 use promql_tenant_filter::api::{self, Action, Refusal};
-use promql_tenant_filter::config::{Backend, Config, IdentitySource};
+use promql_tenant_filter::config::{Config, IdentitySource};
 use promql_tenant_filter::decision::{decide, Decision, RequestHead};
 use promql_tenant_filter::form::Params;
 use promql_tenant_filter::identity::{self, IdentityError};
 use promql_tenant_filter::TenantMatcher;
-use promql_tenant_filter_fuzz::{check_confined, config_from_flags, ExpectedMatcher};
+use promql_tenant_filter_fuzz::{
+    check_confined, compare, config_from_flags, forwarded_request, with_go, ExpectedMatcher,
+};
 
 fuzz_target!(|data: &[u8]| {
     let [config_flags, request_flags, rest @ ..] = data else {
@@ -203,38 +206,6 @@ fn verified_tenants(
     Some(tenants)
 }
 
-/// What a Go backend (`Request.ParseForm`) reads: the URL's query string, plus the body
-/// for a POST whose media type is a form. Decoded independently of our codec.
-fn backend_params(
-    method: &[u8],
-    content_type: Option<&[u8]>,
-    final_path: &str,
-    final_body: Option<&[u8]>,
-) -> Vec<(String, String)> {
-    let query = final_path.split_once('?').map_or("", |(_, q)| q);
-    let mut params: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
-        .map(|(n, v)| (n.into_owned(), v.into_owned()))
-        .collect();
-    let is_form = content_type
-        .and_then(|ct| std::str::from_utf8(ct).ok())
-        .map(|ct| {
-            ct.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase()
-        })
-        .is_some_and(|essence| essence == "application/x-www-form-urlencoded");
-    if method == b"POST" && is_form {
-        if let Some(body) = final_body {
-            params.extend(
-                form_urlencoded::parse(body).map(|(n, v)| (n.into_owned(), v.into_owned())),
-            );
-        }
-    }
-    params
-}
-
 fn check_forwarded(
     config: &Config,
     action: &Action,
@@ -257,48 +228,31 @@ fn check_forwarded(
             "forwarded body does not parse: {text:?}"
         );
     }
+    // A header Envoy's codec refuses (NUL, CR, LF) never reaches the filter.
+    let Some(raw) = forwarded_request(method, final_path.as_bytes(), content_type, final_body)
+    else {
+        return;
+    };
+    let view = with_go(|go| go.request(&raw));
     let expected = ExpectedMatcher::new(&config.tenant_label, tenants);
     let matcher = TenantMatcher::new(&config.tenant_label, tenants).unwrap();
-    let params = backend_params(method, content_type, final_path, final_body);
-    let targets: &[&str] = match action {
-        Action::RewriteQuery => &["query"],
-        Action::RewriteMatch => &["match[]", "match"],
-        Action::FilterRules(_) => &["match[]"],
-        _ => &[],
+    // check_confined panics with its own reason, which libFuzzer reports as the crash.
+    let confined = |value: &[u8]| -> Result<(), String> {
+        let text = std::str::from_utf8(value).map_err(|_| format!("not UTF-8: {value:?}"))?;
+        check_confined(text, config.dialect, &expected);
+        Ok(())
     };
-    let mut selectors = 0;
-    for (name, value) in &params {
-        if targets.contains(&name.as_str()) {
-            check_confined(value, config.dialect, &expected);
-            // Prometheus reads no `match` alias: only `match[]` selects there.
-            if name != "match" || config.backend == Backend::VictoriaMetrics {
-                selectors += 1;
-            }
-        }
-        match name.as_str() {
-            "extra_label" => {
-                assert!(
-                    config.victoriametrics_extra_label,
-                    "a client's extra_label passed"
-                );
-                assert_eq!(value, &format!("{}={}", config.tenant_label, tenants[0]));
-                assert_eq!(matcher.values().len(), 1);
-            }
-            "extra_filters" | "extra_filters[]" => {
-                assert!(
-                    config.victoriametrics_extra_label,
-                    "a client's {name} passed"
-                );
-                assert_eq!(name, "extra_filters[]");
-                assert_eq!(value, &format!("{{{}}}", matcher.matcher_text()));
-            }
-            _ => {}
-        }
-    }
-    if matches!(action, Action::RewriteMatch | Action::FilterRules(_)) {
-        assert!(
-            selectors > 0,
-            "the backend sees no match[]: it would answer for every tenant\n  path: {final_path:?}\n  body: {:?}",
+    let own_extra = match matcher.values() {
+        [one] => ("extra_label", format!("{}={one}", config.tenant_label)),
+        _ => ("extra_filters[]", format!("{{{}}}", matcher.matcher_text())),
+    };
+    let extra = config
+        .victoriametrics_extra_label
+        .then_some((own_extra.0, own_extra.1.as_bytes()));
+    if let Err(e) = compare::forwarded(&view, *action, &confined, extra) {
+        panic!(
+            "{e}\n  path: {final_path:?}\n  content-type: {:?}\n  body: {:?}",
+            content_type.map(String::from_utf8_lossy),
             final_body.map(String::from_utf8_lossy)
         );
     }

@@ -1,6 +1,7 @@
 //! What the fuzz targets share: the configurations they run under, and the oracles that
-//! judge an output independently of the engine (`promql-parser` for PromQL, the
-//! `form_urlencoded` crate for what a backend decodes from a URL or a form body).
+//! judge an output independently of the engine (`promql-parser` for PromQL, Go's own
+//! `net/http`, `net/url` and `mime` through the Go form oracle for what a backend reads
+//! from a URL, a form body or a `Content-Type`).
 //!
 //! A violated invariant panics with the reason, which libFuzzer reports as a crash and
 //! saves the input under `fuzz/artifacts/<target>/`.
@@ -9,7 +10,7 @@ use promql_parser::label::Matcher;
 use promql_parser::parser::Expr;
 use promql_tenant_filter::config::Config;
 use promql_tenant_filter::Dialect;
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::panic;
 use std::sync::Once;
 
@@ -42,6 +43,31 @@ pub fn oracle_parse(text: &str) -> Option<Expr> {
 #[path = "../../tests/common/mod.rs"]
 mod common;
 pub use common::{for_each_selector_mut, quote_meta, ExpectedMatcher};
+
+// The Go form oracle's client is the integration tests' own (tests/go_form_oracle), so
+// that fuzzing and `make test` ask Go the same questions.
+#[path = "../../tests/go_form_oracle/mod.rs"]
+mod go_oracle;
+pub use go_oracle::{compare, forwarded_request, GoOracle, GoString, HandlerView};
+
+thread_local! {
+    static GO: RefCell<Option<GoOracle>> = const { RefCell::new(None) };
+}
+
+/// Asks the Go form oracle, started (and built from the repository's sources) on the
+/// first call of the process: a child process that lives as long as the fuzzer.
+pub fn with_go<R>(ask: impl FnOnce(&mut GoOracle) -> R) -> R {
+    GO.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let oracle = slot.get_or_insert_with(|| {
+            GoOracle::start(std::path::Path::new(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/.."
+            )))
+        });
+        ask(oracle)
+    })
+}
 
 /// Where `promql-parser` reads `output`: every selector (each or-branch of one) must
 /// end with the tenant matcher. Returns the AST with those matchers removed, or `None`

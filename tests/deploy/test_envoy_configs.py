@@ -78,7 +78,12 @@ def test_wasm_filter_is_safe(name, wasm, jwks):
             f"{name}: add `allow_on_headers_stop_iteration: true` to the wasm filter's config")
         assert f["vm_config"]["runtime"] == "envoy.wasm.runtime.v8", name
         assert f["vm_config"].get("vm_id"), name
-    hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    listener = config["static_resources"]["listeners"][0]
+    # The filter holds a rules or alerts answer whole (max_response_bytes, 8 MiB by
+    # default); with Envoy's default 1 MiB stream buffer a larger one gets Envoy's 500.
+    assert listener.get("per_connection_buffer_limit_bytes", 0) >= 8 * 1024 * 1024, (
+        f"{name}: set the listener's per_connection_buffer_limit_bytes to max_response_bytes")
+    hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
     # The allowlist judges the path Envoy routes: it must be the canonical one.
     assert hcm.get("normalize_path") is True and hcm.get("merge_slashes") is True, name
     # Envoy's own answers when the backend is down or slow must be in Prometheus' JSON
