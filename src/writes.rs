@@ -15,7 +15,7 @@
 //! counting the appended `extra_label` last, so a series sent with that many labels of
 //! its own loses the tenant. From v1.108 such a series is refused whole.
 
-use crate::api::{Plan, Refusal, STRIPPED_PARAMS};
+use crate::api::{check_param_count, extra_label, Plan, Refusal, STRIPPED_PARAMS};
 use crate::config::IdentityConfig;
 use crate::form::Params;
 use crate::identity::{self, IdentityError};
@@ -118,11 +118,11 @@ pub fn path_for(plan: &Plan, tenants: &[String], tenant_label: &str) -> Result<S
     let mut url = Params::parse(&plan.raw_query)
         .map_err(|e| Refusal::bad_request(format!("invalid query string: {e}")))?;
     url.remove_all(STRIPPED_PARAMS);
-    url.push(
-        "extra_label",
-        &crate::api::extra_label(tenant_label, tenant),
-    );
-    Ok(format!("{}?{}", plan.raw_path, url.encode()))
+    url.push("extra_label", &extra_label(tenant_label, tenant));
+    let query = url.encode();
+    // A query string Go would drop whole would drop the tenant's extra_label with it.
+    check_param_count("query string", query.as_bytes())?;
+    Ok(format!("{}?{query}", plan.raw_path))
 }
 
 #[cfg(test)]
@@ -264,11 +264,20 @@ mod tests {
             write_path("", &["a=b&c"]).unwrap(),
             "/api/v1/import?extra_label=client_id%3Da%3Db%26c"
         );
-        // What Go would drop or split, the filter refuses.
+        // What Go would drop or split, the filter refuses: a `;` pair, or so many
+        // parameters that Go (1.24.12 and later) reads none, the tenant's included.
         assert_eq!(
             write_path("?a;extra_label=x", &["1"]).unwrap_err().status,
             400
         );
+        let many = "&a=1".repeat(crate::api::MAX_FORWARDED_PARAMS - 1);
+        assert_eq!(
+            write_path(&format!("?b=1{many}"), &["1"])
+                .unwrap_err()
+                .status,
+            400
+        );
+        assert!(write_path(&format!("?extra_label=x{many}"), &["1"]).is_ok());
         assert_eq!(write_path("?%zz", &["1"]).unwrap_err().status, 400);
     }
 
