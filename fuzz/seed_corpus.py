@@ -67,8 +67,9 @@ def write(target, data, counts):
 
 
 def decision_input(config_flags, request_flags, method, path, body=b"", content_type=b"",
-                   tenants=b"1999", credential=b"dG9rZW4tYWJjZGVmZ2hpams"):
-    fields = [method, path, content_type, b"", str(len(body)).encode(), credential, body, tenants]
+                   tenants=b"1999", credential=b"dG9rZW4tYWJjZGVmZ2hpams", content_encoding=b""):
+    fields = [method, path, content_type, content_encoding, str(len(body)).encode(), credential,
+              body, tenants]
     return bytes([config_flags, request_flags]) + SEP.join(fields)
 
 
@@ -122,6 +123,19 @@ def main():
               decision_input(config, CRED | BEARER | EOS, b"GET", b"/api/v1/query?query=up",
                              tenants=b"a|b\xfec.d\xfe\"q\""),
               counts)
+    # Writes, under configs with writes on (policy bits 0b11) and off: snappy and gzip
+    # bodies of any type, the client's own extra_label, one tenant and several.
+    for config in (3, 19, 35, 0):
+        for path, ce in ((b"/api/v1/write?extra_label=client_id%3D2", b"snappy"),
+                         (b"/prometheus/api/v1/import?extra_filters[]=x", b"gzip"),
+                         (b"/influx/write?db=1&extra_label=a=b", b""),
+                         (b"/api/v1/import/csv?format=1:label:client_id", b"")):
+            for tenants in (b"9", b"9\xfe10"):
+                write("request_decision",
+                      decision_input(config, CRED | BEARER | CT | CE | CL, b"POST", path,
+                                     b"\x00\x01binary", b"application/x-protobuf",
+                                     content_encoding=ce, tenants=tenants),
+                      counts)
     for raw in (b"", b"a=1&&b=2&", b"flag&query=rate%28x%5B5m%5D%29", b"q%=1", b"foo=1;query=x",
                 b"x=%e2%82%ac", b"query=a+b&query=%7Bjob%3D%22x%22%7D", b"=&=x&y="):
         write("form_codec", raw, counts)

@@ -12,6 +12,8 @@
 //! - the decision does not depend on the bearer token's text (so no refusal quotes it):
 //!   the same request with another token of the same shape gets the same decision;
 //! - nothing but a refusal without a verified identity;
+//! - a write goes on untouched but for its `:path`, which carries exactly one
+//!   `extra_label`, its one verified tenant's;
 //! - a forwarded request is on an allowed endpoint, and what Go's `net/http` hands the
 //!   backend's handler for it (the Go form oracle, given the final `:path`, the client's
 //!   `Content-Type` and the final body) has every `query` / `match[]` / `match`
@@ -100,6 +102,10 @@ fuzz_target!(|data: &[u8]| {
                 return;
             };
             assert!(!matches!(plan.action, Action::Answer(_)));
+            if plan.action == Action::Write {
+                check_write(&config, rewritten, &tenants);
+                return;
+            }
             // Rules and alerts: the answer is filtered for exactly the caller's tenants.
             match (&plan.action, &rewritten.response) {
                 (Action::FilterRules(view), Some(filter)) => {
@@ -135,6 +141,38 @@ fuzz_target!(|data: &[u8]| {
         }
     }
 });
+
+/// A write goes on with its body untouched and exactly one `extra_label`: the one
+/// tenant of its verified identity. The client's own `extra_label` / `extra_filters`
+/// are gone, and the query string reads as it will be read (the codec is Go's).
+fn check_write(config: &Config, rewritten: &api::Rewritten, tenants: &[String]) {
+    assert!(rewritten.body.is_none(), "a write body was replaced");
+    assert!(rewritten.response.is_none(), "a response filter on a write");
+    let path = rewritten.path.as_deref().expect("a write goes on with its :path set");
+    let query = path.split_once('?').map_or("", |(_, q)| q);
+    let params = Params::parse(query).expect("a forwarded query string parses");
+    let matcher = TenantMatcher::new(&config.tenant_label, tenants).unwrap();
+    let [tenant] = matcher.values() else {
+        panic!("a write let through for several tenants: {tenants:?}");
+    };
+    let extra: Vec<&str> = params
+        .pairs()
+        .iter()
+        .filter(|p| p.name() == "extra_label")
+        .map(|p| p.value())
+        .collect();
+    assert_eq!(extra, [format!("{}={tenant}", config.tenant_label)], "{path}");
+    assert!(
+        !params
+            .pairs()
+            .iter()
+            .any(|p| p.name().starts_with("extra_filters")),
+        "{path}"
+    );
+    assert!(
+        promql_tenant_filter::form::go_param_count(query.as_bytes()) <= api::MAX_FORWARDED_PARAMS
+    );
+}
 
 /// The credential with each letter and digit of its bearer token replaced by the next
 /// one of its class (`a`→`b`, `z`→`a`, `9`→`0`): the same shape, another text. `None`

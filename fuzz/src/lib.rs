@@ -159,8 +159,16 @@ pub fn config_from_flags(flags: u8) -> Config {
     } else {
         ("victoriametrics", dialect, extra_label)
     };
+    // Writes on VictoriaMetrics under one of the two policy values that mean "and", so
+    // that every other combination keeps the default, writes denied.
+    let writes = if !prometheus && flags & 0b11 == 0b11 {
+        "victoriametrics"
+    } else {
+        "deny"
+    };
     let json = serde_json::json!({
         "backend": backend,
+        "writes": writes,
         "tenant_label": label,
         "on_conflict": policy,
         "dialect": dialect,
