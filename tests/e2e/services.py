@@ -326,23 +326,26 @@ class VmAgent:
 
 class PrometheusAgent:
     """Prometheus (Debian's 2.42) scraping `target` every second and sending it on with
-    `remote_write`, authenticated the way its docs say: `authorization: credentials`."""
+    `remote_write`, authenticated the way its docs say: `authorization: credentials`.
+    Without a target and a URL it scrapes and sends nothing; `flags` are added to its
+    command line (`--web.enable-remote-write-receiver` makes it a receiver)."""
 
-    def __init__(self, workdir: Path, name: str, target: ScrapeTarget, remote_write_url: str,
-                 token: str):
+    def __init__(self, workdir: Path, name: str, target: ScrapeTarget | None,
+                 remote_write_url: str | None, token: str = "", flags: tuple[str, ...] = ()):
         self.port = free_port()
         self.url = f"http://{LOOPBACK}:{self.port}"
         config = workdir / f"{name}.yml"
-        config.write_text(json.dumps({
-            "global": {"scrape_interval": "1s"},
-            "scrape_configs": [_scrape_config(name, target)],
-            "remote_write": [{
+        document: dict = {"global": {"scrape_interval": "1s"}}
+        if target is not None:
+            document["scrape_configs"] = [_scrape_config(name, target)]
+        if remote_write_url is not None:
+            document["remote_write"] = [{
                 "url": remote_write_url,
                 "authorization": {"credentials": token},
                 "queue_config": {"batch_send_deadline": "500ms", "min_backoff": "100ms",
                                  "max_backoff": "1s"},
-            }],
-        }))
+            }]
+        config.write_text(json.dumps(document))
         self.proc = Proc(
             name,
             [
@@ -350,6 +353,7 @@ class PrometheusAgent:
                 f"--config.file={config}",
                 f"--storage.tsdb.path={workdir / (name + '-data')}",
                 f"--web.listen-address={LOOPBACK}:{self.port}",
+                *flags,
             ],
             workdir / f"{name}.log",
         )

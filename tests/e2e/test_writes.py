@@ -335,3 +335,26 @@ def test_the_writes_config_keeps_reads_on_userinfo(writes_proxy, tokens, machine
 
 def proxy_config_of(proxy) -> dict:
     return json.loads((proxy.proc.argv[2] and open(proxy.proc.argv[2]).read()))
+
+
+def test_prometheus_as_a_receiver_ignores_extra_label(workdir):
+    """Why `writes` is refused with `backend: prometheus`: Prometheus 2.42's remote-write
+    receiver stores what the client sent, whatever `extra_label` the URL carries."""
+    metric = f"e2e_receiver_{time.monotonic_ns()}"
+    receiver = PrometheusAgent(workdir, f"prometheus-receiver-{metric}", None, None,
+                               flags=("--web.enable-remote-write-receiver",))
+    target = ScrapeTarget(f'{metric}{{client_id="{BOB}"}} 1\n')
+    sender = PrometheusAgent(workdir, f"prometheus-sender-{metric}", target,
+                             f"{receiver.url}/api/v1/write?extra_label=client_id%3D{ALICE}")
+    try:
+        def labels():
+            r = requests.get(f"{receiver.url}/api/v1/series", timeout=5,
+                             params={"match[]": metric})
+            return r.json()["data"]
+        wait_until(lambda: labels(), f"{metric} at the receiver", timeout_s=WAIT_S,
+                   proc=receiver.proc)
+        assert [s["client_id"] for s in labels()] == [BOB]
+    finally:
+        sender.stop()
+        target.stop()
+        receiver.stop()
