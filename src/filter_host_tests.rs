@@ -1896,23 +1896,20 @@ fn path_of(vm: &Vm, id: u32) -> String {
     String::from_utf8_lossy(path).into_owned()
 }
 
+/// A POST of a remote-write client: snappy protobuf, its length announced.
+const REMOTE_WRITE_HEADERS: [(&str, &str); 4] = [
+    ("x-jwt-payload", ALICE_PAYLOAD),
+    ("content-encoding", "snappy"),
+    ("content-type", "application/x-protobuf"),
+    ("content-length", "40"),
+];
+
 #[test]
 fn a_write_goes_on_at_its_headers_and_its_body_streams_through_unread() {
     let vm = Vm::new();
     assert!(vm.configure(1, WRITES_JWT_CONFIG));
-    let action = vm.request(
-        1,
-        2,
-        "POST",
-        "/api/v1/write?extra_label=client_id=2000",
-        &[
-            ("x-jwt-payload", ALICE_PAYLOAD),
-            ("content-encoding", "snappy"),
-            ("content-type", "application/x-protobuf"),
-            ("content-length", "40"),
-        ],
-        None,
-    );
+    let path = "/api/v1/write?extra_label=client_id=2000";
+    let action = vm.request(1, 2, "POST", path, &REMOTE_WRITE_HEADERS, None);
     assert_eq!(action, Action::Continue);
     assert_eq!(
         path_of(&vm, 2),
@@ -1979,13 +1976,16 @@ fn a_write_waiting_for_userinfo_is_held_then_let_go_whole() {
 #[test]
 fn refused_writes_are_counted_and_answered_in_prometheus_shape() {
     let vm = Vm::new();
-    // The default: writes denied.
+    // Root 1: the default, writes denied. Root 11: a second plugin configuration on the
+    // same VM, with writes on; counters are shared by name, as Envoy's are.
     assert!(vm.configure(1, JWT_CONFIG));
-    let write = |id: u32, path: &str, payload: &str| {
-        vm.request(1, id, "POST", path, &[("x-jwt-payload", payload)], None)
+    assert!(vm.configure(11, WRITES_JWT_CONFIG));
+    let refused = |root: u32, id: u32, method: &str, path: &str, payload: &str| {
+        let action = vm.request(root, id, method, path, &[("x-jwt-payload", payload)], None);
+        assert_eq!(action, Action::Pause, "{method} {path}");
+        vm.reply(id).expect("a refusal")
     };
-    assert_eq!(write(2, "/api/v1/import", ALICE_PAYLOAD), Action::Pause);
-    let reply = vm.reply(2).unwrap();
+    let reply = refused(1, 2, "POST", "/api/v1/import", ALICE_PAYLOAD);
     assert_eq!(
         (reply.status, error_type(&reply).as_str()),
         (403, "forbidden")
@@ -1996,38 +1996,18 @@ fn refused_writes_are_counted_and_answered_in_prometheus_shape() {
         reply.body
     );
     assert_eq!(vm.counter("writes_denied"), 1);
-
-    // A second plugin configuration on the same VM, with writes on; counters are
-    // shared by name, as Envoy's are.
-    let vm2 = vm;
-    assert!(vm2.configure(11, WRITES_JWT_CONFIG));
     // {"client_id":["1999","2000"]}: which tenant would the data belong to?
     let both = "eyJjbGllbnRfaWQiOlsiMTk5OSIsIjIwMDAiXX0";
-    let action = vm2.request(
-        11,
-        12,
-        "POST",
-        "/api/v1/write",
-        &[("x-jwt-payload", both)],
-        None,
-    );
-    assert_eq!(action, Action::Pause);
-    let reply = vm2.reply(12).unwrap();
+    let reply = refused(11, 12, "POST", "/api/v1/write", both);
     assert_eq!(reply.status, 403);
     assert!(reply.body.contains("several tenants"), "{}", reply.body);
     // Nothing of its body goes on.
     assert_eq!(request_chunk(12, b"data", true), Action::Pause);
-    assert!(vm2.stream(12).body_passed.is_empty());
-    let action = vm2.request(
-        11,
-        13,
-        "GET",
-        "/api/v1/write",
-        &[("x-jwt-payload", ALICE_PAYLOAD)],
-        None,
+    assert!(vm.stream(12).body_passed.is_empty());
+    assert_eq!(
+        refused(11, 13, "GET", "/api/v1/write", ALICE_PAYLOAD).status,
+        405
     );
-    assert_eq!(action, Action::Pause);
-    assert_eq!(vm2.reply(13).unwrap().status, 405);
-    assert_eq!(vm2.counter("writes_denied"), 3);
-    assert_eq!(vm2.counter("writes_allowed"), 0);
+    assert_eq!(vm.counter("writes_denied"), 3);
+    assert_eq!(vm.counter("writes_allowed"), 0);
 }

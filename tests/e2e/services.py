@@ -194,7 +194,22 @@ class Prometheus:
 # ---------------------------------------------------------------------------- vmalert
 
 
-class AlertSink:
+class _LocalServer:
+    """A standard-library HTTP server of the tests' own on a free loopback port, served
+    from a daemon thread."""
+
+    def _serve(self, handler: type[http.server.BaseHTTPRequestHandler]) -> None:
+        self.server = _RelayServer((LOOPBACK, 0), handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class AlertSink(_LocalServer):
     """Where vmalert sends its notifications: vmalert refuses to start with alerting
     rules and no notifier, and no Alertmanager is installed here. It answers 200 to
     every POST and counts them, nothing more; the rules and alerts under test are read
@@ -217,14 +232,8 @@ class AlertSink:
             def log_message(self, *_args):
                 pass
 
-        self.server = _RelayServer((LOOPBACK, 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://{LOOPBACK}:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self._serve(Handler)
+        self.url = f"http://{LOOPBACK}:{self.port}"
 
 
 class VmAlert:
@@ -255,7 +264,7 @@ class VmAlert:
 # ---------------------------------------------------------------------------- remote-write clients
 
 
-class ScrapeTarget:
+class ScrapeTarget(_LocalServer):
     """A page of metrics in the Prometheus text format, for vmagent and Prometheus to scrape:
     the only thing the write tests serve themselves. `text` can be changed at any time."""
 
@@ -279,14 +288,8 @@ class ScrapeTarget:
             def log_message(self, *_args):
                 pass
 
-        self.server = _RelayServer((LOOPBACK, 0), Handler)
-        self.server.daemon_threads = True
-        self.address = f"{LOOPBACK}:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self._serve(Handler)
+        self.address = f"{LOOPBACK}:{self.port}"
 
 
 def _scrape_config(job: str, target: ScrapeTarget) -> dict:
