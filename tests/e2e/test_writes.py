@@ -15,6 +15,7 @@ requires of VictoriaMetrics before v1.108; a second one with the default shows w
 
 from __future__ import annotations
 
+import copy
 import gzip
 import json
 import time
@@ -25,7 +26,7 @@ import jwt_keys
 import pytest
 import requests
 import seed
-from conftest import EnvoyFactory, assert_prometheus_error, bearer, call, send
+from conftest import EnvoyFactory, assert_prometheus_error, bearer, call, send, with_plugin
 from procs import wait_until
 from services import PrometheusAgent, ScrapeTarget, VictoriaMetrics, VmAgent
 
@@ -358,3 +359,42 @@ def test_prometheus_as_a_receiver_ignores_extra_label(workdir):
         sender.stop()
         target.stop()
         receiver.stop()
+
+
+def _without_stop_iteration(config: dict) -> dict:
+    """The config with `allow_on_headers_stop_iteration` off in every wasm filter, as under
+    Istio's WasmPlugin: Envoy then holds a paused request's body itself."""
+    config = copy.deepcopy(config)
+    for http_filter in envoy_config.http_filters(config):
+        if "wasm" in http_filter["typed_config"]["@type"]:
+            http_filter["typed_config"]["config"]["allow_on_headers_stop_iteration"] = False
+    return config
+
+
+@pytest.mark.parametrize("stop_iteration", [True, False], ids=["stop_iteration", "stop_all"])
+def test_user_tokens_write_through_userinfo_in_both_envoy_modes(
+        request, workdir, writes_vm, oidc, wasm, tokens, stop_iteration):
+    """A user's token (checked at /userinfo) may write too, with `writes` on in the
+    userinfo filter: the headers wait for the lookup, and the body that arrived with them
+    goes on whole once it is known, whether Envoy hands it to the filter meanwhile or not."""
+    factory = EnvoyFactory(workdir, writes_vm, oidc, wasm)
+    request.addfinalizer(factory.stop)
+    config = with_plugin(factory.config(), writes="victoriametrics")
+    if not stop_iteration:
+        config = _without_stop_iteration(config)
+    proxy = factory.start(config, "envoy-userinfo-writes").wait_ready()
+    metric = f"e2e_userinfo_write_{time.monotonic_ns()}"
+    now_ms = int(time.time() * 1000)
+    body = "".join(f'{metric}{{n="{n}",client_id="{BOB}"}} 1 {now_ms}\n' for n in range(2000))
+    for who in ("alice", "bob"):
+        r = send("POST", f"{proxy.url}/api/v1/import/prometheus?extra_label=client_id%3D0",
+                 data=body.replace('n="', f'who="{who}",n="').encode(),
+                 headers=bearer(tokens[who]))
+        assert r.status_code == 204, r.text[:300]
+    series = wait_stored(writes_vm, metric, 4000)
+    assert {(s["who"], s["client_id"]) for s in series} == {("alice", ALICE), ("bob", BOB)}
+    # carol has no tenant claim: 403, nothing written.
+    r = send("POST", f"{proxy.url}/api/v1/import/prometheus", data=body.encode(),
+             headers=bearer(tokens["carol"]))
+    assert_prometheus_error(r, 403, "forbidden", secret=tokens["carol"])
+    assert len(stored(writes_vm, metric)) == 4000
