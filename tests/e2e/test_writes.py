@@ -238,9 +238,18 @@ def test_a_write_larger_than_any_buffer_streams_through(writes_vm, writes_proxy,
     body = ("\n".join(lines) + "\n").encode()
     assert len(body) > 16 * 1024 * 1024
     bytes_before = writes_proxy.filter_counter("write_bytes") or 0
+
+    def vm_memory() -> int:
+        # The filter reports its VMs' linear memory once a second (a Wasm heap only grows).
+        time.sleep(2.5)
+        return writes_proxy.filter_counter("wasm_memory_bytes") or 0
+
+    memory_before = vm_memory()
     r = requests.post(f"{writes_proxy.url}/api/v1/import", data=body,
                       headers=bearer(machine_tokens["alice"]), timeout=120)
     assert r.status_code == 204, r.text[:300]
+    # Had the filter held the body, its VM's heap would have grown by 16 MB.
+    assert vm_memory() - memory_before < 2 * 1024 * 1024
     writes_vm.force_flush()
     r = requests.get(f"{writes_vm.url}/api/v1/query", timeout=30, params={
         "query": f'sum(count_over_time({metric}{{client_id="{ALICE}"}}[1d]))',
