@@ -167,15 +167,21 @@ def test_a_refused_write_is_clear_in_the_clients_log(workdir, writes_vm, writes_
     assert writes_proxy.filter_counter("writes_denied") > denied_before
 
 
-def test_a_token_jwt_authn_refuses_is_clear_in_vmagents_log(workdir, writes_vm, writes_proxy, signing_key):
-    metric = f"e2e_expired_{time.monotonic_ns()}"
+@pytest.mark.parametrize("client", ["vmagent", "prometheus"])
+def test_a_token_jwt_authn_refuses_is_clear_in_the_clients_log(
+        workdir, writes_vm, writes_proxy, signing_key, client):
+    metric = f"e2e_expired_{client}_{time.monotonic_ns()}"
     expired = signing_key.token({"sub": "alice-agent", "client_id": ALICE}, lifetime_s=-120)
-    target = ScrapeTarget(exporter_text(metric, "vmagent", "alice"))
-    agent = VmAgent(workdir, f"vmagent-expired-{metric}", target,
-                    f"{writes_proxy.url}/api/v1/write", expired)
+    target = ScrapeTarget(exporter_text(metric, client, "alice"))
+    agent = (VmAgent if client == "vmagent" else PrometheusAgent)(
+        workdir, f"{client}-expired-{metric}", target, f"{writes_proxy.url}/api/v1/write",
+        expired)
+    # jwt_authn's refusal, in Prometheus' shape by the listener's local_reply_config.
+    status = ": 401;" if client == "vmagent" else "401 Unauthorized"
+    expected = [status, "unauthorized", "the token was refused: Jwt is expired"]
     try:
-        wait_until(lambda: ": 401;" in agent.proc.log() and "Jwt is expired" in agent.proc.log(),
-                   "vmagent's log to show jwt_authn's refusal", timeout_s=WAIT_S,
+        wait_until(lambda: all(word in agent.proc.log() for word in expected),
+                   f"{client}'s log to show jwt_authn's refusal", timeout_s=WAIT_S,
                    proc=agent.proc)
     finally:
         agent.stop()
