@@ -141,52 +141,48 @@ def test_vmagent_and_prometheus_push_each_tenant_into_its_own(
     assert writes_proxy.filter_counter("write_bytes") > 0
 
 
-@pytest.mark.parametrize("client", ["vmagent", "prometheus"])
-def test_a_refused_write_is_clear_in_the_clients_log(workdir, writes_vm, writes_proxy, signing_key, client):
-    metric = f"e2e_refused_{client}_{time.monotonic_ns()}"
-    # An operator's token with both tenants and no write tenant claim.
-    token = signing_key.token({"sub": "ops-agent", "client_id": [ALICE, BOB]}, 3600)
+def refused_push(workdir, writes_vm, writes_proxy, client: str, case: str, token: str,
+                 expected: list[str]) -> None:
+    """`client` scrapes and pushes with `token` until its own log holds every line of
+    `expected`; nothing of it reaches VictoriaMetrics."""
+    metric = f"e2e_{case}_{client}_{time.monotonic_ns()}"
     target = ScrapeTarget(exporter_text(metric, client, "alice"))
-    denied_before = writes_proxy.filter_counter("writes_denied") or 0
     agent = (VmAgent if client == "vmagent" else PrometheusAgent)(
-        workdir, f"{client}-refused-{metric}", target, f"{writes_proxy.url}/api/v1/write", token)
+        workdir, f"{client}-{case}-{metric}", target, f"{writes_proxy.url}/api/v1/write", token)
     try:
-        if client == "vmagent":
-            # vmagent retries every block it could not send, saying why each time.
-            expected = ["unexpected status code", ": 403;", "forbidden", "several tenants"]
-        else:
-            # Prometheus drops a batch a 4xx refuses, at level error.
-            expected = ["non-recoverable error", "403 Forbidden", "forbidden", "several tenants"]
         wait_until(lambda: all(word in agent.proc.log() for word in expected),
-                   f"{client}'s log to say why its writes are refused", timeout_s=WAIT_S,
-                   proc=agent.proc)
+                   f"{client}'s log to say why its writes are refused: {expected}",
+                   timeout_s=WAIT_S, proc=agent.proc)
     finally:
         agent.stop()
         target.stop()
     assert stored(writes_vm, metric) == []
+
+
+@pytest.mark.parametrize("client", ["vmagent", "prometheus"])
+def test_a_refused_write_is_clear_in_the_clients_log(workdir, writes_vm, writes_proxy,
+                                                     signing_key, client):
+    # An operator's token with both tenants and no write tenant claim.
+    token = signing_key.token({"sub": "ops-agent", "client_id": [ALICE, BOB]}, 3600)
+    denied_before = writes_proxy.filter_counter("writes_denied") or 0
+    if client == "vmagent":
+        # vmagent retries every block it could not send, saying why each time.
+        expected = ["unexpected status code", ": 403;", "forbidden", "several tenants"]
+    else:
+        # Prometheus drops a batch a 4xx refuses, at level error.
+        expected = ["non-recoverable error", "403 Forbidden", "forbidden", "several tenants"]
+    refused_push(workdir, writes_vm, writes_proxy, client, "refused", token, expected)
     assert writes_proxy.filter_counter("writes_denied") > denied_before
 
 
 @pytest.mark.parametrize("client", ["vmagent", "prometheus"])
 def test_a_token_jwt_authn_refuses_is_clear_in_the_clients_log(
         workdir, writes_vm, writes_proxy, signing_key, client):
-    metric = f"e2e_expired_{client}_{time.monotonic_ns()}"
     expired = signing_key.token({"sub": "alice-agent", "client_id": ALICE}, lifetime_s=-120)
-    target = ScrapeTarget(exporter_text(metric, client, "alice"))
-    agent = (VmAgent if client == "vmagent" else PrometheusAgent)(
-        workdir, f"{client}-expired-{metric}", target, f"{writes_proxy.url}/api/v1/write",
-        expired)
     # jwt_authn's refusal, in Prometheus' shape by the listener's local_reply_config.
     status = ": 401;" if client == "vmagent" else "401 Unauthorized"
-    expected = [status, "unauthorized", "the token was refused: Jwt is expired"]
-    try:
-        wait_until(lambda: all(word in agent.proc.log() for word in expected),
-                   f"{client}'s log to show jwt_authn's refusal", timeout_s=WAIT_S,
-                   proc=agent.proc)
-    finally:
-        agent.stop()
-        target.stop()
-    assert stored(writes_vm, metric) == []
+    refused_push(workdir, writes_vm, writes_proxy, client, "expired", expired,
+                 [status, "unauthorized", "the token was refused: Jwt is expired"])
 
 
 def _bodies(metric: str, spoof: str, now_ms: int) -> dict[str, tuple[bytes, dict]]:
