@@ -7,10 +7,10 @@ WASM := target/wasm32-wasip1/release/promql_tenant_filter.wasm
 VENV := .venv
 PY_REQUIREMENTS := tests/e2e/requirements.txt tests/deploy/requirements.txt
 
-.PHONY: test deps rust-deps py-deps vm-deps wasm unit lint e2e deploy-check demo demo-check bench oci soak fuzz
+.PHONY: test deps rust-deps py-deps vm-deps go-deps metricsql-oracle wasm unit lint e2e deploy-check demo demo-check bench oci soak fuzz
 
 ## Install everything the tests need on a fresh Debian machine (idempotent).
-deps: rust-deps py-deps vm-deps
+deps: rust-deps py-deps vm-deps go-deps
 
 rust-deps:
 	@rustup target list --installed | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
@@ -41,6 +41,22 @@ vm-deps:
 	@command -v victoria-metrics >/dev/null || { apt-get update -qq \
 	  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq victoria-metrics >/dev/null; }
 
+## VictoriaMetrics' own query parser as a test oracle (tests/metricsql_oracle/main.go):
+## Go and Debian's metricsql (0.49, the library VictoriaMetrics 1.79 is built with),
+## built offline in GOPATH mode. The engine tests run it (they build it themselves when
+## it is missing or older than its source; this is the same build).
+METRICSQL_ORACLE := target/metricsql-oracle
+go-deps:
+	@command -v go >/dev/null && test -d /usr/share/gocode/src/github.com/VictoriaMetrics/metricsql || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	  golang-go golang-github-victoriametrics-metricsql-dev >/dev/null; }
+
+metricsql-oracle: $(METRICSQL_ORACLE)
+
+$(METRICSQL_ORACLE): tests/metricsql_oracle/main.go | go-deps
+	@mkdir -p $(@D)
+	GO111MODULE=off GOPATH=/usr/share/gocode GOFLAGS= go build -o $@ ./tests/metricsql_oracle
+
 ## Build the filter module and print its size.
 wasm: rust-deps
 	@# The filter must abort on panic (a trap in the VM, never unwinding into the host).
@@ -54,7 +70,7 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 
-unit:
+unit: metricsql-oracle
 	$(CARGO) test --release --no-fail-fast
 
 ## End-to-end: real Envoy + the freshly built .wasm, VictoriaMetrics, OIDC provider.
