@@ -50,8 +50,10 @@ pub enum ExprKind<'s> {
     /// Duration-expression functions: `step()`, `range()`, `min_of(a, b)`, `max_of(a, b)`,
     /// and the `start()`/`end()` preprocessors.
     DurationFn { func: Kw, args: Vec<Expr<'s>> },
-    /// MetricsQL `expr keep_metric_names`.
+    /// MetricsQL `func(...) keep_metric_names`.
     KeepMetricNames(Box<Expr<'s>>),
+    /// MetricsQL `(a, b, ...)`: the union of its elements' series (also `()`).
+    Union(Vec<Expr<'s>>),
 }
 
 /// A series selector: the thing that must carry the tenant matcher.
@@ -200,7 +202,7 @@ pub struct Call<'s> {
     /// `by (...)` / `without (...)`, before or after the arguments.
     pub grouping: Option<Grouping<'s>>,
     /// MetricsQL `limit N` after an aggregation.
-    pub limit: Option<Box<Expr<'s>>>,
+    pub limit: bool,
 }
 
 /// `by (labels)` or `without (labels)`.
@@ -214,7 +216,8 @@ pub struct Grouping<'s> {
 #[derive(Debug, Clone, PartialEq)]
 pub struct RangeExpr<'s> {
     pub expr: Expr<'s>,
-    pub range: Expr<'s>,
+    /// The range; MetricsQL may leave it out (`x[:5m]`).
+    pub range: Option<Expr<'s>>,
     /// `None` for a matrix selector; `Some(step)` for a subquery, with an optional step.
     pub subquery_step: Option<Option<Expr<'s>>>,
     /// Prometheus 3 `anchored` / `smoothed` after a range.
@@ -254,17 +257,13 @@ impl<'s> Expr<'s> {
                     pending.push(&b.rhs);
                     pending.push(&b.lhs);
                 }
-                ExprKind::Call(c) => {
-                    if let Some(l) = &c.limit {
-                        pending.push(l);
-                    }
-                    pending.extend(c.args.iter().rev());
-                }
+                ExprKind::Call(c) => pending.extend(c.args.iter().rev()),
+                ExprKind::Union(items) => pending.extend(items.iter().rev()),
                 ExprKind::Range(r) => {
                     if let Some(Some(step)) = &r.subquery_step {
                         pending.push(step);
                     }
-                    pending.push(&r.range);
+                    pending.extend(&r.range);
                     pending.push(&r.expr);
                 }
                 ExprKind::Offset {

@@ -345,12 +345,14 @@ mod tests {
             ok(r#"{__name__="foo"}[5m]"#),
             r#"{__name__="foo",client_id="1999"}[5m]"#
         );
+        // A range vector on the right of `and`: VictoriaMetrics answers it, Prometheus
+        // refuses it, and so do the dialects.
+        let long = r#"max_over_time(deriv(rate(distance_covered_total[5s])[30s:5s])[10m:])and http_requests_total{status_code=~"2.*"}[50h]"#;
         assert_eq!(
-            ok(
-                r#"max_over_time(deriv(rate(distance_covered_total[5s])[30s:5s])[10m:])and http_requests_total{status_code=~"2.*"}[50h]"#
-            ),
+            rw(long, &["1999"], ConflictPolicy::And, Dialect::Metricsql).unwrap(),
             r#"max_over_time(deriv(rate(distance_covered_total{client_id="1999"}[5s])[30s:5s])[10m:])and http_requests_total{status_code=~"2.*",client_id="1999"}[50h]"#
         );
+        assert!(rw(long, &["1999"], ConflictPolicy::And, Dialect::Promql).is_err());
     }
 
     #[test]

@@ -4,11 +4,12 @@
 
 pub mod ast;
 mod check;
-mod duration;
 mod error;
 pub mod inject;
 pub mod lexer;
+mod numbers;
 mod parser;
+mod reprint;
 mod strings;
 
 pub use error::ParseError;
@@ -75,6 +76,7 @@ pub(crate) fn parse_lexed<'a>(
     let expr =
         parser::parse_tokens(input, tokens, dialect).map_err(|e| e.into_parse_error(input))?;
     check::check(input, &expr, dialect)?;
+    reprint::check(input, &expr)?;
     Ok(expr)
 }
 
