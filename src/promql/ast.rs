@@ -280,17 +280,140 @@ impl<'s> Expr<'s> {
     }
 }
 
-impl Drop for Expr<'_> {
-    /// Dismantles binary chains in a loop; the derived drop would recurse once per operator.
-    fn drop(&mut self) {
-        let mut chain = Vec::new();
-        if let ExprKind::Binary(b) = &mut self.kind {
-            chain.push(std::mem::replace(&mut b.lhs.kind, ExprKind::Number(0.0)));
-        }
-        while let Some(mut kind) = chain.pop() {
-            if let ExprKind::Binary(b) = &mut kind {
-                chain.push(std::mem::replace(&mut b.lhs.kind, ExprKind::Number(0.0)));
+impl<'s> Expr<'s> {
+    /// How deep the recursive walks over this tree go, and where the deepest node
+    /// starts: one level per node that holds other nodes, except the left operand of a
+    /// binary operator that is itself one (chains are walked in a loop). Computed with a
+    /// heap stack, so it is safe on a tree of any depth.
+    pub fn nesting_depth<'a>(&'a self) -> (usize, usize) {
+        let holds_nodes = |e: &Expr<'_>| {
+            !matches!(
+                e.kind,
+                ExprKind::Number(_)
+                    | ExprKind::Duration(_)
+                    | ExprKind::String(_)
+                    | ExprKind::Selector(_)
+            )
+        };
+        let mut deepest = (0, self.span.start);
+        let mut pending: Vec<(&'a Expr<'s>, usize)> = vec![(self, usize::from(holds_nodes(self)))];
+        while let Some((e, level)) = pending.pop() {
+            if level > deepest.0 {
+                deepest = (level, e.span.start);
             }
+            let binary_lhs = match &e.kind {
+                ExprKind::Binary(b) => Some(&b.lhs),
+                _ => None,
+            };
+            let mut push = |child: &'a Expr<'s>| {
+                let chained = binary_lhs.is_some_and(|lhs| std::ptr::eq(lhs, child))
+                    && matches!(child.kind, ExprKind::Binary(_));
+                let child_level = if holds_nodes(child) && !chained {
+                    level + 1
+                } else {
+                    level
+                };
+                pending.push((child, child_level));
+            };
+            match &e.kind {
+                ExprKind::Number(_)
+                | ExprKind::Duration(_)
+                | ExprKind::String(_)
+                | ExprKind::Selector(_) => {}
+                ExprKind::Paren(inner)
+                | ExprKind::Unary { expr: inner, .. }
+                | ExprKind::KeepMetricNames(inner) => push(inner),
+                ExprKind::Binary(b) => {
+                    push(&b.lhs);
+                    push(&b.rhs);
+                }
+                ExprKind::Call(c) => c.args.iter().for_each(&mut push),
+                ExprKind::Union(items) | ExprKind::DurationFn { args: items, .. } => {
+                    items.iter().for_each(&mut push)
+                }
+                ExprKind::Range(r) => {
+                    push(&r.expr);
+                    if let Some(range) = &r.range {
+                        push(range);
+                    }
+                    if let Some(Some(step)) = &r.subquery_step {
+                        push(step);
+                    }
+                }
+                ExprKind::Offset {
+                    expr,
+                    offset: other,
+                }
+                | ExprKind::At { expr, at: other } => {
+                    push(expr);
+                    push(other);
+                }
+            }
+        }
+        deepest
+    }
+}
+
+impl Drop for Expr<'_> {
+    /// Dismantles the tree with a heap stack instead of the call stack: the derived drop
+    /// recurses once per level, and a tree may be deeper than the wasm VM's stack allows
+    /// before the depth cap refuses it (operator chains, postfix chains, a tree
+    /// abandoned half-built by a failed parse).
+    fn drop(&mut self) {
+        let mut pending = Vec::new();
+        take_children(&mut self.kind, &mut pending);
+        while let Some(mut kind) = pending.pop() {
+            take_children(&mut kind, &mut pending);
+            // `kind` drops here, its children already replaced by leaves.
+        }
+    }
+}
+
+/// Moves every child's kind that has children of its own into `out`, leaving a leaf.
+fn take_children<'s>(kind: &mut ExprKind<'s>, out: &mut Vec<ExprKind<'s>>) {
+    let mut take = |e: &mut Expr<'s>| {
+        if !matches!(
+            e.kind,
+            ExprKind::Number(_)
+                | ExprKind::Duration(_)
+                | ExprKind::String(_)
+                | ExprKind::Selector(_)
+        ) {
+            out.push(std::mem::replace(&mut e.kind, ExprKind::Number(0.0)));
+        }
+    };
+    match kind {
+        ExprKind::Number(_)
+        | ExprKind::Duration(_)
+        | ExprKind::String(_)
+        | ExprKind::Selector(_) => {}
+        ExprKind::Paren(inner)
+        | ExprKind::Unary { expr: inner, .. }
+        | ExprKind::KeepMetricNames(inner) => take(inner),
+        ExprKind::Binary(b) => {
+            take(&mut b.lhs);
+            take(&mut b.rhs);
+        }
+        ExprKind::Call(c) => c.args.iter_mut().for_each(take),
+        ExprKind::Union(items) | ExprKind::DurationFn { args: items, .. } => {
+            items.iter_mut().for_each(take)
+        }
+        ExprKind::Range(r) => {
+            take(&mut r.expr);
+            if let Some(range) = &mut r.range {
+                take(range);
+            }
+            if let Some(Some(step)) = &mut r.subquery_step {
+                take(step);
+            }
+        }
+        ExprKind::Offset {
+            expr,
+            offset: other,
+        }
+        | ExprKind::At { expr, at: other } => {
+            take(expr);
+            take(other);
         }
     }
 }
