@@ -42,23 +42,69 @@ impl Form {
 fn forms() -> Vec<Form> {
     let m = MAX_NESTING;
     vec![
-        Form { name: "parentheses", query: |n| format!("{}x{}", "(".repeat(n), ")".repeat(n)), largest: m },
-        Form { name: "unary minus", query: |n| format!("{}x", "-".repeat(n)), largest: m },
-        Form { name: "unary plus and minus", query: |n| format!("{}x", "+-".repeat(n / 2) + &"-".repeat(n % 2)), largest: m },
-        Form { name: "power chain", query: |n| format!("x{}", "^x".repeat(n)), largest: m },
-        Form { name: "function calls", query: |n| format!("{}x{}", "abs(".repeat(n), ")".repeat(n)), largest: m },
-        Form { name: "aggregations", query: |n| format!("{}x{}", "sum(".repeat(n), ")".repeat(n)), largest: m },
+        Form {
+            name: "parentheses",
+            query: |n| format!("{}x{}", "(".repeat(n), ")".repeat(n)),
+            largest: m,
+        },
+        Form {
+            name: "unary minus",
+            query: |n| format!("{}x", "-".repeat(n)),
+            largest: m,
+        },
+        Form {
+            name: "unary plus and minus",
+            query: |n| format!("{}x", "+-".repeat(n / 2) + &"-".repeat(n % 2)),
+            largest: m,
+        },
+        Form {
+            name: "power chain",
+            query: |n| format!("x{}", "^x".repeat(n)),
+            largest: m,
+        },
+        Form {
+            name: "function calls",
+            query: |n| format!("{}x{}", "abs(".repeat(n), ")".repeat(n)),
+            largest: m,
+        },
+        Form {
+            name: "aggregations",
+            query: |n| format!("{}x{}", "sum(".repeat(n), ")".repeat(n)),
+            largest: m,
+        },
         // Each level is a call and a subquery: two levels per step, plus rate(x[5m]).
         Form {
             name: "subqueries in calls",
-            query: |n| format!("{}rate(x[5m]){}", "max_over_time(".repeat(n), "[1m:1m])".repeat(n)),
+            query: |n| {
+                format!(
+                    "{}rate(x[5m]){}",
+                    "max_over_time(".repeat(n),
+                    "[1m:1m])".repeat(n)
+                )
+            },
             largest: (m - 2) / 2,
         },
         // Chains of postfix modifiers: read in a loop, one tree level each.
-        Form { name: "range chain", query: |n| format!("x{}", "[1m]".repeat(n)), largest: m },
-        Form { name: "subquery chain", query: |n| format!("x{}", "[1m:1m]".repeat(n)), largest: m },
-        Form { name: "offset chain", query: |n| format!("x{}", " offset 1m".repeat(n)), largest: m },
-        Form { name: "@ chain", query: |n| format!("x{}", " @ 1".repeat(n)), largest: m },
+        Form {
+            name: "range chain",
+            query: |n| format!("x{}", "[1m]".repeat(n)),
+            largest: m,
+        },
+        Form {
+            name: "subquery chain",
+            query: |n| format!("x{}", "[1m:1m]".repeat(n)),
+            largest: m,
+        },
+        Form {
+            name: "offset chain",
+            query: |n| format!("x{}", " offset 1m".repeat(n)),
+            largest: m,
+        },
+        Form {
+            name: "@ chain",
+            query: |n| format!("x{}", " @ 1".repeat(n)),
+            largest: m,
+        },
         // A right operand in parentheses: a binary node and a parenthesis per step.
         Form {
             name: "right-nested operators",
@@ -72,11 +118,27 @@ fn forms() -> Vec<Form> {
             largest: m - 1,
         },
         // MetricsQL: `@` takes an expression, a sign and its own modifiers (two levels).
-        Form { name: "@ with signs", query: |n| format!("x{}", " @ -x".repeat(n)), largest: m / 2 },
-        Form { name: "unions", query: |n| format!("{}x{}", "(x, ".repeat(n), ")".repeat(n)), largest: m },
+        Form {
+            name: "@ with signs",
+            query: |n| format!("x{}", " @ -x".repeat(n)),
+            largest: m / 2,
+        },
+        Form {
+            name: "unions",
+            query: |n| format!("{}x{}", "(x, ".repeat(n), ")".repeat(n)),
+            largest: m,
+        },
         // Operator chains: no deeper walk at all, capped by count.
-        Form { name: "operator chain", query: |n| format!("x{}", " + x".repeat(n)), largest: MAX_BINARY_OPERATORS },
-        Form { name: "duration arithmetic", query: |n| format!("x[1m{}]", "+1m".repeat(n)), largest: MAX_BINARY_OPERATORS },
+        Form {
+            name: "operator chain",
+            query: |n| format!("x{}", " + x".repeat(n)),
+            largest: MAX_BINARY_OPERATORS,
+        },
+        Form {
+            name: "duration arithmetic",
+            query: |n| format!("x[1m{}]", "+1m".repeat(n)),
+            largest: MAX_BINARY_OPERATORS,
+        },
     ]
 }
 
@@ -89,7 +151,11 @@ fn too_deep(message: &str) -> bool {
 /// several times larger, so debug runs get more.
 fn on_small_stack(f: impl FnOnce() + Send + 'static) {
     std::thread::Builder::new()
-        .stack_size(if cfg!(debug_assertions) { 8 << 20 } else { 256 << 10 })
+        .stack_size(if cfg!(debug_assertions) {
+            8 << 20
+        } else {
+            256 << 10
+        })
         .spawn(f)
         .unwrap()
         .join()
@@ -127,7 +193,10 @@ fn every_recursive_form_is_capped_at_its_largest_size() {
                 }
                 let huge = (form.query)(100_000);
                 if parse(&huge, dialect).is_ok() {
-                    problems.push(format!("{} in {dialect:?}: size 100000 accepted", form.name));
+                    problems.push(format!(
+                        "{} in {dialect:?}: size 100000 accepted",
+                        form.name
+                    ));
                 }
             }
         }
@@ -148,7 +217,11 @@ fn the_deepest_valid_queries_are_accepted() {
                 let q = (form.query)(form.largest);
                 let out = rewrite(&q, &tenant, ConflictPolicy::And, dialect)
                     .unwrap_or_else(|e| panic!("{} in {dialect:?}: {e}", form.name));
-                assert!(parse(&out, dialect).is_ok(), "{}: output does not read back", form.name);
+                assert!(
+                    parse(&out, dialect).is_ok(),
+                    "{}: output does not read back",
+                    form.name
+                );
             }
         }
     });
