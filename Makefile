@@ -141,8 +141,9 @@ oci: wasm
 ## No sanitizer: the code under test is safe Rust, and ASan would cost 5x the executions.
 ## Not part of `make test`.
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS := rewrite_query form_codec request_decision
-fuzz:
+FUZZ_TARGETS := rewrite_query form_codec request_decision metricsql_differential
+## metricsql_differential talks to the metricsql oracle (a Go child process).
+fuzz: metricsql-oracle
 	@rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
 	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
 	python3 fuzz/seed_corpus.py

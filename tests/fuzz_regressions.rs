@@ -71,24 +71,50 @@ fn get_with_a_form_body_is_refused() {
 
 /// rewrite_query (flag byte 0xae: policy `and`, MetricsQL, two tenant values): a range
 /// too large for a `Duration`. promql-parser, the oracle, panics on its output; our
-/// engine rewrites it in MetricsQL and refuses it in PromQL, as Prometheus does.
+/// engine refuses it in PromQL, as Prometheus does, and (since metricsql_differential
+/// found `[5555555555555555555555555555555555m]` crashing VictoriaMetrics, see below)
+/// in MetricsQL too: any duration over metricsql's int64 milliseconds.
 #[test]
 fn huge_float_range_is_handled_without_panic() {
     let tenant = TenantMatcher::new("client_id", &["1999", "20.0"]).unwrap();
+    for dialect in [Dialect::Promql, Dialect::Metricsql] {
+        let refused = rewrite("foo[9.5e90]", &tenant, ConflictPolicy::And, dialect);
+        assert!(refused
+            .unwrap_err()
+            .to_string()
+            .contains("duration out of range"));
+    }
     let out = rewrite(
-        "foo[9.5e90]",
+        "foo[9.5e9]",
         &tenant,
         ConflictPolicy::And,
         Dialect::Metricsql,
     )
     .unwrap();
-    assert_eq!(out, r#"foo{client_id=~"1999|20\\.0"}[9.5e90]"#);
+    assert_eq!(out, r#"foo{client_id=~"1999|20\\.0"}[9.5e9]"#);
     assert!(parse(&out, Dialect::Metricsql).is_ok());
-    let refused = rewrite("foo[9.5e90]", &tenant, ConflictPolicy::And, Dialect::Promql);
-    assert!(refused
-        .unwrap_err()
-        .to_string()
-        .contains("duration out of range"));
+}
+
+/// metricsql_differential (MetricsQL): a duration over int64 milliseconds. metricsql
+/// parses `5555555555555555555555555555555555m`, then panics evaluating it ("too big
+/// duration"), and VictoriaMetrics exits. Refused now as out of range.
+#[test]
+fn durations_beyond_int64_milliseconds_are_refused() {
+    let tenant = TenantMatcher::new("client_id", &["a|b", "c"]).unwrap();
+    for query in [
+        "rate(x[5555555555555555555555555555555555m])",
+        "x offset 9999999999999999999s",
+        "x[1m:300000000000000y]",
+    ] {
+        let refused = rewrite(query, &tenant, ConflictPolicy::And, Dialect::Metricsql);
+        assert!(
+            refused
+                .as_ref()
+                .is_err_and(|e| e.to_string().contains("duration out of range")),
+            "{query}: {refused:?}"
+        );
+    }
+    assert!(rewrite("x[100y]", &tenant, ConflictPolicy::And, Dialect::Metricsql).is_ok());
 }
 
 /// rewrite_query (flag byte 0x72: policy `and`, PromQL, tenant `"tenant.id"`): a lone
@@ -159,4 +185,30 @@ fn output_with_added_braces_reads_back_at_the_nesting_limit() {
     assert!(parse(&deepest, Dialect::Promql).is_ok());
     let out = rewrite(&deepest, &tenant, ConflictPolicy::And, Dialect::Promql).unwrap();
     assert!(parse(&out, Dialect::Promql).is_ok(), "{out}");
+}
+
+/// metricsql_differential (flag byte 0x05: MetricsQL, tenant `x"y\z`): a unary `+` before
+/// an `@` expression that has its own `@`. metricsql keeps no node for the `+`, prints
+/// `foo @ Ifoo @ nfo`, cannot read that back ("duplicate `@` token"), and
+/// VictoriaMetrics exits. Refused now, like any `@` expression with its own modifiers.
+#[test]
+fn at_expression_behind_a_plus_with_its_own_at_is_refused() {
+    let tenant = TenantMatcher::new("client_id", &["x\"y\\z"]).unwrap();
+    for query in ["foo @ +Ifoo @ +nfo", "x @ +y[5m]", "x @ (+(y offset 1m))"] {
+        let refused = rewrite(query, &tenant, ConflictPolicy::And, Dialect::Metricsql);
+        assert!(
+            refused
+                .as_ref()
+                .is_err_and(|e| e.to_string().contains("after @")),
+            "{query}: {refused:?}"
+        );
+    }
+    // A minus sign stays in metricsql's printout (`0 - ...`, in parentheses): fine.
+    assert!(rewrite(
+        "x @ -y @ -z",
+        &tenant,
+        ConflictPolicy::And,
+        Dialect::Metricsql
+    )
+    .is_ok());
 }

@@ -234,6 +234,9 @@ const HOSTILE: &[(&str, Answer, Answer)] = &[
     ("x @ (y @ 5)", Refused, Refused),
     ("x @ (y offset 5m)", Refused, Refused),
     ("x @ ((y[1m]))", Refused, Refused),
+    ("foo @ +Ifoo @ +nfo", Refused, Refused),
+    ("x @ +(+y[5m])", Refused, Refused),
+    ("x @ -y @ -z", Refused, Accepted),
     // Over-blocking that VictoriaMetrics answers.
     ("alice_metric.total", Refused, Accepted),
     ("sum(x) by (host.name)", Refused, Accepted),

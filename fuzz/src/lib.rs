@@ -41,7 +41,7 @@ pub fn oracle_parse(text: &str) -> Option<Expr> {
 // tests' own (tests/common), so the fuzzer and `make test` judge output the same way.
 #[path = "../../tests/common/mod.rs"]
 mod common;
-pub use common::{for_each_selector_mut, quote_meta, ExpectedMatcher};
+pub use common::{for_each_selector_mut, metricsql, quote_meta, ExpectedMatcher};
 
 /// Where `promql-parser` reads `output`: every selector (each or-branch of one) must
 /// end with the tenant matcher. Returns the AST with those matchers removed, or `None`

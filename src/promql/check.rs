@@ -730,8 +730,14 @@ impl Checker<'_> {
         value: Option<f64>,
         is_duration: bool,
     ) -> Result<(), ParseError> {
+        // Prometheus holds durations as int64 nanoseconds; metricsql as int64
+        // milliseconds, and panics evaluating a longer one (`x[99999999999999999m]`).
+        let max = match self.dialect {
+            Dialect::Promql => MAX_DURATION_SECONDS,
+            Dialect::Metricsql => i64::MAX as f64 / 1e3,
+        };
         if let Some(v) = value {
-            if self.promql() && (v.abs() > MAX_DURATION_SECONDS || v.is_nan()) && is_duration {
+            if (v.abs() > max || v.is_nan()) && is_duration {
                 return Err(self.err(&e.span, "duration out of range"));
             }
         }

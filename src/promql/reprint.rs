@@ -16,8 +16,9 @@
 //! - `__name__=""`: printed as an empty name, the matcher disappears on the way back.
 //!   It selects nothing in either backend, so nothing is lost.
 //! - After `@` (MetricsQL), an expression with its own range, offset or `@`: printed
-//!   without its parentheses, its modifiers become the outer expression's
-//!   (`x @ (y[5m])` fails to read back, `x @ (y offset 5m)` moves the offset).
+//!   without its parentheses or a `+` sign, its modifiers become the outer
+//!   expression's (`x @ (y[5m])` and `x @ +y @ z` fail to read back, `x @ (y offset 5m)`
+//!   moves the offset).
 
 use super::ast::{Expr, ExprKind, MatchOp};
 use super::ParseError;
@@ -81,8 +82,14 @@ pub fn check(src: &str, expr: &Expr<'_>) -> Result<(), ParseError> {
                 ));
             }
             ExprKind::At { at, .. } => {
+                // metricsql drops parentheses and a unary `+` from what it prints.
                 let mut inner: &Expr<'_> = at;
-                while let ExprKind::Paren(e) = &inner.kind {
+                while let ExprKind::Paren(e)
+                | ExprKind::Unary {
+                    negative: false,
+                    expr: e,
+                } = &inner.kind
+                {
                     inner = e;
                 }
                 if matches!(
