@@ -147,6 +147,21 @@ def test_the_issues_size_is_refused(proxies, vm, tokens, form, dialect):
     assert_prometheus_error(answer, 400, "bad_data")
 
 
+# The issue's three examples, as written there.
+ISSUE_EXAMPLES = {
+    "range-chain": "x[1m]" + "[1m]" * ISSUE_SIZE,
+    "at-after-operators": "x" + " + @ 1" * ISSUE_SIZE,
+    "subquery-chain": "x" + "[1m:1m]" * ISSUE_SIZE,
+}
+
+
+@pytest.mark.parametrize("dialect", BOTH)
+@pytest.mark.parametrize("name", ISSUE_EXAMPLES)
+def test_the_issues_examples_are_refused(proxies, vm, tokens, name, dialect):
+    answer = ask(proxies[dialect], "POST", ISSUE_EXAMPLES[name], tokens["alice"], vm)
+    assert_prometheus_error(answer, 400, "bad_data")
+
+
 # ---------------------------------------------------------------------------- claims
 
 JSON = "application/json"
