@@ -134,9 +134,14 @@ fn lone_carriage_return_in_a_comment_is_refused() {
             assert!(refused.is_err(), "{query:?} in {dialect:?}: {refused:?}");
         }
         let out = rewrite("w # c\r\n/ b", &tenant, ConflictPolicy::And, dialect).unwrap();
+        // MetricsQL writes the dotted label bare (metricsql_writes_a_dotted_tenant_label_bare).
+        let label = match dialect {
+            Dialect::Promql => "\"tenant.id\"",
+            Dialect::Metricsql => "tenant.id",
+        };
         assert_eq!(
             out,
-            "w{\"tenant.id\"=\"x\\\"y\\\\z\"} # c\r\n/ b{\"tenant.id\"=\"x\\\"y\\\\z\"}"
+            format!("w{{{label}=\"x\\\"y\\\\z\"}} # c\r\n/ b{{{label}=\"x\\\"y\\\\z\"}}")
         );
     }
 }
@@ -211,4 +216,23 @@ fn at_expression_behind_a_plus_with_its_own_at_is_refused() {
         Dialect::Metricsql
     )
     .is_ok());
+}
+
+/// rewrite_query (MetricsQL, tenant label `tenant.id`): the filter wrote the tenant
+/// matcher with a quoted label name, `{"tenant.id"="x\"y\\z"}`, which metricsql 0.49
+/// (and so dialect metricsql) does not read: every query with such a label failed at
+/// VictoriaMetrics. MetricsQL reads dotted label names bare, so the matcher is written
+/// `tenant.id="..."` there; a label it cannot spell at all is refused.
+#[test]
+fn metricsql_writes_a_dotted_tenant_label_bare() {
+    let tenant = TenantMatcher::new("tenant.id", &["x\"y\\z"]).unwrap();
+    let out = rewrite("{}", &tenant, ConflictPolicy::And, Dialect::Metricsql).unwrap();
+    assert_eq!(out, r#"{tenant.id="x\"y\\z"}"#);
+    assert!(parse(&out, Dialect::Metricsql).is_ok());
+    let out = rewrite("{}", &tenant, ConflictPolicy::And, Dialect::Promql);
+    assert!(out.is_err(), "promql needs a non-empty matcher: {out:?}");
+    let out = rewrite("x", &tenant, ConflictPolicy::And, Dialect::Promql).unwrap();
+    assert_eq!(out, r#"x{"tenant.id"="x\"y\\z"}"#);
+    let spaced = TenantMatcher::new("x y", &["1"]).unwrap();
+    assert!(rewrite("x", &spaced, ConflictPolicy::And, Dialect::Metricsql).is_err());
 }

@@ -15,11 +15,12 @@
 
 mod common;
 
-use common::metricsql::Oracle;
+use common::metricsql::{is_confined, Oracle, Verdict};
 use common::{
     check_only_insertions, check_output, classify_user_matchers, drop_label_matchers,
     ExpectedMatcher, UserMatchers,
 };
+use promql_tenant_filter::promql::is_legacy_label_name;
 use promql_tenant_filter::{parse, rewrite, ConflictPolicy, Dialect, RewriteError, TenantMatcher};
 use proptest::prelude::*;
 use proptest::sample::select;
@@ -497,14 +498,65 @@ fn policy() -> impl Strategy<Value = ConflictPolicy> {
     ]
 }
 
-/// Whether VictoriaMetrics' parser reads `q` (one oracle process for the whole run).
-fn metricsql_reads(q: &str) -> bool {
+/// What VictoriaMetrics' parser makes of `q` (one oracle process for the whole run).
+fn metricsql_verdict(q: &str) -> Verdict {
     static ORACLE: OnceLock<Mutex<Oracle>> = OnceLock::new();
     let oracle = ORACLE.get_or_init(|| Mutex::new(Oracle::start()));
     let mut oracle = oracle
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
-    oracle.judge(q).parses
+    oracle.judge(q)
+}
+
+fn metricsql_reads(q: &str) -> bool {
+    metricsql_verdict(q).parses
+}
+
+/// Dialect `metricsql` with a tenant label PromQL would quote (`tenant.id`): MetricsQL
+/// has no quoted label names, so the matcher is written bare where it can be, and the
+/// query is refused where it cannot. The output is then the input plus the same
+/// insertions as in PromQL, and where metricsql reads it, every selector is confined.
+fn check_metricsql_bare_label(
+    q: &str,
+    tenant: &TenantMatcher,
+    expected: &ExpectedMatcher,
+    policy: ConflictPolicy,
+    promql: Option<&Result<String, RewriteError>>,
+) -> Result<(), String> {
+    let out = rewrite(q, tenant, policy, Dialect::Metricsql);
+    let Ok(text) = tenant.text_for(Dialect::Metricsql) else {
+        return match out {
+            Err(_) => Ok(()),
+            Ok(o) => Err(format!(
+                "an unspellable label was written in MetricsQL: {o:?}"
+            )),
+        };
+    };
+    let m = match (promql, &out) {
+        (_, Ok(m)) if promql.is_none_or(Result::is_ok) => m,
+        (None, Err(_)) => return Ok(()),
+        (Some(Err(RewriteError::Conflict(_))), Err(RewriteError::Conflict(_)))
+        | (Some(Err(RewriteError::Parse(_))), Err(RewriteError::Parse(_))) => return Ok(()),
+        _ => return Err(format!("dialects disagree: {promql:?} and {out:?}")),
+    };
+    if policy != ConflictPolicy::Replace {
+        let insertions = check_only_insertions(q, m, &text)?;
+        if let Some(Ok(p)) = promql {
+            let promql_insertions = check_only_insertions(q, p, tenant.matcher_text())?;
+            if insertions != promql_insertions {
+                return Err(format!(
+                    "{insertions} insertions in MetricsQL, {promql_insertions} in PromQL: {m:?}"
+                ));
+            }
+        }
+    }
+    let verdict = metricsql_verdict(m);
+    if verdict.parses {
+        if let Some(s) = verdict.selectors.iter().find(|s| !is_confined(s, expected)) {
+            return Err(format!("metricsql finds {} unconfined in {m:?}", s.printed));
+        }
+    }
+    Ok(())
 }
 
 /// Checks one generated case; `Err` carries a readable explanation.
@@ -525,12 +577,27 @@ fn check_case(
     let tenant =
         TenantMatcher::new(label, &value_refs).map_err(|e| format!("TenantMatcher::new: {e}"))?;
     let expected = ExpectedMatcher::new(label, &value_refs);
-    let results: Vec<_> = dialects
+    // With a label PromQL quotes, MetricsQL writes the matcher differently.
+    let bare_in_metricsql = !is_legacy_label_name(label);
+    let same_text: Vec<Dialect> = dialects
+        .iter()
+        .copied()
+        .filter(|&d| !(bare_in_metricsql && d == Dialect::Metricsql))
+        .collect();
+    let results: Vec<_> = same_text
         .iter()
         .map(|&d| rewrite(q, &tenant, policy, d))
         .collect();
     if results.windows(2).any(|pair| pair[0] != pair[1]) {
         return Err(format!("dialects {dialects:?} disagree: {results:?}"));
+    }
+    if bare_in_metricsql && dialects.contains(&Dialect::Metricsql) {
+        let baseline = results.first();
+        check_metricsql_bare_label(q, &tenant, &expected, policy, baseline)?;
+        if baseline.is_none() {
+            // Only MetricsQL was asked for (or-filters): its checks are the ones above.
+            return Ok(());
+        }
     }
     let promql = results.into_iter().next().expect("at least one dialect");
     let want = match policy {
