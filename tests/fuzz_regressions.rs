@@ -236,3 +236,32 @@ fn metricsql_writes_a_dotted_tenant_label_bare() {
     let spaced = TenantMatcher::new("x y", &["1"]).unwrap();
     assert!(rewrite("x", &spaced, ConflictPolicy::And, Dialect::Metricsql).is_err());
 }
+
+/// request_decision (dialect metricsql, tenant label `tenant.id`): on the label
+/// endpoints the filter adds `match[]={<tenant matcher>}` itself, and wrote it quoted,
+/// `{"tenant.id"="1999"}`, which metricsql (and VictoriaMetrics 1.79) does not read.
+/// It is written as the dialect reads it now, `{tenant.id="1999"}`.
+#[test]
+fn the_match_the_filter_adds_is_written_in_the_dialect() {
+    let json = r#"{"tenant_label":"tenant.id","dialect":"metricsql","victoriametrics_extra_label":false,
+        "identity":{"source":"userinfo","cluster":"idp","claim":"client_id"}}"#;
+    let c = Config::parse(json.as_bytes()).unwrap();
+    let head = RequestHead {
+        method: b"GET",
+        path: b"/api/v1/labels",
+        credential: Some(b"Bearer dG9rZW4"),
+        end_of_stream: true,
+        ..RequestHead::default()
+    };
+    match decide(&head, None, tenant("1999"), &c) {
+        Decision::Forward(r) => {
+            let path = r.path.expect("a match[] is added");
+            assert!(
+                path.ends_with("match%5B%5D=%7Btenant.id%3D%221999%22%7D"),
+                "{path}"
+            );
+            assert!(parse(r#"{tenant.id="1999"}"#, Dialect::Metricsql).is_ok());
+        }
+        other => panic!("{other:?}"),
+    }
+}

@@ -121,15 +121,7 @@ impl TenantMatcher {
     /// quoted label names but takes `.` and `:` in bare ones (`tenant.id="1999"`); a
     /// label it cannot spell makes every query fail to rewrite, loudly.
     pub fn text_for(&self, dialect: Dialect) -> Result<Cow<'_, str>, RewriteError> {
-        if dialect == Dialect::Promql || is_legacy_label_name(&self.label) {
-            return Ok(Cow::Borrowed(&self.text));
-        }
-        let mut chars = self.label.chars();
-        let bare = chars
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-            && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':'));
-        if !bare {
+        if dialect == Dialect::Metricsql && !self.metricsql_spells_label() {
             return Err(RewriteError::Parse(ParseError::at(
                 "",
                 0,
@@ -139,11 +131,29 @@ impl TenantMatcher {
                 ),
             )));
         }
-        Ok(Cow::Owned(format!(
-            "{}{}",
-            self.label,
-            &self.text[self.op_at..]
-        )))
+        Ok(self.matcher_text_for(dialect))
+    }
+
+    /// The matcher for selectors the filter adds itself (`match[]`, `extra_filters[]`):
+    /// as [`TenantMatcher::text_for`], but a label MetricsQL cannot spell stays quoted
+    /// (VictoriaMetrics then refuses the request: it fails closed).
+    pub fn matcher_text_for(&self, dialect: Dialect) -> Cow<'_, str> {
+        if dialect == Dialect::Promql
+            || is_legacy_label_name(&self.label)
+            || !self.metricsql_spells_label()
+        {
+            return Cow::Borrowed(&self.text);
+        }
+        Cow::Owned(format!("{}{}", self.label, &self.text[self.op_at..]))
+    }
+
+    /// Whether metricsql reads the label as a bare name: `[a-zA-Z_][a-zA-Z0-9_.:]*`.
+    fn metricsql_spells_label(&self) -> bool {
+        let mut chars = self.label.chars();
+        chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':'))
     }
 
     /// The regular expression matching exactly the tenant values (`a|b`, metacharacters escaped).
