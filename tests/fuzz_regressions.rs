@@ -15,6 +15,16 @@ fn config(extra: &str) -> Config {
     Config::parse(json.as_bytes()).unwrap()
 }
 
+/// `query` is refused in dialect metricsql, for a reason whose message holds `why`.
+#[track_caller]
+fn assert_refused_in_metricsql(query: &str, tenant: &TenantMatcher, why: &str) {
+    let refused = rewrite(query, tenant, ConflictPolicy::And, Dialect::Metricsql);
+    assert!(
+        refused.as_ref().is_err_and(|e| e.to_string().contains(why)),
+        "{query}: {refused:?}"
+    );
+}
+
 fn tenant(value: &str) -> Result<Vec<String>, promql_tenant_filter::identity::IdentityError> {
     Ok(vec![value.to_string()])
 }
@@ -106,13 +116,7 @@ fn durations_beyond_int64_milliseconds_are_refused() {
         "x offset 9999999999999999999s",
         "x[1m:300000000000000y]",
     ] {
-        let refused = rewrite(query, &tenant, ConflictPolicy::And, Dialect::Metricsql);
-        assert!(
-            refused
-                .as_ref()
-                .is_err_and(|e| e.to_string().contains("duration out of range")),
-            "{query}: {refused:?}"
-        );
+        assert_refused_in_metricsql(query, &tenant, "duration out of range");
     }
     assert!(rewrite("x[100y]", &tenant, ConflictPolicy::And, Dialect::Metricsql).is_ok());
 }
@@ -200,13 +204,7 @@ fn output_with_added_braces_reads_back_at_the_nesting_limit() {
 fn at_expression_behind_a_plus_with_its_own_at_is_refused() {
     let tenant = TenantMatcher::new("client_id", &["x\"y\\z"]).unwrap();
     for query in ["foo @ +Ifoo @ +nfo", "x @ +y[5m]", "x @ (+(y offset 1m))"] {
-        let refused = rewrite(query, &tenant, ConflictPolicy::And, Dialect::Metricsql);
-        assert!(
-            refused
-                .as_ref()
-                .is_err_and(|e| e.to_string().contains("after @")),
-            "{query}: {refused:?}"
-        );
+        assert_refused_in_metricsql(query, &tenant, "after @");
     }
     // A minus sign stays in metricsql's printout (`0 - ...`, in parentheses): fine.
     assert!(rewrite(

@@ -56,14 +56,15 @@ fn issue_examples() {
     // `and`: VictoriaMetrics answers that, Prometheus refuses it, and so does each dialect.
     let input = r#"max_over_time(deriv(rate(distance_covered_total[5s])[30s:5s])[10m:])and http_requests_total{status_code=~"2.*"}[50h]"#;
     let expected = r#"max_over_time(deriv(rate(distance_covered_total{client_id="1999"}[5s])[30s:5s])[10m:])and http_requests_total{status_code=~"2.*",client_id="1999"}[50h]"#;
+    let tenant = client_1999();
     assert_rewrite_with(
-        &client_1999(),
+        &tenant,
         ConflictPolicy::And,
         Dialect::Metricsql,
         input,
         expected,
     );
-    let refused = rewrite(input, &client_1999(), ConflictPolicy::And, Dialect::Promql);
+    let refused = rewrite(input, &tenant, ConflictPolicy::And, Dialect::Promql);
     assert!(
         refused.as_ref().is_err_and(|e| e
             .to_string()
@@ -122,20 +123,15 @@ fn quoted_metric_names() {
             r#"{"my.metric", "a.b"="c",client_id="1999"}"#,
         ),
     ] {
+        let tenant = client_1999();
         assert_rewrite_with(
-            &client_1999(),
+            &tenant,
             ConflictPolicy::And,
             Dialect::Promql,
             input,
             expected,
         );
-        assert!(rewrite(
-            input,
-            &client_1999(),
-            ConflictPolicy::And,
-            Dialect::Metricsql
-        )
-        .is_err());
+        assert!(rewrite(input, &tenant, ConflictPolicy::And, Dialect::Metricsql).is_err());
     }
 }
 

@@ -179,10 +179,15 @@ fn modifiers() -> Gen {
 // ---------------------------------------------------------------- selectors
 
 fn matcher() -> Gen {
+    matcher_with(label_name())
+}
+
+/// A matcher on a label from `labels`: an equality or a regex, blanks and quoting varied.
+fn matcher_with(labels: Gen) -> Gen {
     prop_oneof![
-        3 => (label_name(), blank(), select(vec!["=", "!="]), blank(), string_literal(label_value()))
+        3 => (labels.clone(), blank(), select(vec!["=", "!="]), blank(), string_literal(label_value()))
             .prop_map(|(l, b1, op, b2, v)| format!("{l}{b1}{op}{b2}{v}")),
-        1 => (label_name(), select(vec!["=~", "!~"]), string_literal(regex_value()))
+        1 => (labels, select(vec!["=~", "!~"]), string_literal(regex_value()))
             .prop_map(|(l, op, v)| format!("{l}{op}{v}")),
     ]
     .boxed()
@@ -394,13 +399,7 @@ fn query() -> Gen {
 
 /// A matcher with an unquoted label name, as MetricsQL writes them.
 fn plain_matcher() -> Gen {
-    prop_oneof![
-        3 => (plain_label_name(), blank(), select(vec!["=", "!="]), blank(), string_literal(label_value()))
-            .prop_map(|(l, b1, op, b2, v)| format!("{l}{b1}{op}{b2}{v}")),
-        1 => (plain_label_name(), select(vec!["=~", "!~"]), string_literal(regex_value()))
-            .prop_map(|(l, op, v)| format!("{l}{op}{v}")),
-    ]
-    .boxed()
+    matcher_with(plain_label_name())
 }
 
 /// MetricsQL or-filters: `name{a="b" or c="d", e="f"}`; each branch starts with a matcher

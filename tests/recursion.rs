@@ -39,106 +39,90 @@ impl Form {
     }
 }
 
+fn form(name: &'static str, query: fn(usize) -> String, largest: usize) -> Form {
+    Form {
+        name,
+        query,
+        largest,
+    }
+}
+
 fn forms() -> Vec<Form> {
     let m = MAX_NESTING;
     vec![
-        Form {
-            name: "parentheses",
-            query: |n| format!("{}x{}", "(".repeat(n), ")".repeat(n)),
-            largest: m,
-        },
-        Form {
-            name: "unary minus",
-            query: |n| format!("{}x", "-".repeat(n)),
-            largest: m,
-        },
-        Form {
-            name: "unary plus and minus",
-            query: |n| format!("{}x", "+-".repeat(n / 2) + &"-".repeat(n % 2)),
-            largest: m,
-        },
-        Form {
-            name: "power chain",
-            query: |n| format!("x{}", "^x".repeat(n)),
-            largest: m,
-        },
-        Form {
-            name: "function calls",
-            query: |n| format!("{}x{}", "abs(".repeat(n), ")".repeat(n)),
-            largest: m,
-        },
-        Form {
-            name: "aggregations",
-            query: |n| format!("{}x{}", "sum(".repeat(n), ")".repeat(n)),
-            largest: m,
-        },
+        form(
+            "parentheses",
+            |n| format!("{}x{}", "(".repeat(n), ")".repeat(n)),
+            m,
+        ),
+        form("unary minus", |n| format!("{}x", "-".repeat(n)), m),
+        form(
+            "unary plus and minus",
+            |n| format!("{}x", "+-".repeat(n / 2) + &"-".repeat(n % 2)),
+            m,
+        ),
+        form("power chain", |n| format!("x{}", "^x".repeat(n)), m),
+        form(
+            "function calls",
+            |n| format!("{}x{}", "abs(".repeat(n), ")".repeat(n)),
+            m,
+        ),
+        form(
+            "aggregations",
+            |n| format!("{}x{}", "sum(".repeat(n), ")".repeat(n)),
+            m,
+        ),
         // Each level is a call and a subquery: two levels per step, plus rate(x[5m]).
-        Form {
-            name: "subqueries in calls",
-            query: |n| {
+        form(
+            "subqueries in calls",
+            |n| {
                 format!(
                     "{}rate(x[5m]){}",
                     "max_over_time(".repeat(n),
                     "[1m:1m])".repeat(n)
                 )
             },
-            largest: (m - 2) / 2,
-        },
+            (m - 2) / 2,
+        ),
         // Chains of postfix modifiers: read in a loop, one tree level each.
-        Form {
-            name: "range chain",
-            query: |n| format!("x{}", "[1m]".repeat(n)),
-            largest: m,
-        },
-        Form {
-            name: "subquery chain",
-            query: |n| format!("x{}", "[1m:1m]".repeat(n)),
-            largest: m,
-        },
-        Form {
-            name: "offset chain",
-            query: |n| format!("x{}", " offset 1m".repeat(n)),
-            largest: m,
-        },
-        Form {
-            name: "@ chain",
-            query: |n| format!("x{}", " @ 1".repeat(n)),
-            largest: m,
-        },
+        form("range chain", |n| format!("x{}", "[1m]".repeat(n)), m),
+        form("subquery chain", |n| format!("x{}", "[1m:1m]".repeat(n)), m),
+        form(
+            "offset chain",
+            |n| format!("x{}", " offset 1m".repeat(n)),
+            m,
+        ),
+        form("@ chain", |n| format!("x{}", " @ 1".repeat(n)), m),
         // A right operand in parentheses: a binary node and a parenthesis per step.
-        Form {
-            name: "right-nested operators",
-            query: |n| format!("{}x{}", "x + (".repeat(n), ")".repeat(n)),
-            largest: m / 2,
-        },
+        form(
+            "right-nested operators",
+            |n| format!("{}x{}", "x + (".repeat(n), ")".repeat(n)),
+            m / 2,
+        ),
         // Inside brackets: the bracket is one level, then the parentheses.
-        Form {
-            name: "parentheses in a range",
-            query: |n| format!("x[{}1m{}]", "(".repeat(n), ")".repeat(n)),
-            largest: m - 1,
-        },
+        form(
+            "parentheses in a range",
+            |n| format!("x[{}1m{}]", "(".repeat(n), ")".repeat(n)),
+            m - 1,
+        ),
         // MetricsQL: `@` takes an expression, a sign and its own modifiers (two levels).
-        Form {
-            name: "@ with signs",
-            query: |n| format!("x{}", " @ -x".repeat(n)),
-            largest: m / 2,
-        },
-        Form {
-            name: "unions",
-            query: |n| format!("{}x{}", "(x, ".repeat(n), ")".repeat(n)),
-            largest: m,
-        },
+        form("@ with signs", |n| format!("x{}", " @ -x".repeat(n)), m / 2),
+        form(
+            "unions",
+            |n| format!("{}x{}", "(x, ".repeat(n), ")".repeat(n)),
+            m,
+        ),
         // Operator chains: no deeper walk at all, capped by count.
-        Form {
-            name: "operator chain",
-            query: |n| format!("x{}", " + x".repeat(n)),
-            largest: MAX_BINARY_OPERATORS,
-        },
-        Form {
-            name: "duration arithmetic",
-            query: |n| format!("x[1m{}]", "+1m".repeat(n)),
-            largest: MAX_BINARY_OPERATORS,
-        },
+        form(
+            "operator chain",
+            |n| format!("x{}", " + x".repeat(n)),
+            MAX_BINARY_OPERATORS,
+        ),
+        form(
+            "duration arithmetic",
+            |n| format!("x[1m{}]", "+1m".repeat(n)),
+            MAX_BINARY_OPERATORS,
+        ),
     ]
 }
 

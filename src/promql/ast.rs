@@ -224,6 +224,51 @@ pub struct RangeExpr<'s> {
     pub smoothing: Option<Kw>,
 }
 
+/// Calls `$visit` on each child of an expression kind, in source order: the one place
+/// that says what a node holds. `children!(&kind, f)` visits `&Expr`s;
+/// `children!(&mut kind, mut f)` visits `&mut Expr`s.
+macro_rules! children {
+    ($kind:expr, $($m:ident)? $visit:expr) => {{
+        let mut visit = $visit;
+        match $kind {
+            ExprKind::Number(_)
+            | ExprKind::Duration(_)
+            | ExprKind::String(_)
+            | ExprKind::Selector(_) => {}
+            ExprKind::Paren(inner)
+            | ExprKind::Unary { expr: inner, .. }
+            | ExprKind::KeepMetricNames(inner) => visit(& $($m)? **inner),
+            ExprKind::Binary(b) => {
+                visit(& $($m)? b.lhs);
+                visit(& $($m)? b.rhs);
+            }
+            ExprKind::Call(c) => {
+                for arg in & $($m)? c.args {
+                    visit(arg);
+                }
+            }
+            ExprKind::Union(items) | ExprKind::DurationFn { args: items, .. } => {
+                for item in items {
+                    visit(item);
+                }
+            }
+            ExprKind::Range(r) => {
+                visit(& $($m)? r.expr);
+                if let Some(range) = & $($m)? r.range {
+                    visit(range);
+                }
+                if let Some(Some(step)) = & $($m)? r.subquery_step {
+                    visit(step);
+                }
+            }
+            ExprKind::Offset { expr, offset: other } | ExprKind::At { expr, at: other } => {
+                visit(& $($m)? **expr);
+                visit(& $($m)? **other);
+            }
+        }
+    }};
+}
+
 impl<'s> Expr<'s> {
     /// Calls `visit` on every series selector in the tree, in source order.
     ///
@@ -245,38 +290,21 @@ impl<'s> Expr<'s> {
         while let Some(e) = pending.pop() {
             visit(e);
             // Children are pushed in reverse so they pop in source order.
-            match &e.kind {
-                ExprKind::Number(_)
+            let first = pending.len();
+            children!(&e.kind, |child| pending.push(child));
+            pending[first..].reverse();
+        }
+    }
+
+    /// Whether this node holds other nodes.
+    fn holds_nodes(&self) -> bool {
+        !matches!(
+            self.kind,
+            ExprKind::Number(_)
                 | ExprKind::Duration(_)
                 | ExprKind::String(_)
-                | ExprKind::Selector(_) => {}
-                ExprKind::Paren(inner)
-                | ExprKind::Unary { expr: inner, .. }
-                | ExprKind::KeepMetricNames(inner) => pending.push(inner),
-                ExprKind::Binary(b) => {
-                    pending.push(&b.rhs);
-                    pending.push(&b.lhs);
-                }
-                ExprKind::Call(c) => pending.extend(c.args.iter().rev()),
-                ExprKind::Union(items) => pending.extend(items.iter().rev()),
-                ExprKind::Range(r) => {
-                    if let Some(Some(step)) = &r.subquery_step {
-                        pending.push(step);
-                    }
-                    pending.extend(&r.range);
-                    pending.push(&r.expr);
-                }
-                ExprKind::Offset {
-                    expr,
-                    offset: other,
-                }
-                | ExprKind::At { expr, at: other } => {
-                    pending.push(other);
-                    pending.push(expr);
-                }
-                ExprKind::DurationFn { args, .. } => pending.extend(args.iter().rev()),
-            }
-        }
+                | ExprKind::Selector(_)
+        )
     }
 }
 
@@ -286,17 +314,8 @@ impl<'s> Expr<'s> {
     /// binary operator that is itself one (chains are walked in a loop). Computed with a
     /// heap stack, so it is safe on a tree of any depth.
     pub fn nesting_depth<'a>(&'a self) -> (usize, usize) {
-        let holds_nodes = |e: &Expr<'_>| {
-            !matches!(
-                e.kind,
-                ExprKind::Number(_)
-                    | ExprKind::Duration(_)
-                    | ExprKind::String(_)
-                    | ExprKind::Selector(_)
-            )
-        };
         let mut deepest = (0, self.span.start);
-        let mut pending: Vec<(&'a Expr<'s>, usize)> = vec![(self, usize::from(holds_nodes(self)))];
+        let mut pending: Vec<(&'a Expr<'s>, usize)> = vec![(self, usize::from(self.holds_nodes()))];
         while let Some((e, level)) = pending.pop() {
             if level > deepest.0 {
                 deepest = (level, e.span.start);
@@ -305,50 +324,16 @@ impl<'s> Expr<'s> {
                 ExprKind::Binary(b) => Some(&b.lhs),
                 _ => None,
             };
-            let mut push = |child: &'a Expr<'s>| {
+            children!(&e.kind, |child: &'a Expr<'s>| {
                 let chained = binary_lhs.is_some_and(|lhs| std::ptr::eq(lhs, child))
                     && matches!(child.kind, ExprKind::Binary(_));
-                let child_level = if holds_nodes(child) && !chained {
+                let child_level = if child.holds_nodes() && !chained {
                     level + 1
                 } else {
                     level
                 };
                 pending.push((child, child_level));
-            };
-            match &e.kind {
-                ExprKind::Number(_)
-                | ExprKind::Duration(_)
-                | ExprKind::String(_)
-                | ExprKind::Selector(_) => {}
-                ExprKind::Paren(inner)
-                | ExprKind::Unary { expr: inner, .. }
-                | ExprKind::KeepMetricNames(inner) => push(inner),
-                ExprKind::Binary(b) => {
-                    push(&b.lhs);
-                    push(&b.rhs);
-                }
-                ExprKind::Call(c) => c.args.iter().for_each(&mut push),
-                ExprKind::Union(items) | ExprKind::DurationFn { args: items, .. } => {
-                    items.iter().for_each(&mut push)
-                }
-                ExprKind::Range(r) => {
-                    push(&r.expr);
-                    if let Some(range) = &r.range {
-                        push(range);
-                    }
-                    if let Some(Some(step)) = &r.subquery_step {
-                        push(step);
-                    }
-                }
-                ExprKind::Offset {
-                    expr,
-                    offset: other,
-                }
-                | ExprKind::At { expr, at: other } => {
-                    push(expr);
-                    push(other);
-                }
-            }
+            });
         }
         deepest
     }
@@ -371,49 +356,9 @@ impl Drop for Expr<'_> {
 
 /// Moves every child's kind that has children of its own into `out`, leaving a leaf.
 fn take_children<'s>(kind: &mut ExprKind<'s>, out: &mut Vec<ExprKind<'s>>) {
-    let mut take = |e: &mut Expr<'s>| {
-        if !matches!(
-            e.kind,
-            ExprKind::Number(_)
-                | ExprKind::Duration(_)
-                | ExprKind::String(_)
-                | ExprKind::Selector(_)
-        ) {
-            out.push(std::mem::replace(&mut e.kind, ExprKind::Number(0.0)));
+    children!(&mut *kind, mut |child: &mut Expr<'s>| {
+        if child.holds_nodes() {
+            out.push(std::mem::replace(&mut child.kind, ExprKind::Number(0.0)));
         }
-    };
-    match kind {
-        ExprKind::Number(_)
-        | ExprKind::Duration(_)
-        | ExprKind::String(_)
-        | ExprKind::Selector(_) => {}
-        ExprKind::Paren(inner)
-        | ExprKind::Unary { expr: inner, .. }
-        | ExprKind::KeepMetricNames(inner) => take(inner),
-        ExprKind::Binary(b) => {
-            take(&mut b.lhs);
-            take(&mut b.rhs);
-        }
-        ExprKind::Call(c) => c.args.iter_mut().for_each(take),
-        ExprKind::Union(items) | ExprKind::DurationFn { args: items, .. } => {
-            items.iter_mut().for_each(take)
-        }
-        ExprKind::Range(r) => {
-            take(&mut r.expr);
-            if let Some(range) = &mut r.range {
-                take(range);
-            }
-            if let Some(Some(step)) = &mut r.subquery_step {
-                take(step);
-            }
-        }
-        ExprKind::Offset {
-            expr,
-            offset: other,
-        }
-        | ExprKind::At { expr, at: other } => {
-            take(expr);
-            take(other);
-        }
-    }
+    });
 }

@@ -30,23 +30,24 @@ pub fn scan(bytes: &[u8], start: usize, dialect: Dialect) -> Result<(Literal, us
     }
 }
 
-fn digits(bytes: &[u8], mut i: usize) -> usize {
-    while bytes.get(i).is_some_and(u8::is_ascii_digit) {
+/// Where the run of bytes matching `class` from `i` ends.
+fn run(bytes: &[u8], mut i: usize, class: fn(&u8) -> bool) -> usize {
+    while bytes.get(i).is_some_and(class) {
         i += 1;
     }
     i
+}
+
+fn digits(bytes: &[u8], i: usize) -> usize {
+    run(bytes, i, u8::is_ascii_digit)
 }
 
 /// Prometheus' `lexNumberOrDuration`: a number, else digits followed by unit letters.
 fn scan_prometheus(bytes: &[u8], start: usize) -> Result<(Literal, usize), String> {
     let mut i = start;
     if bytes[i] == b'0' && matches!(bytes.get(i + 1), Some(b'x' | b'X')) {
-        i += 2;
-        let hex_start = i;
-        while bytes.get(i).is_some_and(u8::is_ascii_hexdigit) {
-            i += 1;
-        }
-        if i == hex_start {
+        i = run(bytes, i + 2, u8::is_ascii_hexdigit);
+        if i == start + 2 {
             return Err("bad number syntax".into());
         }
         return Ok((Literal::Number, i));
@@ -62,9 +63,7 @@ fn scan_prometheus(bytes: &[u8], start: usize) -> Result<(Literal, usize), Strin
                 break;
             }
             let unit_start = i;
-            while bytes.get(i).is_some_and(u8::is_ascii_alphabetic) {
-                i += 1;
-            }
+            i = run(bytes, i, u8::is_ascii_alphabetic);
             if i == unit_start {
                 return Err("digits without a unit in a duration".into());
             }
@@ -106,13 +105,7 @@ fn scan_metricsql(bytes: &[u8], start: usize) -> Result<(Literal, usize), String
     let mut i = 0;
     if s[0] == b'0' {
         match s.get(1).map(u8::to_ascii_lowercase) {
-            Some(b'x') => {
-                i = 2;
-                while s.get(i).is_some_and(u8::is_ascii_hexdigit) {
-                    i += 1;
-                }
-                return Ok((Literal::Number, start + i));
-            }
+            Some(b'x') => return Ok((Literal::Number, start + run(s, 2, u8::is_ascii_hexdigit))),
             Some(b'o' | b'b') => i = 2,
             _ => {}
         }

@@ -25,10 +25,9 @@ from dataclasses import dataclass
 from typing import Callable
 
 import pytest
-from conftest import (EnvoyFactory, assert_prometheus_error, bearer, call, filter_config,
-                      launch, send)
+from conftest import assert_prometheus_error, bearer, call, filter_config, launch, send
 from envoy_config import REPO, plugin_config, with_plugin_config
-from services import IdpRelay, wasm_traps
+from services import wasm_traps
 
 _LEXER = (REPO / "src/promql/lexer.rs").read_text()
 MAX_NESTING = int(re.search(r"pub const MAX_NESTING: usize = (\d+);", _LEXER).group(1))
@@ -164,23 +163,8 @@ def test_the_issues_examples_are_refused(proxies, vm, tokens, name, dialect):
 
 # ---------------------------------------------------------------------------- claims
 
-JSON = "application/json"
-
-
-@pytest.fixture(scope="module")
-def relay(oidc):
-    relay = IdpRelay(oidc.url)
-    yield relay
-    relay.stop()
-
-
-@pytest.fixture(scope="module")
-def relayed_envoy(workdir, vm, oidc, wasm, relay):
-    factory = EnvoyFactory(workdir, vm, oidc, wasm)
-    try:
-        yield factory.start(factory.config(oidc_port=relay.port), "envoy-deep-claims").wait_ready()
-    finally:
-        factory.stop()
+# The identity stand-in and an Envoy that asks it, as the adversarial identity suite has them.
+from test_adversarial_identity import JSON, relay, relayed_envoy  # noqa: E402,F401
 
 
 def nested(depth: int) -> bytes:
