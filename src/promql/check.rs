@@ -3,7 +3,9 @@
 //! The rules follow Prometheus' `checkAST`: what may be ranged or offset, operand
 //! types of operators, function arity and argument types, and the selector rules
 //! (at least one non-empty matcher, the metric name set once). MetricsQL converts
-//! types implicitly and accepts any function, so it gets only the selector rules.
+//! types implicitly and accepts any function, so it gets only what metricsql's parser
+//! itself refuses (`bool` off comparisons, grouping on set operators) and the bounds of
+//! a duration VictoriaMetrics can evaluate.
 
 use super::ast::*;
 use super::lexer::{AggOp, Kw};
