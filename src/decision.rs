@@ -150,10 +150,11 @@ pub fn finish(
             RewriteError::Conflict(m) => QueryRejection::Forbidden(m),
         })
     };
+    let matcher_text = matcher.matcher_text_for(config.dialect);
     let tenant = Tenant {
         label: &config.tenant_label,
         values: matcher.values(),
-        matcher_text: matcher.matcher_text(),
+        matcher_text: &matcher_text,
     };
     let options = RewriteOptions {
         victoriametrics_extra_label: config.victoriametrics_extra_label,

@@ -15,6 +15,16 @@ fn config(extra: &str) -> Config {
     Config::parse(json.as_bytes()).unwrap()
 }
 
+/// `query` is refused in dialect metricsql, for a reason whose message holds `why`.
+#[track_caller]
+fn assert_refused_in_metricsql(query: &str, tenant: &TenantMatcher, why: &str) {
+    let refused = rewrite(query, tenant, ConflictPolicy::And, Dialect::Metricsql);
+    assert!(
+        refused.as_ref().is_err_and(|e| e.to_string().contains(why)),
+        "{query}: {refused:?}"
+    );
+}
+
 fn tenant(value: &str) -> Result<Vec<String>, promql_tenant_filter::identity::IdentityError> {
     Ok(vec![value.to_string()])
 }
@@ -71,24 +81,44 @@ fn get_with_a_form_body_is_refused() {
 
 /// rewrite_query (flag byte 0xae: policy `and`, MetricsQL, two tenant values): a range
 /// too large for a `Duration`. promql-parser, the oracle, panics on its output; our
-/// engine rewrites it in MetricsQL and refuses it in PromQL, as Prometheus does.
+/// engine refuses it in PromQL, as Prometheus does, and (since metricsql_differential
+/// found `[5555555555555555555555555555555555m]` crashing VictoriaMetrics, see below)
+/// in MetricsQL too: any duration over metricsql's int64 milliseconds.
 #[test]
 fn huge_float_range_is_handled_without_panic() {
     let tenant = TenantMatcher::new("client_id", &["1999", "20.0"]).unwrap();
+    for dialect in [Dialect::Promql, Dialect::Metricsql] {
+        let refused = rewrite("foo[9.5e90]", &tenant, ConflictPolicy::And, dialect);
+        assert!(refused
+            .unwrap_err()
+            .to_string()
+            .contains("duration out of range"));
+    }
     let out = rewrite(
-        "foo[9.5e90]",
+        "foo[9.5e9]",
         &tenant,
         ConflictPolicy::And,
         Dialect::Metricsql,
     )
     .unwrap();
-    assert_eq!(out, r#"foo{client_id=~"1999|20\\.0"}[9.5e90]"#);
+    assert_eq!(out, r#"foo{client_id=~"1999|20\\.0"}[9.5e9]"#);
     assert!(parse(&out, Dialect::Metricsql).is_ok());
-    let refused = rewrite("foo[9.5e90]", &tenant, ConflictPolicy::And, Dialect::Promql);
-    assert!(refused
-        .unwrap_err()
-        .to_string()
-        .contains("duration out of range"));
+}
+
+/// metricsql_differential (MetricsQL): a duration over int64 milliseconds. metricsql
+/// parses `5555555555555555555555555555555555m`, then panics evaluating it ("too big
+/// duration"), and VictoriaMetrics exits. Refused now as out of range.
+#[test]
+fn durations_beyond_int64_milliseconds_are_refused() {
+    let tenant = TenantMatcher::new("client_id", &["a|b", "c"]).unwrap();
+    for query in [
+        "rate(x[5555555555555555555555555555555555m])",
+        "x offset 9999999999999999999s",
+        "x[1m:300000000000000y]",
+    ] {
+        assert_refused_in_metricsql(query, &tenant, "duration out of range");
+    }
+    assert!(rewrite("x[100y]", &tenant, ConflictPolicy::And, Dialect::Metricsql).is_ok());
 }
 
 /// rewrite_query (flag byte 0x72: policy `and`, PromQL, tenant `"tenant.id"`): a lone
@@ -108,9 +138,14 @@ fn lone_carriage_return_in_a_comment_is_refused() {
             assert!(refused.is_err(), "{query:?} in {dialect:?}: {refused:?}");
         }
         let out = rewrite("w # c\r\n/ b", &tenant, ConflictPolicy::And, dialect).unwrap();
+        // MetricsQL writes the dotted label bare (metricsql_writes_a_dotted_tenant_label_bare).
+        let label = match dialect {
+            Dialect::Promql => "\"tenant.id\"",
+            Dialect::Metricsql => "tenant.id",
+        };
         assert_eq!(
             out,
-            "w{\"tenant.id\"=\"x\\\"y\\\\z\"} # c\r\n/ b{\"tenant.id\"=\"x\\\"y\\\\z\"}"
+            format!("w{{{label}=\"x\\\"y\\\\z\"}} # c\r\n/ b{{{label}=\"x\\\"y\\\\z\"}}")
         );
     }
 }
@@ -176,4 +211,72 @@ fn output_with_added_braces_reads_back_at_the_nesting_limit() {
     assert!(parse(&deepest, Dialect::Promql).is_ok());
     let out = rewrite(&deepest, &tenant, ConflictPolicy::And, Dialect::Promql).unwrap();
     assert!(parse(&out, Dialect::Promql).is_ok(), "{out}");
+}
+
+/// metricsql_differential (flag byte 0x05: MetricsQL, tenant `x"y\z`): a unary `+` before
+/// an `@` expression that has its own `@`. metricsql keeps no node for the `+`, prints
+/// `foo @ Ifoo @ nfo`, cannot read that back ("duplicate `@` token"), and
+/// VictoriaMetrics exits. Refused now, like any `@` expression with its own modifiers.
+#[test]
+fn at_expression_behind_a_plus_with_its_own_at_is_refused() {
+    let tenant = TenantMatcher::new("client_id", &["x\"y\\z"]).unwrap();
+    for query in ["foo @ +Ifoo @ +nfo", "x @ +y[5m]", "x @ (+(y offset 1m))"] {
+        assert_refused_in_metricsql(query, &tenant, "after @");
+    }
+    // A minus sign stays in metricsql's printout (`0 - ...`, in parentheses): fine.
+    assert!(rewrite(
+        "x @ -y @ -z",
+        &tenant,
+        ConflictPolicy::And,
+        Dialect::Metricsql
+    )
+    .is_ok());
+}
+
+/// rewrite_query (MetricsQL, tenant label `tenant.id`): the filter wrote the tenant
+/// matcher with a quoted label name, `{"tenant.id"="x\"y\\z"}`, which metricsql 0.49
+/// (and so dialect metricsql) does not read: every query with such a label failed at
+/// VictoriaMetrics. MetricsQL reads dotted label names bare, so the matcher is written
+/// `tenant.id="..."` there; a label it cannot spell at all is refused.
+#[test]
+fn metricsql_writes_a_dotted_tenant_label_bare() {
+    let tenant = TenantMatcher::new("tenant.id", &["x\"y\\z"]).unwrap();
+    let out = rewrite("{}", &tenant, ConflictPolicy::And, Dialect::Metricsql).unwrap();
+    assert_eq!(out, r#"{tenant.id="x\"y\\z"}"#);
+    assert!(parse(&out, Dialect::Metricsql).is_ok());
+    let out = rewrite("{}", &tenant, ConflictPolicy::And, Dialect::Promql);
+    assert!(out.is_err(), "promql needs a non-empty matcher: {out:?}");
+    let out = rewrite("x", &tenant, ConflictPolicy::And, Dialect::Promql).unwrap();
+    assert_eq!(out, r#"x{"tenant.id"="x\"y\\z"}"#);
+    let spaced = TenantMatcher::new("x y", &["1"]).unwrap();
+    assert!(rewrite("x", &spaced, ConflictPolicy::And, Dialect::Metricsql).is_err());
+}
+
+/// request_decision (dialect metricsql, tenant label `tenant.id`): on the label
+/// endpoints the filter adds `match[]={<tenant matcher>}` itself, and wrote it quoted,
+/// `{"tenant.id"="1999"}`, which metricsql (and VictoriaMetrics 1.79) does not read.
+/// It is written as the dialect reads it now, `{tenant.id="1999"}`.
+#[test]
+fn the_match_the_filter_adds_is_written_in_the_dialect() {
+    let json = r#"{"tenant_label":"tenant.id","dialect":"metricsql","victoriametrics_extra_label":false,
+        "identity":{"source":"userinfo","cluster":"idp","claim":"client_id"}}"#;
+    let c = Config::parse(json.as_bytes()).unwrap();
+    let head = RequestHead {
+        method: b"GET",
+        path: b"/api/v1/labels",
+        credential: Some(b"Bearer dG9rZW4"),
+        end_of_stream: true,
+        ..RequestHead::default()
+    };
+    match decide(&head, None, tenant("1999"), &c) {
+        Decision::Forward(r) => {
+            let path = r.path.expect("a match[] is added");
+            assert!(
+                path.ends_with("match%5B%5D=%7Btenant.id%3D%221999%22%7D"),
+                "{path}"
+            );
+            assert!(parse(r#"{tenant.id="1999"}"#, Dialect::Metricsql).is_ok());
+        }
+        other => panic!("{other:?}"),
+    }
 }

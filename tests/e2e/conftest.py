@@ -29,7 +29,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 import envoy_config  # noqa: E402
 import seed  # noqa: E402
 from procs import free_port, stop_all, wait_until  # noqa: E402
-from services import Envoy, OidcProvider, Prometheus, VictoriaMetrics  # noqa: E402
+from services import (  # noqa: E402
+    Envoy, IdpRelay, OidcProvider, Prometheus, VictoriaMetrics, wasm_traps,
+)
 
 WASM = envoy_config.REPO / "target/wasm32-wasip1/release/promql_tenant_filter.wasm"
 USERS = {
@@ -287,3 +289,77 @@ def assert_prometheus_error(response: requests.Response, status: int, error_type
     if secret:
         assert secret not in response.text
     return body
+
+
+# ---------------------------------------------------------------------------- liveness and traps
+# Issue #10, part 3: after a hostile request the gateway still serves every tenant on
+# every worker, and no Envoy log of the whole run shows a Wasm trap.
+
+# Fresh connections land on either worker: enough of them reach both.
+LIVENESS_REQUESTS = 40
+
+
+def _connections_by_worker(proxy: Envoy) -> list[int]:
+    counters = proxy.counters()
+    return [counters[name] for name in sorted(counters)
+            if ".worker_" in name and name.endswith(".downstream_cx_total")]
+
+
+def assert_alive_on_every_worker(proxy: Envoy, token: str, vm) -> None:
+    """A normal query from another tenant (bob) succeeds on every worker of `proxy`.
+
+    Each request goes on a connection of its own; the listener's per-worker connection
+    counters tell which worker took it. At most LIVENESS_REQUESTS requests."""
+    served: set[int] = set()
+    for _ in range(LIVENESS_REQUESTS):
+        before = _connections_by_worker(proxy)
+        r = call(proxy, "GET", "/api/v1/query", token,
+                 {"query": '{__name__=~".+"}', "time": vm.seed_s})
+        workers = [i for i, (b, a) in enumerate(zip(before, _connections_by_worker(proxy)))
+                   if a != b]
+        assert r.status_code == 200, (proxy.name, workers, r.status_code, r.text[:300])
+        result = r.json()["data"]["result"]
+        assert result and {s["metric"].get(seed.TENANT_LABEL) for s in result} == \
+            {seed.BOB_TENANT}, (proxy.name, r.text[:300])
+        served.update(workers)
+        if len(served) >= proxy.concurrency:
+            return
+    pytest.fail(f"{proxy.name}: {LIVENESS_REQUESTS} requests reached only workers "
+                f"{sorted(served)} of {proxy.concurrency}", pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def alive_after_hostile_tests(request):
+    """After each test of the adversarial and hostile suites: every Envoy the test used
+    still serves bob on every worker (an identity stand-in is first set back to relaying
+    the real provider)."""
+    hostile = request.module.__name__.startswith(("test_adversarial_", "test_hostile_"))
+    if hostile:
+        tokens, vm = request.getfixturevalue("tokens"), request.getfixturevalue("vm")
+    yield
+    if not hostile:
+        return
+    used = []
+    for value in request.node.funcargs.values():
+        used += value.values() if isinstance(value, dict) else [value]
+    for relay in (v for v in used if isinstance(v, IdpRelay)):
+        relay.answer, relay.fail_status, relay.delay_s = None, None, 0.0
+    for proxy in (v for v in used if isinstance(v, Envoy) and v.proc.running()):
+        assert_alive_on_every_worker(proxy, tokens["bob"], vm)
+
+
+@pytest.fixture(autouse=True)
+def no_wasm_trap_in_any_envoy_log():
+    """After each test: no Envoy started so far has logged a Wasm trap since the last
+    check, except those marked `expect_traps` (a test that traps on purpose)."""
+    yield
+    found = []
+    for proxy in Envoy.started:
+        if proxy.expect_traps:
+            continue
+        # The file itself: Envoy writes it, and a stopped Proc has closed its handle.
+        traps = wasm_traps(proxy.proc.log_path.read_text(errors="replace"))
+        seen = getattr(proxy, "_traps_seen", 0)
+        proxy._traps_seen = len(traps)
+        found += [f"{proxy.name}: {line}" for line in traps[seen:]]
+    assert not found, "Wasm trap in Envoy's log:\n" + "\n".join(found[:20])

