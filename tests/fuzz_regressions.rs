@@ -280,3 +280,34 @@ fn the_match_the_filter_adds_is_written_in_the_dialect() {
         other => panic!("{other:?}"),
     }
 }
+
+/// metricsql_differential (timeout, MetricsQL): a 525-byte chain of `@` expressions with
+/// signs. The parser judged MetricsQL's one-range-one-offset-one-`@` rule while it
+/// folded the modifiers; a chain that broke the rule failed the parse there, after it
+/// had been read, and every enclosing `@` read it again: 3.7 s for this input, the
+/// doubling of a Wasm worker's time per added `@`. The rule is now judged after the
+/// parse (check.rs), so the parse never backtracks over a read chain. The input is
+/// refused in both dialects, as metricsql refuses it; `make bench` and the fuzz
+/// target's timeout watch the time.
+#[test]
+fn a_long_at_chain_is_read_once() {
+    let query = "f/anno @ +Inf @ +Inno @ pi @ +Inno @ +i @ +Inno @ +Inf @ +Gnno @ +Inf @ +Inno @ \
+        p@ +Inno @ pi @ +Inno @ +i @ +Inno @ +Inf @ +Gnno @ +Inf @ +Innonno @ +Inf @ +Gnno @ \
+        +Inf @ +Inno @ p@ +Inno @ pi @ +Inno @ +i @ +Inno @ +Inf @ +Gnno @ +Inf @ +Inno @ pi \
+        @ +Inno @ +m @ +Inno @ +Inf @ +Gnno @ +Infat@Inno @Inf @ +GInf@Inno @Inf @ +GInno @ \
+        +o@ +GInno @ +o @ +In@ +Inno @ +m @ +Inno @ +Inf @ +Gnno @ +Inf@Innono @ +o@ +GInno \
+        @ +o @ +In@ +Inno @ +m @ +Inno @ +Inf @ +Gnno @ +Inf@Inno @Inf @ +GInno @ +o @ +Inno \
+        @ +  @fnI+Inno @ +Inf@";
+    let tenant = TenantMatcher::new("client_id", &["1999"]).unwrap();
+    for dialect in [Dialect::Metricsql, Dialect::Promql] {
+        assert!(parse(query, dialect).is_err(), "{dialect:?}");
+        assert!(rewrite(query, &tenant, ConflictPolicy::And, dialect).is_err());
+    }
+    // The rule itself still holds, now judged after the parse.
+    for query in ["x[1m][1m]", "x @ 1 @ 2", "x offset 1m offset 2m", "x offset 1m [5m]"] {
+        assert_refused_in_metricsql(query, &tenant, "one range, then at most one offset");
+    }
+    for query in ["x[1m] offset 1m @ 2", "x[1m] @ 2 offset 1m", "(x offset 1m) offset 1m"] {
+        assert!(parse(query, Dialect::Metricsql).is_ok(), "{query}");
+    }
+}

@@ -244,7 +244,10 @@ fn check_forwarded(
     };
     let own_extra = match matcher.values() {
         [one] => ("extra_label", format!("{}={one}", config.tenant_label)),
-        _ => ("extra_filters[]", format!("{{{}}}", matcher.matcher_text())),
+        _ => (
+            "extra_filters[]",
+            format!("{{{}}}", matcher.matcher_text_for(config.dialect)),
+        ),
     };
     let extra = config
         .victoriametrics_extra_label

@@ -247,15 +247,20 @@ impl Checker<'_> {
                 Ok(lt)
             }
             ExprKind::Call(c) => self.check_call(c, &expr.span),
-            ExprKind::Range(r) => self.check_range(r, &expr.span),
+            ExprKind::Range(r) => {
+                self.check_metricsql_chain(expr)?;
+                self.check_range(r, &expr.span)
+            }
             ExprKind::Offset {
                 expr: inner,
                 offset,
             } => {
+                self.check_metricsql_chain(expr)?;
                 self.check_duration(offset, true)?;
                 self.check_modified(inner, &expr.span, true)
             }
             ExprKind::At { expr: inner, at } => {
+                self.check_metricsql_chain(expr)?;
                 if self.promql() {
                     self.check_at(at)?;
                 } else {
@@ -278,6 +283,34 @@ impl Checker<'_> {
                 }
             }
         }
+    }
+
+    /// MetricsQL (metricsql's `parseRollupExpr`) takes, after an atom, one range, then at
+    /// most one `offset` and one `@` in either order; parentheses start a new chain.
+    /// `node` is a range, offset or `@`: what its chain holds below it must fit.
+    fn check_metricsql_chain(&self, node: &Expr<'_>) -> Result<(), ParseError> {
+        if self.promql() {
+            return Ok(());
+        }
+        let same_kind = |a: &ExprKind<'_>, b: &ExprKind<'_>| {
+            std::mem::discriminant(a) == std::mem::discriminant(b)
+        };
+        let mut below = modified(node);
+        while let Some(e) = below {
+            let fits = match (&node.kind, &e.kind) {
+                (_, ExprKind::Range(_)) => !matches!(node.kind, ExprKind::Range(_)),
+                (ExprKind::Range(_), ExprKind::Offset { .. } | ExprKind::At { .. }) => false,
+                (kind, other) => !same_kind(kind, other),
+            };
+            if !fits {
+                return Err(self.err(
+                    &node.span,
+                    "MetricsQL takes one range, then at most one offset and one @, per expression: put the expression in parentheses first",
+                ));
+            }
+            below = modified(e);
+        }
+        Ok(())
     }
 
     fn check_selector(
@@ -744,6 +777,15 @@ impl Checker<'_> {
             }
         }
         Ok(())
+    }
+}
+
+/// What a range, offset or `@` applies to.
+fn modified<'e, 's>(e: &'e Expr<'s>) -> Option<&'e Expr<'s>> {
+    match &e.kind {
+        ExprKind::Range(r) => Some(&r.expr),
+        ExprKind::Offset { expr, .. } | ExprKind::At { expr, .. } => Some(expr),
+        _ => None,
     }
 }
 

@@ -548,7 +548,7 @@ fn expr_parser<'s, 'a: 's>(
             atom_plain
                 .clone()
                 .then(postfix.repeated().collect::<Vec<_>>())
-                .try_map(move |(lhs, posts), span| fold_postfix(lhs, posts, span, dialect))
+                .map(|(lhs, posts)| fold_postfix(lhs, posts))
                 .boxed()
         });
 
@@ -718,38 +718,11 @@ fn apply_signs<'a>(signs: Vec<(bool, usize)>, mut expr: Expr<'a>) -> Expr<'a> {
     expr
 }
 
-/// Folds postfix modifiers onto their atom, in order. MetricsQL takes one range first,
-/// then at most one `offset` and one `@` (metricsql's `parseRollupExpr`); PromQL any
-/// chain, which `check.rs` then judges as Prometheus does.
-#[allow(clippy::result_large_err)]
-fn fold_postfix<'a>(
-    mut lhs: Expr<'a>,
-    posts: Vec<Postfix<'a>>,
-    span: SimpleSpan,
-    dialect: Dialect,
-) -> Result<Expr<'a>, SyntaxError> {
-    if dialect == Dialect::Metricsql {
-        let (mut offsets, mut ats) = (0, 0);
-        for (i, post) in posts.iter().enumerate() {
-            let fits = match post {
-                Postfix::Range { .. } => i == 0,
-                Postfix::Offset(..) => {
-                    offsets += 1;
-                    offsets == 1
-                }
-                Postfix::At(..) => {
-                    ats += 1;
-                    ats == 1
-                }
-            };
-            if !fits {
-                return Err(SyntaxError::custom(
-                    span,
-                    "MetricsQL takes one range, then at most one offset and one @, per expression: put the expression in parentheses first",
-                ));
-            }
-        }
-    }
+/// Folds postfix modifiers onto their atom, in order. It never fails: a parse that
+/// failed here, after reading a long chain, made every enclosing `@` expression read
+/// that chain again (a 525-byte MetricsQL query took seconds). MetricsQL's limits on a
+/// chain are checked afterwards, in `check.rs`, like Prometheus' rules.
+fn fold_postfix<'a>(mut lhs: Expr<'a>, posts: Vec<Postfix<'a>>) -> Expr<'a> {
     for post in posts {
         let start = lhs.span.start;
         lhs = match post {
@@ -783,7 +756,7 @@ fn fold_postfix<'a>(
             },
         };
     }
-    Ok(lhs)
+    lhs
 }
 /// An operand as read: prefix signs (negative?, byte offset) and the atom.
 type Operand<'a> = (Vec<(bool, usize)>, Expr<'a>);
