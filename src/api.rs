@@ -32,6 +32,7 @@ pub enum ErrorType {
     Unauthorized,
     Forbidden,
     Unavailable,
+    Timeout,
 }
 
 impl ErrorType {
@@ -42,6 +43,7 @@ impl ErrorType {
             ErrorType::Unauthorized => "unauthorized",
             ErrorType::Forbidden => "forbidden",
             ErrorType::Unavailable => "unavailable",
+            ErrorType::Timeout => "timeout",
         }
     }
 }
@@ -83,6 +85,10 @@ impl Refusal {
     /// 503 `unavailable`.
     pub fn unavailable(message: impl Into<String>) -> Refusal {
         Refusal::new(503, ErrorType::Unavailable, message)
+    }
+    /// 408 `timeout`: the request itself did not arrive in time.
+    pub fn timeout(message: impl Into<String>) -> Refusal {
+        Refusal::new(408, ErrorType::Timeout, message)
     }
     /// 405, with the methods the path does allow.
     pub fn method_not_allowed(allow: &'static str) -> Refusal {
@@ -367,62 +373,39 @@ pub struct Rewritten {
     pub rewritten_params: usize,
 }
 
-/// Rewrites a planned request for `tenant`. `body` is the complete request body, if
-/// any; `content_type` its `Content-Type`.
-pub fn rewrite_request(
+/// What the URL half left for the body half.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UrlRewritten {
+    /// New `:path` (path and query string), `None` to leave it alone.
+    pub path: Option<String>,
+    /// How many parameters of the URL went through the rewriter.
+    pub rewritten_params: usize,
+    /// The endpoint's own selector was not settled in the URL because the backend also
+    /// reads a form body still to come: the body half checks or adds it.
+    pub settled_by_body: bool,
+}
+
+/// The URL half of [`rewrite_request`], decided at the headers, before any body: the
+/// headers leave Envoy before the body, so the `:path` cannot wait for it.
+///
+/// `form_follows` says that a body the backend reads as a form is still to come (a POST
+/// with a form `Content-Type` whose headers did not end the stream). Then a `query` or
+/// `match[]` may still come in it: a missing `query` is refused, and a missing `match[]`
+/// added, by [`rewrite_body`] instead of here.
+pub fn rewrite_url(
     plan: &Plan,
-    body: Option<&[u8]>,
-    content_type: Option<&[u8]>,
     tenant: &Tenant<'_>,
     options: RewriteOptions,
     rewriter: &dyn QueryRewriter,
-) -> Result<Rewritten, Refusal> {
-    let bad_params =
-        |place: &str, e: FormError| Refusal::bad_request(format!("invalid {place}: {e}"));
-    let mut url = Params::parse(&plan.raw_query).map_err(|e| bad_params("query string", e))?;
-    let mut form = match body {
-        Some(bytes) if !bytes.is_empty() => {
-            // The backend would ignore it: a `match[]` found there would stop the filter
-            // from adding the tenant's own, and a label or series request without one
-            // answers for every tenant.
-            if !plan.reads_body {
-                return Err(Refusal::bad_request(
-                    "a request body is only read on POST; send GET parameters in the URL",
-                ));
-            }
-            if !is_form(content_type) {
-                return Err(Refusal::unsupported_media_type());
-            }
-            let text = std::str::from_utf8(bytes)
-                .map_err(|_| Refusal::bad_request("invalid form body: not valid UTF-8"))?;
-            Some(Params::parse(text).map_err(|e| bad_params("form body", e))?)
-        }
-        _ => None,
-    };
-
+    form_follows: bool,
+) -> Result<UrlRewritten, Refusal> {
+    let mut url = Params::parse(&plan.raw_query)
+        .map_err(|e| Refusal::bad_request(format!("invalid query string: {e}")))?;
     url.remove_all(STRIPPED_PARAMS);
-    if let Some(form) = form.as_mut() {
-        form.remove_all(STRIPPED_PARAMS);
-    }
-
-    let targets: &[&str] = match plan.action {
-        Action::RewriteQuery => &["query"],
-        Action::RewriteMatch => &["match[]", "match"],
-        Action::PassThrough | Action::Answer(_) => &[],
-    };
-    let mut rewritten_params = 0;
-    for params in std::iter::once(&mut url).chain(form.as_mut()) {
-        rewritten_params += rewrite_params(params, targets, rewriter)?;
-    }
-
-    match plan.action {
-        Action::RewriteQuery if rewritten_params == 0 => {
-            return Err(Refusal::bad_request("missing query parameter \"query\""));
-        }
-        Action::RewriteMatch if rewritten_params == 0 => {
-            url.push("match[]", &format!("{{{}}}", tenant.matcher_text));
-        }
-        _ => {}
+    let rewritten_params = rewrite_params(&mut url, targets(plan.action), rewriter)?;
+    let settled_by_body = rewritten_params == 0 && form_follows && plan.reads_body;
+    if rewritten_params == 0 && !settled_by_body {
+        add_missing_selector(plan.action, &mut url, tenant)?;
     }
     if options.victoriametrics_extra_label
         && matches!(plan.action, Action::RewriteQuery | Action::RewriteMatch)
@@ -432,7 +415,6 @@ pub fn rewrite_request(
             _ => url.push("extra_filters[]", &format!("{{{}}}", tenant.matcher_text)),
         }
     }
-
     let path = url.is_changed().then(|| {
         let query = url.encode();
         if query.is_empty() {
@@ -441,14 +423,100 @@ pub fn rewrite_request(
             format!("{}?{query}", plan.raw_path)
         }
     });
-    let body = form
-        .filter(Params::is_changed)
-        .map(|form| form.encode().into_bytes());
-    Ok(Rewritten {
+    Ok(UrlRewritten {
         path,
-        body,
         rewritten_params,
+        settled_by_body,
     })
+}
+
+/// The body half of [`rewrite_request`], once the whole body is in: refuses a body the
+/// backend would not read as we do, rewrites a form, and settles what the URL half left
+/// to it. Returns the new body (`None`: leave it alone) and how many of its parameters
+/// went through the rewriter.
+pub fn rewrite_body(
+    plan: &Plan,
+    url: &UrlRewritten,
+    body: &[u8],
+    content_type: Option<&[u8]>,
+    tenant: &Tenant<'_>,
+    rewriter: &dyn QueryRewriter,
+) -> Result<(Option<Vec<u8>>, usize), Refusal> {
+    let mut form = if body.is_empty() {
+        Params::parse("").map_err(|e| Refusal::bad_request(format!("invalid form body: {e}")))?
+    } else {
+        // The backend would ignore it: a `match[]` found there would stop the filter
+        // from adding the tenant's own, and a label or series request without one
+        // answers for every tenant.
+        if !plan.reads_body {
+            return Err(Refusal::bad_request(
+                "a request body is only read on POST; send GET parameters in the URL",
+            ));
+        }
+        if !is_form(content_type) {
+            return Err(Refusal::unsupported_media_type());
+        }
+        let text = std::str::from_utf8(body)
+            .map_err(|_| Refusal::bad_request("invalid form body: not valid UTF-8"))?;
+        Params::parse(text).map_err(|e| Refusal::bad_request(format!("invalid form body: {e}")))?
+    };
+    form.remove_all(STRIPPED_PARAMS);
+    let rewritten_params = rewrite_params(&mut form, targets(plan.action), rewriter)?;
+    if url.settled_by_body && rewritten_params == 0 {
+        add_missing_selector(plan.action, &mut form, tenant)?;
+    }
+    let body = form.is_changed().then(|| form.encode().into_bytes());
+    Ok((body, rewritten_params))
+}
+
+/// Rewrites a planned request for `tenant`. `body` is the complete request body, if
+/// any; `content_type` its `Content-Type`. The URL half and the body half, as the
+/// filter runs them on either side of the body's arrival.
+pub fn rewrite_request(
+    plan: &Plan,
+    body: Option<&[u8]>,
+    content_type: Option<&[u8]>,
+    tenant: &Tenant<'_>,
+    options: RewriteOptions,
+    rewriter: &dyn QueryRewriter,
+) -> Result<Rewritten, Refusal> {
+    let form_follows = body.is_some() && is_form(content_type);
+    let url = rewrite_url(plan, tenant, options, rewriter, form_follows)?;
+    let (body, body_params) = match body {
+        Some(body) => rewrite_body(plan, &url, body, content_type, tenant, rewriter)?,
+        None => (None, 0),
+    };
+    Ok(Rewritten {
+        path: url.path,
+        body,
+        rewritten_params: url.rewritten_params + body_params,
+    })
+}
+
+/// The parameters an action confines.
+fn targets(action: Action) -> &'static [&'static str] {
+    match action {
+        Action::RewriteQuery => &["query"],
+        Action::RewriteMatch => &["match[]", "match"],
+        Action::PassThrough | Action::Answer(_) => &[],
+    }
+}
+
+/// When no parameter was confined: a query endpoint without `query` is refused, and a
+/// selector endpoint gets the tenant's own `match[]`, or it would answer for everyone.
+fn add_missing_selector(
+    action: Action,
+    params: &mut Params,
+    tenant: &Tenant<'_>,
+) -> Result<(), Refusal> {
+    match action {
+        Action::RewriteQuery => Err(Refusal::bad_request("missing query parameter \"query\"")),
+        Action::RewriteMatch => {
+            params.push("match[]", &format!("{{{}}}", tenant.matcher_text));
+            Ok(())
+        }
+        Action::PassThrough | Action::Answer(_) => Ok(()),
+    }
 }
 
 fn rewrite_params(
