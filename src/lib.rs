@@ -15,5 +15,6 @@ pub mod config;
 pub mod decision;
 pub mod filter;
 pub mod form;
+pub mod header_map;
 pub mod identity;
 pub mod timing;
