@@ -5,6 +5,11 @@ with the users, tokens from its authorization-code flow, and one Envoy running t
 filter with `envoy/envoy.yaml`. Tests that need another config (short cache, broken IdP,
 bad plugin config) start their own Envoy through `envoy_factory`, stopped after the test.
 Logs of every process are kept under the session's temporary directory.
+
+Every Envoy runs in the session's `envoy_mode`, a parameter over the Envoy config
+(envoy_config.py): `stop_iteration`, the gateway configs with
+`allow_on_headers_stop_iteration: true`, and `istio`, the filter as Istio configures it.
+So every test that talks to an Envoy runs in both; pytest groups them by mode.
 """
 
 from __future__ import annotations
@@ -83,12 +88,19 @@ def wasm() -> Path:
     return WASM
 
 
-def filter_config(vm, oidc_port: int, wasm_path: Path,
-                  template: str = "envoy.yaml", **extra: object) -> dict:
-    """A committed template filled in for this session; returns the config and its ports."""
+@pytest.fixture(scope="session", params=envoy_config.MODES)
+def envoy_mode(request) -> str:
+    """How the Envoys of this part of the session run the filter (envoy_config.MODES)."""
+    return request.param
+
+
+def filter_config(vm, oidc_port: int, wasm_path: Path, template: str = "envoy.yaml",
+                  mode: str = "stop_iteration", **extra: object) -> dict:
+    """A committed template filled in for this session, as `mode` runs it; returns the
+    config and its ports."""
     listen, admin = free_port(), free_port()
-    config = envoy_config.render(
-        envoy_config.ENVOY_DIR / template,
+    config = envoy_config.render_mode(
+        mode, template,
         LISTEN_PORT=listen, ADMIN_PORT=admin, OIDC_PORT=oidc_port,
         BACKEND_PORT=vm.port, WASM_PATH=wasm_path, **extra,
     )
@@ -99,22 +111,25 @@ def filter_config(vm, oidc_port: int, wasm_path: Path,
 def launch(workdir: Path, name: str, config: dict, concurrency: int = 2) -> Envoy:
     config = dict(config)
     listen, admin = config.pop("_ports")
-    return Envoy(workdir, name, config, admin_port=admin, listen_port=listen,
-                 concurrency=concurrency)
+    proxy = Envoy(workdir, name, config, admin_port=admin, listen_port=listen,
+                  concurrency=concurrency)
+    proxy.backend_cluster = envoy_config.backend_cluster(config)
+    return proxy
 
 
 class EnvoyFactory:
-    """Starts Envoys for one test and stops them all afterwards."""
+    """Starts Envoys for one test, in the session's mode, and stops them all afterwards."""
 
-    def __init__(self, workdir, vm, oidc, wasm):
+    def __init__(self, workdir, vm, oidc, wasm, mode: str):
         self.workdir, self.vm, self.oidc, self.wasm = workdir, vm, oidc, wasm
+        self.mode = mode
         self.started: list[Envoy] = []
         self.count = 0
 
     def config(self, template: str = "envoy.yaml", oidc_port: int | None = None,
                **extra: object) -> dict:
         port = self.oidc.port if oidc_port is None else oidc_port
-        return filter_config(self.vm, port, self.wasm, template, **extra)
+        return filter_config(self.vm, port, self.wasm, template, self.mode, **extra)
 
     def start(self, config: dict, name: str = "envoy", concurrency: int = 2) -> Envoy:
         self.count += 1
@@ -129,8 +144,8 @@ class EnvoyFactory:
 
 
 @pytest.fixture
-def envoy_factory(workdir, vm, oidc, wasm):
-    factory = EnvoyFactory(workdir, vm, oidc, wasm)
+def envoy_factory(workdir, vm, oidc, wasm, envoy_mode):
+    factory = EnvoyFactory(workdir, vm, oidc, wasm, envoy_mode)
     try:
         yield factory
     finally:
@@ -138,9 +153,11 @@ def envoy_factory(workdir, vm, oidc, wasm):
 
 
 @pytest.fixture(scope="session")
-def envoy(workdir, vm, oidc, wasm):
-    """Envoy with the filter and the committed config, exactly as in envoy/envoy.yaml."""
-    proxy = launch(workdir, "envoy-main", filter_config(vm, oidc.port, wasm))
+def envoy(workdir, vm, oidc, wasm, envoy_mode):
+    """Envoy with the filter and the committed config, exactly as in envoy/envoy.yaml
+    (or as Istio shapes it, in the `istio` mode)."""
+    config = filter_config(vm, oidc.port, wasm, mode=envoy_mode)
+    proxy = launch(workdir, f"envoy-main-{envoy_mode}", config)
     try:
         yield proxy.wait_ready()
     finally:
@@ -148,18 +165,27 @@ def envoy(workdir, vm, oidc, wasm):
 
 
 @pytest.fixture(scope="session")
-def envoy_without_vm_label(workdir, vm, oidc, wasm):
+def envoy_without_vm_label(workdir, vm, oidc, wasm, envoy_mode):
     """The same, but without `extra_label` to VictoriaMetrics: the PromQL rewrite alone
     must isolate tenants (otherwise VictoriaMetrics' own enforcement hides a bug)."""
-    config = filter_config(vm, oidc.port, wasm)
+    config = filter_config(vm, oidc.port, wasm, mode=envoy_mode)
     plugin = envoy_config.plugin_config(config)
     plugin["victoriametrics_extra_label"] = False
     config = {**envoy_config.with_plugin_config(config, plugin), "_ports": config["_ports"]}
-    proxy = launch(workdir, "envoy-no-extra-label", config)
+    proxy = launch(workdir, f"envoy-no-extra-label-{envoy_mode}", config)
     try:
         yield proxy.wait_ready()
     finally:
         proxy.stop()
+
+
+@pytest.fixture(params=["with_vm_extra_label", "rewrite_only"])
+def proxy(request, envoy_mode):
+    """Both Envoys of the mode: with VictoriaMetrics' own `extra_label`, and without it.
+    The second is the real proof for isolation and attacks: the PromQL rewrite alone must
+    hold (otherwise VictoriaMetrics' own enforcement hides a bug)."""
+    name = "envoy" if request.param == "with_vm_extra_label" else "envoy_without_vm_label"
+    return request.getfixturevalue(name)
 
 
 def bearer(token: str) -> dict[str, str]:

@@ -296,6 +296,8 @@ class Envoy:
         self.admin_url = f"http://{LOOPBACK}:{admin_port}"
         self.url = f"http://{LOOPBACK}:{listen_port}"
         self.concurrency = concurrency
+        # The cluster requests go to: `backend`, or Istio's `inbound|<port>||`.
+        self.backend_cluster = "backend"
         config_path = workdir / f"{name}.json"
         config_path.write_text(json.dumps(config, indent=2))
         self.proc = Proc(
@@ -329,6 +331,10 @@ class Envoy:
                 stats[name] = int(value)
         return stats
 
+    def backend_stat(self, name: str) -> int:
+        """Envoy's statistic `name` of the backend cluster, e.g. `upstream_rq_total`."""
+        return self.counters().get(f"cluster.{self.backend_cluster}.{name}", 0)
+
     def filter_counter(self, name: str) -> int | None:
         """The filter's counter `promql_tenant_filter.<name>`; Envoy may prefix custom stats."""
         suffix = f"promql_tenant_filter.{name}"
@@ -337,3 +343,4 @@ class Envoy:
 
     def stop(self) -> None:
         self.proc.stop()
+

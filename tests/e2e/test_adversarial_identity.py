@@ -26,8 +26,8 @@ def relay(oidc):
 
 
 @pytest.fixture(scope="module")
-def relayed_envoy(workdir, vm, oidc, wasm, relay):
-    factory = EnvoyFactory(workdir, vm, oidc, wasm)
+def relayed_envoy(workdir, vm, oidc, wasm, relay, envoy_mode):
+    factory = EnvoyFactory(workdir, vm, oidc, wasm, envoy_mode)
     try:
         yield factory.start(factory.config(oidc_port=relay.port), "envoy-odd-idp").wait_ready()
     finally:

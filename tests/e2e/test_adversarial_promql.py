@@ -13,8 +13,7 @@ import envoy_config
 import pytest
 import requests
 import seed
-from adversary import (ANY_SERIES, Answer, assert_leaks_directly,  # noqa: F401
-                       assert_refused_or_confined, proxy)
+from adversary import ANY_SERIES, Answer, assert_leaks_directly, assert_refused_or_confined
 from conftest import REQUEST_TIMEOUT_S, bearer, call
 
 DEEP = 60  # nesting deeper than any dashboard's, just below the lexer's cap of 64
@@ -131,11 +130,11 @@ def test_promql_tricks(proxy, vm, tokens, text, layers, leaks_directly):
 
 
 @pytest.fixture(scope="module")
-def metricsql_envoy(workdir, vm, oidc, wasm):
+def metricsql_envoy(workdir, vm, oidc, wasm, envoy_mode):
     """Dialect `metricsql`, without VictoriaMetrics' `extra_label`: the rewrite alone."""
     from conftest import EnvoyFactory
 
-    factory = EnvoyFactory(workdir, vm, oidc, wasm)
+    factory = EnvoyFactory(workdir, vm, oidc, wasm, envoy_mode)
     try:
         config = factory.config()
         plugin = envoy_config.plugin_config(config)

@@ -20,12 +20,6 @@ USER_TENANT = {"alice": seed.ALICE_TENANT, "bob": seed.BOB_TENANT}
 ANY_SERIES = '{__name__=~".+"}'
 
 
-@pytest.fixture(params=["with_vm_extra_label", "rewrite_only"])
-def proxy(request):
-    name = "envoy" if request.param == "with_vm_extra_label" else "envoy_without_vm_label"
-    return request.getfixturevalue(name)
-
-
 @pytest.fixture(params=["GET", "POST"])
 def method(request) -> str:
     return request.param
