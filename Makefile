@@ -7,7 +7,7 @@ WASM := target/wasm32-wasip1/release/promql_tenant_filter.wasm
 VENV := .venv
 PY_REQUIREMENTS := tests/e2e/requirements.txt tests/deploy/requirements.txt
 
-.PHONY: test deps rust-deps py-deps vm-deps wasm unit lint e2e deploy-check demo demo-check bench oci soak fuzz
+.PHONY: test deps rust-deps py-deps vm-deps wasm unit lint e2e deploy-check demo demo-check bench oci oci-deps soak fuzz
 
 ## Install everything the tests need on a fresh Debian machine (idempotent).
 deps: rust-deps py-deps vm-deps
@@ -101,22 +101,38 @@ bench: rust-deps py-deps vm-deps wasm
 ## Deployment checks (deploy/README.md): the compose file's wiring, and the compose stack
 ## run as processes on 127.0.0.1 (dashboard queries as alice and bob); `envoy --mode
 ## validate` of every Envoy config with the built module; the Helm chart rendered by real
-## Helm; manifests against the Kubernetes schemas. No Docker, no cluster.
-deploy-check: deps wasm
+## Helm; manifests against the Kubernetes schemas; the OCI images of `make oci`, unpacked
+## and their modules served by Envoy. No Docker, no cluster.
+deploy-check: deps wasm oci
 	$(VENV)/bin/python -m pytest tests/deploy
 
-## OCI images of the module (deploy/oci/Dockerfile): the Istio plugin image and the
-## gateway's init image. Needs a running Docker engine; without one it says so and stops.
-OCI_IMAGE ?= promql-tenant-filter:dev
-OCI_INIT_IMAGE ?= promql-tenant-filter-init:dev
-oci: wasm
-	@if command -v docker >/dev/null && docker info >/dev/null 2>&1; then \
-	  DOCKER_BUILDKIT=1 docker build -f deploy/oci/Dockerfile -t $(OCI_IMAGE) . && \
-	  DOCKER_BUILDKIT=1 docker build -f deploy/oci/Dockerfile --target init -t $(OCI_INIT_IMAGE) . && \
-	  echo "built $(OCI_IMAGE) (Istio WasmPlugin) and $(OCI_INIT_IMAGE) (gateway init container)"; \
-	else \
-	  echo "make oci: no running Docker engine here, images not built (deploy/oci/Dockerfile needs one)"; \
-	fi
+## OCI images of the module, built without a container engine by deploy/oci/build.py
+## (docs/kubernetes.md, "The images"): the Istio plugin image (the Wasm image spec's
+## "compat" variant), the same module as a Wasm OCI artifact (its "oci" variant), and the
+## gateway's init image. Each is an OCI layout under target/oci/, to push with skopeo.
+## umoci and skopeo come from Debian; so does the init image's static busybox, taken
+## from Debian's busybox-static package (downloaded and unpacked into target/oci, not
+## installed). SOURCE_DATE_EPOCH (the last commit's time) makes the digests repeatable.
+## deploy/oci/Dockerfile stays for those who build with Docker.
+OCI_DIR := target/oci
+OCI_TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
+OCI_BUSYBOX := $(OCI_DIR)/busybox-static/bin/busybox
+SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
+
+oci-deps:
+	@command -v umoci >/dev/null && command -v skopeo >/dev/null || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq umoci skopeo >/dev/null; }
+
+$(OCI_BUSYBOX):
+	@rm -rf $(OCI_DIR)/deb $(OCI_DIR)/busybox-static && mkdir -p $(OCI_DIR)/deb
+	@cd $(OCI_DIR)/deb && { apt-get download -qq -o APT::Sandbox::User=root busybox-static 2>/dev/null \
+	  || { apt-get update -qq && apt-get download -qq -o APT::Sandbox::User=root busybox-static; }; }
+	@dpkg-deb -x $(OCI_DIR)/deb/busybox-static_*.deb $(OCI_DIR)/busybox-static
+	@test -x $@
+
+oci: wasm oci-deps $(OCI_BUSYBOX)
+	SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) python3 deploy/oci/build.py --module $(WASM) \
+	  --busybox $(OCI_BUSYBOX) --out $(OCI_DIR) --tag $(OCI_TAG)
 
 ## Fuzzing (docs/security.md, "Fuzzing"): each cargo-fuzz target of fuzz/ for FUZZ_SECONDS,
 ## one after the other, one job each. Needs the nightly toolchain; installs cargo-fuzz.

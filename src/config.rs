@@ -71,6 +71,9 @@ pub struct Config {
     /// Debug only: time the engine over these queries at start-up (see
     /// [`crate::timing`]). It delays the plugin's start; never set it in production.
     pub debug_time_engine: Option<EngineTimingConfig>,
+    /// Debug only: a request whose [`DEBUG_TRAP_HEADER`] carries exactly this marker
+    /// traps the VM (see [`Config::is_debug_trap`]); never set it in production.
+    pub debug_trap_marker: Option<String>,
 }
 
 /// The `debug_time_engine` setting.
@@ -82,6 +85,12 @@ pub struct EngineTimingConfig {
 
 /// Most rounds `debug_time_engine` may ask for, so that a typo cannot stall a start.
 pub const MAX_TIMING_ROUNDS: u32 = 1000;
+
+/// The request header that carries `debug_trap_marker`.
+pub const DEBUG_TRAP_HEADER: &str = "x-promql-tenant-filter-debug-trap";
+/// Bounds on the marker's length: long enough not to be guessed (whoever sends it takes
+/// a worker's VM down), short enough for any header limit.
+pub const DEBUG_TRAP_MARKER_LEN: std::ops::RangeInclusive<usize> = 16..=128;
 
 /// Identity settings shared by both sources, plus the source itself.
 #[derive(Debug, Clone, PartialEq)]
@@ -140,6 +149,7 @@ impl Config {
             "victoriametrics_extra_label",
             "max_body_bytes",
             "debug_time_engine",
+            "debug_trap_marker",
         ])?;
         let tenant_label: String = top.required("tenant_label")?;
         let on_conflict: ConflictPolicy = top.optional("on_conflict")?.unwrap_or_default();
@@ -155,6 +165,10 @@ impl Config {
             .get("debug_time_engine")
             .map(parse_time_engine)
             .transpose()?;
+        let debug_trap_marker: Option<String> = top.optional("debug_trap_marker")?;
+        if let Some(marker) = &debug_trap_marker {
+            check_trap_marker(marker)?;
+        }
 
         check_tenant_label(&tenant_label, victoriametrics_extra_label)?;
         if max_body_bytes == 0 {
@@ -170,8 +184,41 @@ impl Config {
             victoriametrics_extra_label,
             max_body_bytes,
             debug_time_engine,
+            debug_trap_marker,
         })
     }
+
+    /// Whether a request with this [`DEBUG_TRAP_HEADER`] value must trap the VM: only
+    /// with `debug_trap_marker` set, and only for exactly that marker. The trap stands in
+    /// for a bug that traps in `proxy_on_request_headers` (a stack overflow did), so that
+    /// Envoy's `failure_policy` can be shown at work.
+    pub fn is_debug_trap(&self, header: Option<&[u8]>) -> bool {
+        let (Some(marker), Some(header)) = (&self.debug_trap_marker, header) else {
+            return false;
+        };
+        // Compared without an early exit, so that timing tells nothing about the marker.
+        marker.len() == header.len()
+            && marker
+                .bytes()
+                .zip(header)
+                .fold(0u8, |diff, (a, b)| diff | (a ^ b))
+                == 0
+    }
+}
+
+fn check_trap_marker(marker: &str) -> Result<(), ConfigError> {
+    let (min, max) = (DEBUG_TRAP_MARKER_LEN.start(), DEBUG_TRAP_MARKER_LEN.end());
+    // Visible ASCII only: Envoy trims and may reject other bytes in a header value, and
+    // a marker that cannot arrive intact could never be tested.
+    if !DEBUG_TRAP_MARKER_LEN.contains(&marker.len())
+        || !marker.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return Err(ConfigError::new(
+            "debug_trap_marker",
+            format!("must be {min} to {max} visible ASCII characters (no spaces)"),
+        ));
+    }
+    Ok(())
 }
 
 fn parse_time_engine(value: &Value) -> Result<EngineTimingConfig, ConfigError> {
@@ -657,6 +704,67 @@ mod tests {
         assert_field(&e, "debug_time_engine.queries", "missing");
         let e = Config::parse(with(r#"{"queries":["up"],"loops":2}"#).as_bytes()).unwrap_err();
         assert_field(&e, "debug_time_engine.loops", "unknown field");
+    }
+
+    #[test]
+    fn debug_trap_marker_is_optional_and_checked() {
+        let base = minimal_with_identity(r#"{"source":"userinfo","cluster":"c","claim":"t"}"#);
+        let with =
+            |marker: &str| base.replacen('{', &format!(r#"{{"debug_trap_marker":{marker},"#), 1);
+        let unset = Config::parse(base.as_bytes()).unwrap();
+        assert_eq!(unset.debug_trap_marker, None);
+        let marker = "trap-8f1c2d9e4b7a";
+        let set = Config::parse(with(&format!("{marker:?}")).as_bytes()).unwrap();
+        assert_eq!(set.debug_trap_marker.as_deref(), Some(marker));
+        let longest = "x".repeat(128);
+        Config::parse(with(&format!("{longest:?}")).as_bytes()).unwrap();
+        for bad in [
+            r#""short""#,
+            &format!("{:?}", "x".repeat(129)),
+            r#""a marker with spaces""#,
+            r#""tab\tseparated-marker""#,
+            r#""non-ascii-marker-é-1234""#,
+            r#""""#,
+        ] {
+            let e = Config::parse(with(bad).as_bytes()).unwrap_err();
+            assert_field(&e, "debug_trap_marker", "16 to 128 visible ASCII");
+        }
+        for wrong_type in ["null", "7", r#"["trap-8f1c2d9e4b7a"]"#] {
+            let e = Config::parse(with(wrong_type).as_bytes()).unwrap_err();
+            assert_eq!(e.field, "debug_trap_marker", "{wrong_type}: {e}");
+        }
+    }
+
+    #[test]
+    fn only_the_exact_marker_traps() {
+        let marker = "trap-8f1c2d9e4b7a";
+        let config = Config::parse(
+            format!(
+                r#"{{"tenant_label":"t","debug_trap_marker":"{marker}",
+                    "identity":{{"source":"userinfo","cluster":"c","claim":"t"}}}}"#
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        assert!(config.is_debug_trap(Some(marker.as_bytes())));
+        for other in [
+            "",
+            "trap-8f1c2d9e4b7",
+            "trap-8f1c2d9e4b7a ",
+            "trap-8f1c2d9e4b7b",
+            "TRAP-8F1C2D9E4B7A",
+            "trap-8f1c2d9e4b7atrap",
+        ] {
+            assert!(!config.is_debug_trap(Some(other.as_bytes())), "{other:?}");
+        }
+        assert!(!config.is_debug_trap(None));
+        // Without the setting, no header value traps, whatever it is.
+        let unset = Config::parse(
+            br#"{"tenant_label":"t","identity":{"source":"userinfo","cluster":"c","claim":"t"}}"#,
+        )
+        .unwrap();
+        assert!(!unset.is_debug_trap(Some(marker.as_bytes())));
+        assert!(!unset.is_debug_trap(Some(b"")));
     }
 
     #[test]

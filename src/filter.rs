@@ -18,7 +18,7 @@
 //!   ([`crate::flight`] deals with that).
 
 use crate::api::{Refusal, STRIPPED_HEADERS};
-use crate::config::{Config, EngineTimingConfig, IdentitySource};
+use crate::config::{Config, EngineTimingConfig, IdentitySource, DEBUG_TRAP_HEADER};
 use crate::decision::{self, RequestHead};
 use crate::flight::{self, CasMismatch, Command, Flights, SharedData};
 use crate::header_map::HeaderMap;
@@ -478,6 +478,12 @@ impl RootContext for FilterRoot {
         if let Some(timing) = &config.debug_time_engine {
             time_engine_once(&config, timing);
         }
+        if config.debug_trap_marker.is_some() {
+            log::error!(
+                "promql_tenant_filter: debug_trap_marker is set: a request carrying it in \
+                 {DEBUG_TRAP_HEADER} traps this VM; never in production"
+            );
+        }
         if hostcalls::set_tick_period(flight::TICK).is_err() {
             warn!("promql_tenant_filter: could not set the tick period");
         }
@@ -627,6 +633,11 @@ impl HttpContext for FilterHttp {
                     "the request headers could not be read",
                 ));
             };
+            if config.is_debug_trap(headers.get(DEBUG_TRAP_HEADER)) {
+                // `debug_trap_marker`: trap here, where a stack overflow once did.
+                log::error!("promql_tenant_filter: debug_trap_marker received, trapping this VM");
+                std::process::abort();
+            }
             let head = RequestHead {
                 method: headers.get(":method").unwrap_or_default(),
                 path: headers.get(":path").unwrap_or_default(),

@@ -20,7 +20,7 @@ import yaml
 RESOURCES = {
     "v1": [("configmaps", "ConfigMap", True), ("secrets", "Secret", True),
            ("services", "Service", True), ("namespaces", "Namespace", False)],
-    "apps/v1": [("deployments", "Deployment", True)],
+    "apps/v1": [("deployments", "Deployment", True), ("statefulsets", "StatefulSet", True)],
     "networking.k8s.io/v1": [("networkpolicies", "NetworkPolicy", True)],
 }
 

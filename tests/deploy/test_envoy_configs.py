@@ -10,6 +10,7 @@ pluginConfig dropped into a minimal config with Istio's cluster name.
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import yaml
@@ -29,14 +30,17 @@ def configmap_envoy_yaml(docs: list[dict]) -> str:
     return by_kind(docs, "ConfigMap")["data"]["envoy.yaml"]
 
 
-def kubernetes_config() -> str:
-    return configmap_envoy_yaml(load_all_yaml((ROOT / "deploy/kubernetes/envoy-configmap.yaml").read_text()))
+def kubernetes_config(path: str) -> str:
+    return configmap_envoy_yaml(load_all_yaml((ROOT / path).read_text()))
 
 
 # name -> a function giving the config text (templates still holding their placeholders).
 CONFIGS = {f"envoy/{p.name}": (lambda p=p: p.read_text()) for p in ENVOY_FILES}
-CONFIGS["deploy/kubernetes/envoy-configmap.yaml"] = kubernetes_config
+for manifest in ("deploy/kubernetes/envoy-configmap.yaml",
+                 "deploy/kubernetes/sidecar/envoy-configmap.yaml"):
+    CONFIGS[manifest] = lambda manifest=manifest: kubernetes_config(manifest)
 CONFIGS["helm: default values"] = lambda: configmap_envoy_yaml(render_chart())
+CONFIGS["helm: sidecar"] = lambda: configmap_envoy_yaml(render_chart({"mode": "sidecar"}))
 CONFIGS["helm: VictoriaMetrics cluster over https"] = lambda: configmap_envoy_yaml(render_chart({
     "victoriametrics": {"url": "https://vmselect.monitoring:8481/select/42/prometheus"},
     "identity": {"claim": ["app_metadata", "tenant"]},
@@ -66,8 +70,11 @@ def test_wasm_filter_is_safe(name, wasm, jwks):
     filters = wasm_filters(config)
     assert filters, f"{name}: no wasm filter"
     for f in filters:
-        # A module that fails to load must not turn into a pass-through.
-        assert f.get("failure_policy") == "FAIL_CLOSED", f"{name}: set `failure_policy: FAIL_CLOSED`"
+        # A module that fails must not turn into a pass-through (FAIL_OPEN), and a VM that
+        # traps must be replaced rather than leave its worker refusing everyone
+        # (FAIL_CLOSED); tests/e2e/test_vm_reload.py shows both.
+        assert f.get("failure_policy") == "FAIL_RELOAD", f"{name}: set `failure_policy: FAIL_RELOAD`"
+        assert "fail_open" not in f, f"{name}: `fail_open` is the old, fail-open-or-closed switch"
         # `allow_on_headers_stop_iteration` is not required: the filter serves POST
         # bodies without it, as under Istio (docs/request-lifecycle.md).
         assert f["vm_config"]["runtime"] == "envoy.wasm.runtime.v8", name
@@ -85,6 +92,65 @@ def test_wasm_filter_is_safe(name, wasm, jwks):
     assert shapes.get("UF") == ("error", "unavailable"), f"{name}: map backend failures (UF)"
     assert shapes.get("UC") == ("error", "unavailable"), f"{name}: map backend resets (UC)"
     assert shapes.get("UT") == ("error", "timeout"), f"{name}: map backend timeouts (UT)"
+    # A stream whose Wasm VM failed (trapped, or waiting for FAIL_RELOAD) gets Envoy's own
+    # empty 503 unless a mapper gives it the shape too (tests/e2e/test_vm_reload.py).
+    failed_vm = [
+        mapper["body_format_override"]["json_format"]
+        for mapper in hcm.get("local_reply_config", {}).get("mappers", [])
+        if "wasm_fail_stream" in json.dumps(mapper.get("filter", {}))
+    ]
+    assert [(b.get("status"), b.get("errorType")) for b in failed_vm] == [
+        ("error", "unavailable")], f"{name}: map a failed Wasm VM's 503 (wasm_fail_stream)"
+
+
+# The write endpoints a write-only listener may route (VictoriaMetrics' remote write and
+# imports), and paths that read, which it must not.
+WRITE_PATHS = ["/api/v1/write", "/api/v1/import", "/api/v1/import/prometheus",
+               "/api/v1/import/native", "/api/v1/import/csv"]
+READ_PATHS = ["/api/v1/query", "/api/v1/query_range", "/api/v1/series", "/api/v1/labels",
+              "/api/v1/label/client_id/values", "/api/v1/export", "/api/v1/export/native",
+              "/api/v1/export/csv", "/federate", "/api/v1/status/tsdb", "/api/v1/import/../export",
+              "/prometheus/api/v1/query", "/api/v1/writex", "/api/v1/import/prometheus/x", "/"]
+
+
+def route_paths(match: dict, paths: list[str]) -> list[str]:
+    """Which of `paths` a route's match takes (exact, prefix or RE2 full match)."""
+    if "path" in match:
+        return [p for p in paths if p == match["path"]]
+    if "prefix" in match:
+        return [p for p in paths if p.startswith(match["prefix"])]
+    if "safe_regex" in match:
+        return [p for p in paths if re.fullmatch(match["safe_regex"]["regex"], p)]
+    raise AssertionError(f"a route match this check does not know: {match}")
+
+
+def check_write_only(name: str, listener: dict) -> None:
+    """A listener without the filter may only take writes (and VictoriaMetrics' /health):
+    no read path reaches the backend around the filter, in any spelling."""
+    hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    assert hcm.get("normalize_path") is True and hcm.get("merge_slashes") is True, name
+    assert hcm.get("path_with_escaped_slashes_action") == "REJECT_REQUEST", name
+    taken = []
+    for vhost in hcm["route_config"]["virtual_hosts"]:
+        for route in vhost["routes"]:
+            if "route" not in route:
+                assert route["direct_response"]["status"] >= 400, (name, route)
+                continue
+            methods = [h["string_match"]["exact"] for h in route["match"].get("headers", [])
+                       if h["name"] == ":method"]
+            assert methods, f"{name}: a route without a method match: {route['match']}"
+            read = route_paths(route["match"], READ_PATHS)
+            assert not read, f"{name}: the write-only listener routes {read}"
+            taken += route_paths(route["match"], WRITE_PATHS + ["/health"])
+    assert set(taken) == set(WRITE_PATHS + ["/health"]), f"{name}: routes {taken}"
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_no_listener_reaches_the_backend_around_the_filter(name, wasm, jwks):
+    config = yaml.safe_load(fill_placeholders(CONFIGS[name](), wasm, jwks))
+    for listener in config["static_resources"]["listeners"]:
+        if not wasm_filters({"static_resources": {"listeners": [listener]}}):
+            check_write_only(f"{name}: {listener['name']}", listener)
 
 
 def test_helm_cluster_url_rewrites_the_prefix(wasm):

@@ -19,13 +19,21 @@ import yaml
 from conftest import CHART, ROOT, by_kind, load_all_yaml, render_chart, wasm_filters
 
 K8S_VERSION = "1.33.0"  # an old-enough API level, so the manifests suit clusters of today
-K8S_FILES = sorted(p for p in (ROOT / "deploy/kubernetes").glob("*.yaml")
-                   if p.name != "kustomization.yaml")
+# The plain manifests of each deployment form: the gateway, and VictoriaMetrics with the
+# filter as a sidecar.
+FORMS = {"gateway": ROOT / "deploy/kubernetes", "sidecar": ROOT / "deploy/kubernetes/sidecar"}
 
 
-def plain_documents() -> list[dict]:
+def manifest_files(form: str) -> list:
+    return sorted(p for p in FORMS[form].glob("*.yaml") if p.name != "kustomization.yaml")
+
+
+K8S_FILES = [path for form in FORMS for path in manifest_files(form)]
+
+
+def plain_documents(form: str) -> list[dict]:
     docs = []
-    for path in K8S_FILES:
+    for path in manifest_files(form):
         docs += load_all_yaml(path.read_text())
     return docs
 
@@ -37,12 +45,34 @@ HELM_VALUE_SETS = {
         "networkPolicy": {"enabled": False},
         "replicaCount": 1,
     },
+    "sidecar": {"mode": "sidecar"},
+    "sidecar-own-writers-and-storage": {
+        "mode": "sidecar",
+        "sidecar": {
+            "victoriametrics": {"retentionPeriod": "90d", "extraArgs": ["-dedup.minScrapeInterval=30s"],
+                                "storage": {"size": "50Gi", "storageClassName": "fast-ssd"}},
+            "ingest": {"port": 9429, "from": [{"namespaceSelector": {"matchLabels": {
+                "kubernetes.io/metadata.name": "agents"}}}]},
+        },
+    },
 }
+SIDECAR_SETS = [name for name, values in HELM_VALUE_SETS.items() if values.get("mode") == "sidecar"]
+GATEWAY_SETS = [name for name in HELM_VALUE_SETS if name not in SIDECAR_SETS]
 
 
 @pytest.fixture(scope="module", params=list(HELM_VALUE_SETS))
 def helm_docs(request) -> list[dict]:
     return render_chart(HELM_VALUE_SETS[request.param])
+
+
+@pytest.fixture(scope="module", params=GATEWAY_SETS)
+def helm_gateway_docs(request) -> list[dict]:
+    return render_chart(HELM_VALUE_SETS[request.param])
+
+
+@pytest.fixture(scope="module", params=SIDECAR_SETS)
+def helm_sidecar_docs(request) -> tuple[dict, list[dict]]:
+    return HELM_VALUE_SETS[request.param], render_chart(HELM_VALUE_SETS[request.param])
 
 
 def validate(doc: dict) -> None:
@@ -52,20 +82,22 @@ def validate(doc: dict) -> None:
         pytest.fail(f"{doc['kind']}/{doc['metadata']['name']}: {e.message} at {list(e.path)}")
 
 
-@pytest.mark.parametrize("path", K8S_FILES, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", K8S_FILES, ids=lambda p: str(p.relative_to(ROOT / "deploy")))
 def test_plain_manifest_is_valid(path):
     for doc in load_all_yaml(path.read_text()):
         validate(doc)
 
 
-def test_kustomization_lists_every_manifest():
-    kustomization = yaml.safe_load((ROOT / "deploy/kubernetes/kustomization.yaml").read_text())
-    assert sorted(kustomization["resources"]) == sorted(p.name for p in K8S_FILES)
+@pytest.mark.parametrize("form", FORMS)
+def test_kustomization_lists_every_manifest(form):
+    kustomization = yaml.safe_load((FORMS[form] / "kustomization.yaml").read_text())
+    assert sorted(kustomization["resources"]) == sorted(p.name for p in manifest_files(form))
 
 
 def test_rendered_chart_is_valid(helm_docs):
     kinds = sorted(d["kind"] for d in helm_docs)
-    assert {"ConfigMap", "Deployment", "Service"} <= set(kinds)
+    assert {"ConfigMap", "Service"} <= set(kinds)
+    assert len({"Deployment", "StatefulSet"} & set(kinds)) == 1, kinds
     for doc in helm_docs:
         validate(doc)
 
@@ -79,12 +111,15 @@ def test_chart_lints():
     assert not errors and not result.get("Errors"), result
 
 
-def check_gateway(docs: list[dict]) -> None:
-    """The wiring a gateway needs, the same for the plain manifests and the chart."""
-    configmap = by_kind(docs, "ConfigMap")
-    deployment = by_kind(docs, "Deployment")
-    service = by_kind(docs, "Service")
-    pod = deployment["spec"]["template"]["spec"]
+def test_chart_refuses_an_unknown_mode():
+    import helm_sdkpy
+
+    with pytest.raises(helm_sdkpy.HelmError, match="mode"):
+        render_chart({"mode": "daemonset"})
+
+
+def check_envoy_pod(pod: dict, configmap: dict) -> dict:
+    """The wiring Envoy's pod needs, in either form; returns Envoy's parsed config."""
     envoy = next(c for c in pod["containers"] if c["name"] == "envoy")
     init = pod["initContainers"][0]
     volumes = {v["name"]: v for v in pod["volumes"]}
@@ -105,7 +140,7 @@ def check_gateway(docs: list[dict]) -> None:
     assert init["command"][-1] == f"{init_mounts[wasm_volume]}/{module_file}"
     # Config and module in separate mounts: a mount inside a ConfigMap volume is fragile.
     assert not module_dir.startswith(config_dir + "/") and module_dir != config_dir
-    # Probes on Envoy's admin /ready, and the admin port is the config's.
+    # Probes on Envoy's admin /ready, and the admin and proxy ports are the config's.
     ports = {p["name"]: p["containerPort"] for p in envoy["ports"]}
     admin_port = config["admin"]["address"]["socket_address"]["port_value"]
     listener_port = config["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"]
@@ -113,23 +148,117 @@ def check_gateway(docs: list[dict]) -> None:
     for probe in ("readinessProbe", "livenessProbe"):
         assert envoy[probe]["httpGet"]["path"] == "/ready", probe
         assert envoy[probe]["httpGet"]["port"] in ("admin", admin_port), probe
-    # Resource requests on every container.
+    # Unprivileged, read-only, with resource requests: every container.
+    assert pod["securityContext"]["runAsNonRoot"] is True
     for container in pod["containers"] + pod["initContainers"]:
         assert container["resources"]["requests"]["cpu"], container["name"]
         assert container["resources"]["requests"]["memory"], container["name"]
-    # The Service exposes the proxy, never the admin port, and selects these pods.
-    assert [p["targetPort"] for p in service["spec"]["ports"]] == ["http"]
-    labels = deployment["spec"]["template"]["metadata"]["labels"]
-    assert all(labels.get(k) == v for k, v in service["spec"]["selector"].items())
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True, container["name"]
+        assert container["securityContext"]["allowPrivilegeEscalation"] is False, container["name"]
     assert envoy["image"].startswith("envoyproxy/envoy:v1.40")
+    return config
+
+
+def check_services(docs: list[dict], workload: dict, allowed: set[str]) -> None:
+    """The Services select the workload's pods and reach only Envoy's `allowed` ports."""
+    labels = workload["spec"]["template"]["metadata"]["labels"]
+    envoy = next(c for c in workload["spec"]["template"]["spec"]["containers"] if c["name"] == "envoy")
+    envoy_ports = {p["name"] for p in envoy["ports"]}
+    services = [d for d in docs if d["kind"] == "Service"]
+    assert services
+    for service in services:
+        assert all(labels.get(k) == v for k, v in service["spec"]["selector"].items())
+        for port in service["spec"]["ports"]:
+            # By name, and a name of Envoy's: never the admin port, never another container.
+            assert port["targetPort"] in envoy_ports & allowed, (service["metadata"]["name"], port)
+    exposed = {p["targetPort"] for s in services for p in s["spec"]["ports"]}
+    assert exposed == allowed, exposed
+
+
+def check_gateway(docs: list[dict]) -> None:
+    """The wiring a gateway needs, the same for the plain manifests and the chart."""
+    deployment = by_kind(docs, "Deployment")
+    check_envoy_pod(deployment["spec"]["template"]["spec"], by_kind(docs, "ConfigMap"))
+    check_services(docs, deployment, {"http"})
+
+
+def check_sidecar(docs: list[dict]) -> None:
+    """VictoriaMetrics on the pod's loopback, Envoy the only way in."""
+    assert not [d for d in docs if d["kind"] == "Deployment"]
+    statefulset = by_kind(docs, "StatefulSet")
+    assert statefulset["spec"]["replicas"] == 1  # single-node: one pod owns the volume
+    pod = statefulset["spec"]["template"]["spec"]
+    assert sorted(c["name"] for c in pod["containers"]) == ["envoy", "victoria-metrics"]
+    config = check_envoy_pod(pod, by_kind(docs, "ConfigMap"))
+    vm = next(c for c in pod["containers"] if c["name"] == "victoria-metrics")
+    flags = dict(a.split("=", 1) for a in vm["args"])
+    # VictoriaMetrics listens on the loopback only, declares no port, and is exactly
+    # what Envoy's backend cluster points at.
+    assert flags["-httpListenAddr"] == "127.0.0.1:8428"
+    assert "ports" not in vm
+    backend = next(c for c in config["static_resources"]["clusters"] if c["name"] == "backend")
+    address = backend["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+    assert address["socket_address"] == {"address": "127.0.0.1", "port_value": 8428}
+    assert backend["type"] == "STATIC"
+    # Its data on the claimed volume.
+    mounts = {m["name"]: m["mountPath"] for m in vm["volumeMounts"]}
+    claims = [t["metadata"]["name"] for t in statefulset["spec"]["volumeClaimTemplates"]]
+    assert claims == ["storage"] and mounts["storage"] == flags["-storageDataPath"]
+    assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsGroup"]
+    # The write port is Envoy's second listener, and VictoriaMetrics' readiness asks its
+    # /health through it (the kubelet cannot reach the pod's loopback).
+    envoy = next(c for c in pod["containers"] if c["name"] == "envoy")
+    ports = {p["name"]: p["containerPort"] for p in envoy["ports"]}
+    listeners = {l["name"]: l["address"]["socket_address"]["port_value"]
+                 for l in config["static_resources"]["listeners"]}
+    assert listeners == {"promql": ports["http"], "ingest": ports["ingest"]}
+    assert vm["readinessProbe"]["httpGet"] == {"path": "/health", "port": ports["ingest"]}
+    check_services(docs, statefulset, {"http", "ingest"})
+
+
+def check_network_policy(docs: list[dict], open_ports: dict[int, bool]) -> None:
+    """Ingress to exactly `open_ports` (port -> whether any pod may come): never Envoy's
+    admin port, and VictoriaMetrics' own only through Envoy."""
+    policy = by_kind(docs, "NetworkPolicy")
+    rules = {p["port"]: rule for rule in policy["spec"]["ingress"] for p in rule["ports"]}
+    assert set(rules) == set(open_ports), rules
+    for port, from_anyone in open_ports.items():
+        assert ("from" not in rules[port]) == from_anyone, (port, rules[port])
 
 
 def test_plain_gateway_wiring():
-    check_gateway(plain_documents())
+    check_gateway(plain_documents("gateway"))
+    check_network_policy(plain_documents("gateway"), {8080: True})
 
 
-def test_helm_gateway_wiring(helm_docs):
-    check_gateway(helm_docs)
+def test_helm_gateway_wiring(helm_gateway_docs):
+    check_gateway(helm_gateway_docs)
+
+
+def test_plain_sidecar_wiring():
+    docs = plain_documents("sidecar")
+    check_sidecar(docs)
+    check_network_policy(docs, {8080: True, 8429: False})
+
+
+def test_helm_sidecar_wiring(helm_sidecar_docs):
+    values, docs = helm_sidecar_docs
+    check_sidecar(docs)
+    ingest = values.get("sidecar", {}).get("ingest", {})
+    check_network_policy(docs, {8080: True, ingest.get("port", 8429): False})
+    writers = by_kind(docs, "NetworkPolicy")["spec"]["ingress"][1]["from"]
+    assert writers == ingest.get("from", [{"podSelector": {"matchLabels": {
+        "promql-tenant-filter/writer": "true"}}}])
+
+
+def test_helm_sidecar_values_reach_victoriametrics():
+    values = HELM_VALUE_SETS["sidecar-own-writers-and-storage"]
+    statefulset = by_kind(render_chart(values), "StatefulSet")
+    vm = statefulset["spec"]["template"]["spec"]["containers"][0]
+    assert "-retentionPeriod=90d" in vm["args"] and "-dedup.minScrapeInterval=30s" in vm["args"]
+    claim = statefulset["spec"]["volumeClaimTemplates"][0]["spec"]
+    assert claim["storageClassName"] == "fast-ssd"
+    assert claim["resources"]["requests"]["storage"] == "50Gi"
 
 
 def test_helm_values_reach_the_plugin_config():
@@ -156,7 +285,8 @@ def test_istio_wasmplugin():
     assert plugin["apiVersion"] == "extensions.istio.io/v1alpha1"
     spec = plugin["spec"]
     assert spec["phase"] == "AUTHN"
-    assert spec["failStrategy"] == "FAIL_CLOSE"
+    # Istio 1.27+ maps FAIL_RELOAD to Envoy's; FAIL_OPEN would pass requests unfiltered.
+    assert spec["failStrategy"] == "FAIL_RELOAD"
     assert spec["url"].startswith("oci://")
     assert spec["selector"]["matchLabels"]
     assert isinstance(spec["pluginConfig"], dict)

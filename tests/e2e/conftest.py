@@ -233,3 +233,18 @@ def assert_prometheus_error(response: requests.Response, status: int, error_type
     if secret:
         assert secret not in response.text
     return body
+
+
+def assert_envoys_own_answer(response: requests.Response, status: int, error_type: str,
+                             envoy_mode: str, secret: str | None = None) -> dict | None:
+    """Envoy's own answer, neither the filter's nor the backend's: in Prometheus' shape
+    where the committed configs map it (`local_reply_config`), plain text in the `istio`
+    mode, since Istio generates no such mapping. Returns the JSON body, or None there."""
+    if envoy_mode != "istio":
+        return assert_prometheus_error(response, status, error_type, secret)
+    assert response.status_code == status, (response.status_code, response.text[:300])
+    assert "x-envoy-upstream-service-time" not in response.headers, response.headers
+    assert not response.headers.get("content-type", "").startswith("application/json")
+    if secret:
+        assert secret not in response.text
+    return None

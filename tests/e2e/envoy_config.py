@@ -67,6 +67,11 @@ def _wasm_plugin(config: dict) -> dict:
     raise KeyError("no wasm filter in this config")
 
 
+def wasm_plugin(config: dict) -> dict:
+    """The wasm filter's `config` (a PluginConfig), to edit in place."""
+    return _wasm_plugin(config)
+
+
 def plugin_config(config: dict) -> dict:
     """The plugin's JSON configuration, decoded."""
     return json.loads(_wasm_plugin(config)["configuration"]["value"])
@@ -117,11 +122,15 @@ def set_backend_port(config: dict, port: int) -> dict:
     return set_cluster_port(config, backend_cluster(config), port)
 
 
+def wasmplugin_spec() -> dict:
+    """The committed WasmPlugin's `spec`."""
+    return yaml.safe_load(WASMPLUGIN.read_text())["spec"]
+
+
 def istio_plugin_config() -> str:
     """The committed WasmPlugin's `pluginConfig` as Istio hands it to the module: JSON
     text from Go's jsonpb, compact, keys sorted (pilot/pkg/model/extensions.go)."""
-    spec = yaml.safe_load(WASMPLUGIN.read_text())["spec"]
-    return json.dumps(spec["pluginConfig"], sort_keys=True, separators=(",", ":"))
+    return json.dumps(wasmplugin_spec()["pluginConfig"], sort_keys=True, separators=(",", ":"))
 
 
 def render_mode(mode: str, template: str, **values: object) -> dict:

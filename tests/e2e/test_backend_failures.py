@@ -18,8 +18,7 @@ import socket
 
 import envoy_config
 import pytest
-from adversary import Answer, refusing_layer
-from conftest import assert_prometheus_error, call
+from conftest import assert_envoys_own_answer, assert_prometheus_error, call
 from procs import free_port
 
 
@@ -36,27 +35,14 @@ def proxy_with_backend_port(envoy_factory, port: int, route_timeout: str | None 
     return envoy_factory.start({**config, "_ports": ports}, "envoy-backend").wait_ready()
 
 
-def assert_envoys_own_answer(response, status: int, error_type: str, kind: str,
-                             envoy_mode: str, secret: str) -> None:
-    """Envoy's own answer about the backend: mapped to Prometheus' shape by the committed
-    config, plain text under Istio; either way never the token."""
-    if envoy_mode == "istio":
-        assert response.status_code == status, (response.status_code, response.text[:300])
-        assert refusing_layer(Answer.of(response)) == "envoy", response.text[:300]
-        assert secret not in response.text
-        return
-    body = assert_prometheus_error(response, status, error_type, secret=secret)
-    assert body["error"].startswith(kind), body
-
-
 @pytest.mark.parametrize("method", ["GET", "POST"])
 def test_backend_down_gives_503_unavailable_in_prometheus_shape(envoy_factory, oidc, method,
                                                                  envoy_mode):
     proxy = proxy_with_backend_port(envoy_factory, free_port())  # nobody listens there
     token = oidc.login("alice")
     response = call(proxy, method, "/api/v1/query", token, {"query": "up"})
-    assert_envoys_own_answer(response, 503, "unavailable", "backend unavailable", envoy_mode,
-                             token)
+    body = assert_envoys_own_answer(response, 503, "unavailable", envoy_mode, secret=token)
+    assert body is None or body["error"].startswith("backend unavailable"), body
 
 
 def test_backend_that_never_answers_gives_504_timeout_in_prometheus_shape(envoy_factory, oidc,
@@ -70,7 +56,8 @@ def test_backend_that_never_answers_gives_504_timeout_in_prometheus_shape(envoy_
                                         route_timeout="1s")
         token = oidc.login("bob")
         response = call(proxy, "GET", "/api/v1/query", token, {"query": "up"})
-    assert_envoys_own_answer(response, 504, "timeout", "backend timed out", envoy_mode, token)
+    body = assert_envoys_own_answer(response, 504, "timeout", envoy_mode, secret=token)
+    assert body is None or body["error"].startswith("backend timed out"), body
 
 
 def test_the_filters_own_refusals_keep_their_body(envoy_factory, oidc):

@@ -53,7 +53,10 @@ def test_the_template_is_what_istio_generates_from_the_wasmplugin(vm, oidc, wasm
     plugin = wasm_filter["typed_config"]["config"]
     assert plugin["configuration"]["value"] == envoy_config.istio_plugin_config()
     assert "allow_on_headers_stop_iteration" not in plugin
-    assert plugin["failure_policy"] == "FAIL_CLOSED"
+    # Istio's mapping of failStrategy (pilot/pkg/model/extensions.go).
+    strategy = envoy_config.wasmplugin_spec()["failStrategy"]
+    assert plugin["failure_policy"] == {"FAIL_CLOSE": "FAIL_CLOSED", "FAIL_OPEN": "FAIL_OPEN",
+                                        "FAIL_RELOAD": "FAIL_RELOAD"}[strategy]
     clusters = {c["name"] for c in config["static_resources"]["clusters"]}
     identity = json.loads(plugin["configuration"]["value"])["identity"]
     assert identity["cluster"] in clusters
