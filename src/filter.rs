@@ -200,8 +200,8 @@ struct Worker {
     flights: Option<RefCell<Flights>>,
     /// Live requests, so that other contexts' callbacks can move them on.
     requests: RefCell<HashMap<u32, Shared<Request>>>,
-    /// Callouts under way: callout id → bearer token.
-    callouts: RefCell<HashMap<u32, String>>,
+    /// Callouts under way: callout id → the context that made it, and the bearer token.
+    callouts: RefCell<HashMap<u32, (u32, String)>>,
     /// This worker's queue, on which requests wait for their turn.
     turn_queue: Option<u32>,
 }
@@ -217,9 +217,12 @@ impl Worker {
                 return released;
             };
             match command {
+                // Always from the callback of the caller it names.
                 Command::Dispatch { token, .. } => match self.dispatch(&token) {
                     Ok(id) => {
-                        self.callouts.borrow_mut().insert(id, token);
+                        self.callouts
+                            .borrow_mut()
+                            .insert(id, (now_in.context(), token));
                     }
                     Err(status) => {
                         warn!("identity callout failed to start: {status:?}");
@@ -267,7 +270,7 @@ impl Worker {
     /// Reads a callout response for `token` and hands it to the flights. Must run
     /// before any `set_effective_context`: the response belongs to this callback.
     fn callout_done(&self, callout: u32, body_size: usize, now_in: Callback) -> Option<bool> {
-        let token = self.callouts.borrow_mut().remove(&callout)?;
+        let (_, token) = self.callouts.borrow_mut().remove(&callout)?;
         let flights = self.flights.as_ref()?;
         let status = hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, ":status")
             .ok()
@@ -612,6 +615,12 @@ impl Context for FilterHttp {
     fn on_done(&mut self) -> bool {
         if let Some(worker) = &self.worker {
             worker.requests.borrow_mut().remove(&self.context_id);
+            // Its callouts' answers will never come: the SDK drops them.
+            let context = self.context_id;
+            worker
+                .callouts
+                .borrow_mut()
+                .retain(|_, (from, _)| *from != context);
             if let Some(flights) = &worker.flights {
                 flights
                     .borrow_mut()
