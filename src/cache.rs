@@ -18,7 +18,9 @@ use crate::identity::Identity;
 /// Most slots of the per-worker level: every worker holds its own copy.
 pub const MAX_LOCAL_SLOTS: usize = 4096;
 
-/// One cached answer: for which token, what, and until when (seconds since epoch).
+/// One cached answer: for which token, what, and until when (milliseconds since the
+/// epoch: whole seconds would let an entry stored late in a second live for almost
+/// nothing of a 1 s TTL).
 /// Every [`Identity`] is cached, each kind for its own TTL ([`CachePolicy::entry_for`]):
 /// a failed lookup too, briefly, so that an IdP in trouble gets one retry per token per
 /// TTL, not one per request.
@@ -221,7 +223,8 @@ impl CachePolicy {
         &self.key_prefix
     }
 
-    /// The entry to store for a lookup's outcome, or `None` when its TTL is 0.
+    /// The entry to store for a lookup's outcome at `now` (ms), or `None` when its TTL
+    /// is 0.
     pub fn entry_for(&self, token: &str, identity: &Identity, now: u64) -> Option<CacheEntry> {
         let ttl = match identity {
             Identity::Tenants(_) | Identity::Forbidden(_) => self.ttl_s,
@@ -234,7 +237,7 @@ impl CachePolicy {
         Some(CacheEntry {
             token: token.to_string(),
             identity: identity.clone(),
-            expires_at: now.saturating_add(ttl),
+            expires_at: now.saturating_add(ttl.saturating_mul(1000)),
         })
     }
 
@@ -380,16 +383,16 @@ mod tests {
     fn positive_and_negative_ttls() {
         let p = CachePolicy::new(&userinfo(100, 300, 10), &["c".into()]);
         let ok = p.entry_for("a", &tenants(&["1"]), 1000).unwrap();
-        assert_eq!(ok.expires_at, 1300);
+        assert_eq!(ok.expires_at, 301_000);
         let no_tenant = p
             .entry_for("a", &Identity::Forbidden("x".into()), 1000)
             .unwrap();
-        assert_eq!(no_tenant.expires_at, 1300);
+        assert_eq!(no_tenant.expires_at, 301_000);
         let rejected = Identity::Unauthorized("rejected".into());
         let rejected = p.entry_for("a", &rejected, 1000).unwrap();
-        assert_eq!(rejected.expires_at, 1010);
-        assert!(rejected.answers("a", 1009));
-        assert!(!rejected.answers("a", 1010));
+        assert_eq!(rejected.expires_at, 11_000);
+        assert!(rejected.answers("a", 10_999));
+        assert!(!rejected.answers("a", 11_000));
     }
 
     #[test]
@@ -399,7 +402,7 @@ mod tests {
             .entry_for("a", &Identity::Unavailable("down".into()), 10)
             .unwrap();
         assert_eq!(failed.identity, Identity::Unavailable("down".into()));
-        assert_eq!(failed.expires_at, 12);
+        assert_eq!(failed.expires_at, 2010);
         assert_eq!(CacheEntry::from_bytes(&failed.to_bytes()), Some(failed));
         let mut config = userinfo(100, 0, 0);
         config.failure_cache_ttl_s = 0;
@@ -422,7 +425,7 @@ mod tests {
         let stored = alice.to_bytes();
         assert_eq!(p.shared_hit("alice-token", Some(&stored), 101), Some(alice));
         assert_eq!(p.shared_hit("bob-token", Some(&stored), 101), None);
-        assert_eq!(p.shared_hit("alice-token", Some(&stored), 400), None);
+        assert_eq!(p.shared_hit("alice-token", Some(&stored), 300_100), None);
         assert_eq!(p.shared_hit("alice-token", None, 101), None);
     }
 
@@ -459,7 +462,7 @@ mod tests {
             Some(&Identity::Tenants(vec!["2000".into()]))
         );
         // Expired entries are gone.
-        assert_eq!(local.get("bob", 300), None);
+        assert_eq!(local.get("bob", 300_000), None);
         assert!(local.is_empty());
     }
 

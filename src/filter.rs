@@ -159,6 +159,11 @@ fn now_s() -> u64 {
     host_time().as_secs()
 }
 
+/// The identity cache and its flights count in milliseconds.
+fn now_ms() -> u64 {
+    u64::try_from(host_time().as_millis()).unwrap_or(u64::MAX)
+}
+
 /// Envoy's shared data, for the flight protocol.
 struct HostShared;
 
@@ -293,7 +298,7 @@ impl Worker {
         }
         flights
             .borrow_mut()
-            .callout_done(&mut HostShared, &token, identity, now_s());
+            .callout_done(&mut HostShared, &token, identity, now_ms());
         self.run_flights(now_in)
     }
 
@@ -513,7 +518,7 @@ impl RootContext for FilterRoot {
         let now = now_s();
         let here = Callback::Other(self.context_id);
         if let Some(flights) = &worker.flights {
-            flights.borrow_mut().tick(&mut HostShared, now);
+            flights.borrow_mut().tick(&mut HostShared, now_ms());
             worker.run_flights(here);
         }
         let live: Vec<u32> = worker.requests.borrow().keys().copied().collect();
@@ -661,7 +666,7 @@ impl HttpContext for FilterHttp {
                 let flights = worker.flights.as_ref()?;
                 flights
                     .borrow_mut()
-                    .request(&mut HostShared, context, token, now)
+                    .request(&mut HostShared, context, token, now_ms())
             });
             strip_what_is_there(step, &headers)
         })

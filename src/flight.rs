@@ -10,7 +10,8 @@
 //! tick, and take over if the claim is freed without an answer or goes stale.
 //!
 //! Events go in as method calls ([`Flights::request`], [`Flights::callout_done`],
-//! [`Flights::dispatch_failed`], [`Flights::tick`], [`Flights::context_gone`]); what the
+//! [`Flights::dispatch_failed`], [`Flights::tick`], [`Flights::context_gone`]), with the
+//! time in milliseconds since the epoch (`now`); what the
 //! host must do comes out of [`Flights::poll`] as [`Command`]s: make a callout, wake a
 //! request, change the tick, count. Shared data sits behind [`SharedData`], so the
 //! protocol runs the same against Envoy and against an in-memory map in tests, where
@@ -188,8 +189,8 @@ impl Flights {
         self.local.len()
     }
 
-    /// Request `context` needs `token`'s identity: known now (`Some`), or later through
-    /// a [`Command::Wake`] for `context`.
+    /// Request `context` needs `token`'s identity at `now` (ms): known now (`Some`), or
+    /// later through a [`Command::Wake`] for `context`.
     pub fn request(
         &mut self,
         shared: &mut impl SharedData,
@@ -299,7 +300,7 @@ impl Flights {
     /// for flights whose leader went away, and looks in shared data for the answers
     /// other workers are fetching.
     pub fn tick(&mut self, shared: &mut impl SharedData, now: u64) {
-        let max_age = self.timeout_ms / 1000 + 5;
+        let max_age = self.timeout_ms.saturating_add(5000);
         let stuck: Vec<String> = self
             .flights
             .iter()
@@ -458,19 +459,19 @@ const CLAIM_MAGIC: &[u8; 4] = b"PTFC";
 pub struct FlightClaim {
     pub owner: u64,
     pub token_hash: u64,
-    /// Seconds since the epoch after which the claim is void (its worker is gone or
-    /// its callout lost), so that another worker takes over.
+    /// Milliseconds since the epoch after which the claim is void (its worker is gone
+    /// or its callout lost), so that another worker takes over.
     pub deadline: u64,
 }
 
 impl FlightClaim {
-    /// The claim `owner` makes for `token` at `now`, valid for one callout timeout.
+    /// The claim `owner` makes for `token` at `now` (ms): valid for one callout timeout,
+    /// and a second more for the answer to be stored.
     pub fn new(owner: u64, token: &str, now: u64, timeout_ms: u64) -> FlightClaim {
         FlightClaim {
             owner,
             token_hash: token_hash(token),
-            // Whole seconds, rounded up, and one more: `now` is coarse.
-            deadline: now.saturating_add(timeout_ms.div_ceil(1000) + 1),
+            deadline: now.saturating_add(timeout_ms).saturating_add(1000),
         }
     }
 

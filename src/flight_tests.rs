@@ -71,7 +71,9 @@ impl<F: FnMut(&mut Shared)> SharedData for Racing<F> {
     }
 }
 
-const NOW: u64 = 1_800_000_000;
+const NOW: u64 = 1_800_000_000_000; // ms
+/// One second, in the protocol's milliseconds.
+const S: u64 = 1000;
 
 fn config(failure_ttl_s: u64) -> UserinfoConfig {
     UserinfoConfig {
@@ -192,7 +194,7 @@ fn one_worker_one_callout_for_twenty_requests() {
     let woken = wakes(&drain(&mut w));
     assert_eq!(woken, (2..22).map(|c| (c, alice())).collect::<Vec<_>>());
     // Answered from the first level from now on.
-    assert_eq!(w.request(&mut shared, 30, "tok", NOW + 1), Some(alice()));
+    assert_eq!(w.request(&mut shared, 30, "tok", NOW + S), Some(alice()));
     assert_eq!(drain(&mut w), vec![Command::Count(Metric::CacheHit)]);
     assert_eq!(w.local_entries(), 1);
 }
@@ -216,8 +218,11 @@ fn answers_expire_with_their_ttl() {
     w.request(&mut shared, 2, "tok", NOW);
     w.callout_done(&mut shared, "tok", rejected.clone(), NOW);
     drain(&mut w);
-    assert_eq!(w.request(&mut shared, 3, "tok", NOW + 9), Some(rejected));
-    assert_eq!(w.request(&mut shared, 4, "tok", NOW + 10), None);
+    assert_eq!(
+        w.request(&mut shared, 3, "tok", NOW + 10 * S - 1),
+        Some(rejected)
+    );
+    assert_eq!(w.request(&mut shared, 4, "tok", NOW + 10 * S), None);
     assert_eq!(dispatches(&drain(&mut w)), vec![Caller::Request(4)]);
 }
 
@@ -313,9 +318,9 @@ fn a_stale_claim_is_taken_over() {
     let (_w1, mut w2) = racing_for_tok(&mut shared, config(2));
     // Worker 1's callout never answers (its worker died, say): before the claim's
     // deadline worker 2 keeps waiting, after it worker 2 calls from its root.
-    w2.tick(&mut shared, NOW + 2);
+    w2.tick(&mut shared, NOW + 2 * S);
     assert!(dispatches(&drain(&mut w2)).is_empty());
-    root_calls_on_tick(&mut w2, &mut shared, NOW + 3, 20);
+    root_calls_on_tick(&mut w2, &mut shared, NOW + 3 * S, 20);
 }
 
 #[test]
@@ -334,8 +339,8 @@ fn a_failed_callout_answers_both_workers_and_is_remembered_briefly() {
         "one call for both workers"
     );
     // Within `failure_cache_ttl_s` the token gets 503 at once; after it, a new call.
-    assert_eq!(w2.request(&mut shared, 21, "tok", NOW + 1), Some(down()));
-    assert_eq!(w2.request(&mut shared, 22, "tok", NOW + 2), None);
+    assert_eq!(w2.request(&mut shared, 21, "tok", NOW + S), Some(down()));
+    assert_eq!(w2.request(&mut shared, 22, "tok", NOW + 2 * S), None);
     assert_eq!(dispatches(&drain(&mut w2)), vec![Caller::Request(22)]);
 }
 
@@ -405,16 +410,16 @@ fn stuck_lookups_are_refused_on_the_tick() {
     let (mut shared, mut w) = one_worker();
     w.request(&mut shared, 2, "old", NOW);
     w.request(&mut shared, 3, "old", NOW);
-    w.request(&mut shared, 4, "new", NOW + 6);
+    w.request(&mut shared, 4, "new", NOW + 6 * S);
     drain(&mut w);
-    w.tick(&mut shared, NOW + 8);
+    w.tick(&mut shared, NOW + 8 * S);
     let timed_out = Identity::Unavailable("identity lookup timed out".into());
     assert_eq!(
         wakes(&drain(&mut w)),
         vec![(2, timed_out.clone()), (3, timed_out)]
     );
     // Its claim is freed: the next request for it calls again.
-    w.request(&mut shared, 5, "old", NOW + 8);
+    w.request(&mut shared, 5, "old", NOW + 8 * S);
     assert_eq!(dispatches(&drain(&mut w)), vec![Caller::Request(5)]);
 }
 
@@ -442,13 +447,13 @@ fn flight_keys_are_created_once_and_bounded() {
 
 #[test]
 fn flight_claims_round_trip_and_go_stale() {
-    let claim = FlightClaim::new(7, "tok", 100, 2000);
-    assert_eq!(claim.deadline, 103);
+    let claim = FlightClaim::new(7, "tok", 100_000, 2000);
+    assert_eq!(claim.deadline, 103_000);
     assert!(claim.is_for("tok"));
     assert!(!claim.is_for("tok2"));
     let bytes = claim.to_bytes();
-    assert_eq!(FlightClaim::live(Some(&bytes), 102), Some(claim));
-    assert_eq!(FlightClaim::live(Some(&bytes), 103), None);
+    assert_eq!(FlightClaim::live(Some(&bytes), 102_999), Some(claim));
+    assert_eq!(FlightClaim::live(Some(&bytes), 103_000), None);
     assert_eq!(FlightClaim::live(Some(FREE_FLIGHT), 0), None);
     assert_eq!(FlightClaim::live(None, 0), None);
     for cut in 0..bytes.len() {
@@ -461,8 +466,8 @@ fn flight_claims_round_trip_and_go_stale() {
     let mut trailing = bytes.clone();
     trailing.push(0);
     assert_eq!(FlightClaim::live(Some(&trailing), 0), None);
-    // A sub-second timeout still lasts past the coarse clock's next second.
-    assert_eq!(FlightClaim::new(7, "tok", 100, 1).deadline, 102);
+    // A short timeout still leaves a second for the answer to be stored.
+    assert_eq!(FlightClaim::new(7, "tok", 100_000, 1).deadline, 101_001);
 }
 
 proptest::proptest! {
@@ -501,7 +506,7 @@ proptest::proptest! {
                     gone.insert(context);
                     waiting.remove(&context);
                 }
-                _ => now += 1,
+                _ => now += S,
             }
             for (i, w) in workers.iter_mut().enumerate() {
                 for command in drain(w) {
