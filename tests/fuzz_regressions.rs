@@ -4,6 +4,8 @@
 
 use promql_tenant_filter::config::Config;
 use promql_tenant_filter::decision::{decide, Decision, RequestHead};
+use promql_tenant_filter::identity::Identity;
+use promql_tenant_filter::lifecycle::{Request, Trace};
 use promql_tenant_filter::{parse, rewrite, ConflictPolicy, Dialect, TenantMatcher};
 
 const FORM: &[u8] = b"application/x-www-form-urlencoded";
@@ -25,8 +27,8 @@ fn assert_refused_in_metricsql(query: &str, tenant: &TenantMatcher, why: &str) {
     );
 }
 
-fn tenant(value: &str) -> Result<Vec<String>, promql_tenant_filter::identity::IdentityError> {
-    Ok(vec![value.to_string()])
+fn tenant(value: &str) -> Identity {
+    Identity::Tenants(vec![value.to_string()])
 }
 
 /// request_decision: a GET carrying a form body with `match[]`. The body's `match[]`
@@ -304,10 +306,49 @@ fn a_long_at_chain_is_read_once() {
         assert!(rewrite(query, &tenant, ConflictPolicy::And, dialect).is_err());
     }
     // The rule itself still holds, now judged after the parse.
-    for query in ["x[1m][1m]", "x @ 1 @ 2", "x offset 1m offset 2m", "x offset 1m [5m]"] {
+    for query in [
+        "x[1m][1m]",
+        "x @ 1 @ 2",
+        "x offset 1m offset 2m",
+        "x offset 1m [5m]",
+    ] {
         assert_refused_in_metricsql(query, &tenant, "one range, then at most one offset");
     }
-    for query in ["x[1m] offset 1m @ 2", "x[1m] @ 2 offset 1m", "(x offset 1m) offset 1m"] {
+    for query in [
+        "x[1m] offset 1m @ 2",
+        "x[1m] @ 2 offset 1m",
+        "(x offset 1m) offset 1m",
+    ] {
         assert!(parse(query, Dialect::Metricsql).is_ok(), "{query}");
     }
+}
+
+/// request_decision, through the lifecycle: an identity arriving for a request that was
+/// not waiting for one (a verified JWT's, whose headers already settled it) threw the
+/// request's state away, and the request was neither answered nor let go.
+#[test]
+fn an_identity_for_a_request_not_waiting_changes_nothing() {
+    let c = Config::parse(
+        br#"{"tenant_label":"client_id","identity":{"source":"jwt_payload_header","claim":"client_id"}}"#,
+    )
+    .unwrap();
+    let head = RequestHead {
+        method: b"POST",
+        path: b"/api/v1/label/job/values",
+        content_type: Some(FORM),
+        credential: Some(b"eyJjbGllbnRfaWQiOiI5In0"), // {"client_id":"9"}
+        ..RequestHead::default()
+    };
+    let mut request = Request::new();
+    let mut trace = Trace::default();
+    trace.apply(request.on_headers(&head, &c, 0, |_| None));
+    trace.apply(request.on_identity(tenant("1999"), &c, 0));
+    let body = b"match[]=up";
+    trace.deliver(body, true);
+    trace.apply(request.on_body(body.len(), true, &c, 0, || Some(body.to_vec())));
+    assert!(
+        trace.headers_gone && trace.body_gone && trace.reply.is_none(),
+        "{trace:?}"
+    );
+    assert!(String::from_utf8_lossy(&trace.body).contains("client_id%3D%229%22"));
 }

@@ -4,7 +4,8 @@ provider, Envoy.
 Each class starts one real process on 127.0.0.1 on a free port, waits for it by polling,
 and offers the few calls the tests need. `IdpRelay` is the only thing written here that
 answers HTTP: a relay in front of the real provider that can delay or fail on demand, to
-play an identity provider that is slow or broken.
+play an identity provider that is slow or broken. `BackendSpy` relays bytes to the
+backend untouched and keeps them, to show what the backend received.
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ import json
 import re
 import shutil
 import subprocess
+import socket
 import sys
 import threading
 import time
 import urllib.parse
+from dataclasses import dataclass
 from pathlib import Path
 
 import requests
@@ -434,6 +437,8 @@ class Envoy:
         self.admin_url = f"http://{LOOPBACK}:{admin_port}"
         self.url = f"http://{LOOPBACK}:{listen_port}"
         self.concurrency = concurrency
+        # The cluster requests go to: `backend`, or Istio's `inbound|<port>||`.
+        self.backend_cluster = "backend"
         config_path = workdir / f"{name}.json"
         config_path.write_text(json.dumps(config, indent=2))
         self.proc = Proc(
@@ -467,6 +472,10 @@ class Envoy:
                 stats[name] = int(value)
         return stats
 
+    def backend_stat(self, name: str) -> int:
+        """Envoy's statistic `name` of the backend cluster, e.g. `upstream_rq_total`."""
+        return self.counters().get(f"cluster.{self.backend_cluster}.{name}", 0)
+
     def filter_counter(self, name: str) -> int | None:
         """The filter's counter `promql_tenant_filter.<name>`; Envoy may prefix custom stats."""
         suffix = f"promql_tenant_filter.{name}"
@@ -497,3 +506,114 @@ _TRAP_LINE = re.compile(
 def wasm_traps(log: str) -> list[str]:
     """The lines of an Envoy log that report a Wasm trap or a panic in the module."""
     return [line for line in log.splitlines() if _TRAP_LINE.search(line)]
+
+
+# ---------------------------------------------------------------------------- backend spy
+
+
+@dataclass
+class SpiedRequest:
+    """One request as the backend received it off the wire."""
+
+    method: str
+    target: str
+    headers: dict[str, str]
+    body: bytes
+    # The body's framing (length or chunks) was received to its end.
+    complete: bool
+
+
+class BackendSpy:
+    """A TCP relay in front of the backend that keeps every byte Envoy sent through it, so
+    that a test can say what the backend received: which requests, with which bodies,
+    and whether a body ever arrived. The only thing it changes is the port."""
+
+    def __init__(self, upstream_port: int):
+        self.upstream_port = upstream_port
+        self._received: list[bytearray] = []
+        self._lock = threading.Lock()
+        self._listener = socket.create_server((LOOPBACK, 0))
+        self.port = self._listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                downstream, _ = self._listener.accept()
+            except OSError:
+                return
+            received = bytearray()
+            with self._lock:
+                self._received.append(received)
+            try:
+                upstream = socket.create_connection((LOOPBACK, self.upstream_port), timeout=5)
+            except OSError:
+                downstream.close()
+                continue
+            upstream.settimeout(None)  # a request held by the filter may be quiet a while
+            threading.Thread(target=self._pump, args=(downstream, upstream, received),
+                             daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, downstream, None),
+                             daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket, record: bytearray | None):
+        try:
+            while chunk := source.recv(65536):
+                if record is not None:
+                    with self._lock:
+                        record.extend(chunk)
+                sink.sendall(chunk)
+        except OSError:
+            pass
+        for s, how in ((sink, socket.SHUT_WR), (source, socket.SHUT_RD)):
+            try:
+                s.shutdown(how)
+            except OSError:
+                pass
+
+    def requests(self) -> list[SpiedRequest]:
+        """Every request received so far, in order of connection."""
+        with self._lock:
+            streams = [bytes(r) for r in self._received]
+        return [request for data in streams for request in _requests_in(data)]
+
+    def stop(self) -> None:
+        self._listener.close()
+
+
+def _requests_in(data: bytes) -> list[SpiedRequest]:
+    requests_seen = []
+    while data:
+        head, sep, rest = data.partition(b"\r\n\r\n")
+        if not sep:
+            break
+        request_line, *lines = head.decode("latin-1").split("\r\n")
+        method, target, _ = request_line.split(" ", 2)
+        headers = {}
+        for line in lines:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        if headers.get("transfer-encoding", "").lower() == "chunked":
+            body, complete, data = _dechunk(rest)
+        else:
+            length = int(headers.get("content-length", "0"))
+            body, data = rest[:length], rest[length:]
+            complete = len(body) == length
+        requests_seen.append(SpiedRequest(method, target, headers, body, complete))
+        if not complete:
+            break
+    return requests_seen
+
+
+def _dechunk(data: bytes) -> tuple[bytes, bool, bytes]:
+    body = b""
+    while True:
+        size_line, sep, rest = data.partition(b"\r\n")
+        if not sep:
+            return body, False, b""
+        size = int(size_line.split(b";")[0] or b"0", 16)
+        if len(rest) < size + 2:
+            return body + rest[:size], False, b""
+        body, data = body + rest[:size], rest[size + 2:]
+        if size == 0:
+            return body, True, data

@@ -76,19 +76,22 @@ def engines(workdir):
         sink.stop()
 
 
-def rules_config(store, backend: str, oidc_port: int, wasm: Path, **plugin: object) -> dict:
-    config = filter_config(store, oidc_port, wasm)
+def rules_config(store, backend: str, oidc_port: int, wasm: Path,
+                 mode: str = "stop_iteration", **plugin: object) -> dict:
+    config = filter_config(store, oidc_port, wasm, mode=mode)
     if backend == "prometheus":
         plugin = {"backend": "prometheus", "victoriametrics_extra_label": False, **plugin}
     return with_plugin(config, **plugin) if plugin else config
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
-def rules_proxy(request, workdir, engines, oidc, wasm):
-    """Envoy with the committed config in front of each backend's rules in turn."""
+def rules_proxy(request, workdir, engines, oidc, wasm, envoy_mode):
+    """Envoy with the committed config in front of each backend's rules in turn, in the
+    session's mode: the answer is filtered with and without
+    `allow_on_headers_stop_iteration` (docs/request-lifecycle.md)."""
     store = engines[request.param]
-    proxy = launch(workdir, f"envoy-rules-{request.param}",
-                   rules_config(store, request.param, oidc.port, wasm))
+    proxy = launch(workdir, f"envoy-rules-{request.param}-{envoy_mode}",
+                   rules_config(store, request.param, oidc.port, wasm, envoy_mode))
     try:
         proxy.wait_ready()
         proxy.backend, proxy.store = request.param, store
