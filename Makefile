@@ -7,7 +7,7 @@ WASM := target/wasm32-wasip1/release/promql_tenant_filter.wasm
 VENV := .venv
 PY_REQUIREMENTS := tests/e2e/requirements.txt tests/deploy/requirements.txt
 
-.PHONY: test deps rust-deps py-deps vm-deps prom-deps go-deps wasm unit lint e2e deploy-check demo demo-check bench oci oci-deps soak fuzz
+.PHONY: test deps rust-deps py-deps vm-deps prom-deps go-deps metricsql-oracle wasm unit lint e2e deploy-check demo demo-check bench oci oci-deps soak fuzz
 
 ## Install everything the tests need on a fresh Debian machine (idempotent).
 deps: rust-deps py-deps vm-deps prom-deps go-deps
@@ -50,11 +50,23 @@ prom-deps:
 	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { apt-get update -qq \
 	  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; }
 
-## Go from Debian, the Go that builds its Prometheus and VictoriaMetrics: the tests build
-## the form oracle tests/go_form_oracle with it (standard library only, no network).
+## Go from Debian, the Go that builds its Prometheus and VictoriaMetrics, for the two
+## Go oracles: tests/go_form_oracle (net/http's form reading, standard library only) and
+## VictoriaMetrics' own query parser as a test oracle (tests/metricsql_oracle/main.go):
+## Go and Debian's metricsql (0.49, the library VictoriaMetrics 1.79 is built with),
+## built offline in GOPATH mode. The engine tests run it (they build it themselves when
+## it is missing or older than its source; this is the same build).
+METRICSQL_ORACLE := target/metricsql-oracle
 go-deps:
-	@command -v go >/dev/null || { apt-get update -qq \
-	  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq golang-go >/dev/null; }
+	@command -v go >/dev/null && test -d /usr/share/gocode/src/github.com/VictoriaMetrics/metricsql || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	  golang-go golang-github-victoriametrics-metricsql-dev >/dev/null; }
+
+metricsql-oracle: $(METRICSQL_ORACLE)
+
+$(METRICSQL_ORACLE): tests/metricsql_oracle/main.go | go-deps
+	@mkdir -p $(@D)
+	GO111MODULE=off GOPATH=/usr/share/gocode GOFLAGS= go build -o $@ ./tests/metricsql_oracle
 
 ## Build the filter module and print its size.
 wasm: rust-deps
@@ -65,11 +77,14 @@ wasm: rust-deps
 	@echo "wasm size: $$(stat -c %s $(WASM)) bytes ($(WASM))"
 	@test $$(stat -c %s $(WASM)) -lt 1048576 || { echo "the module must stay under 1 MiB"; exit 1; }
 
+## The fuzz targets are checked too (on the stable toolchain: `make fuzz` needs nightly),
+## so that a change of the core's types cannot leave them unbuildable.
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
+	cd fuzz && $(CARGO) fmt -- --check && $(CARGO) check --bins
 
-unit:
+unit: metricsql-oracle
 	$(CARGO) test --release --no-fail-fast
 
 ## End-to-end: real Envoy + the freshly built .wasm, VictoriaMetrics and vmalert,
@@ -157,8 +172,9 @@ oci: wasm oci-deps $(OCI_BUSYBOX)
 ## No sanitizer: the code under test is safe Rust, and ASan would cost 5x the executions.
 ## Not part of `make test`.
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS := rewrite_query form_codec request_decision rules_response
-fuzz: go-deps
+FUZZ_TARGETS := rewrite_query form_codec request_decision rules_response metricsql_differential
+## metricsql_differential talks to the metricsql oracle (a Go child process).
+fuzz: metricsql-oracle
 	@rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
 	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
 	python3 fuzz/seed_corpus.py

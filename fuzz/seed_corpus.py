@@ -79,6 +79,9 @@ def main():
     for i, expr in enumerate(expressions()):
         # rewrite_query: rotate the flag byte through policies, dialects and tenants.
         write("rewrite_query", bytes([i % 32]) + expr, counts)
+        # metricsql_differential: both dialects, the tenants in turn.
+        write("metricsql_differential", bytes([(i % 4) * 2]) + expr, counts)
+        write("metricsql_differential", bytes([(i % 4) * 2 + 1]) + expr, counts)
         encoded = urllib.parse.quote_from_bytes(expr, safe="").encode()
         plus = urllib.parse.quote_plus(expr, safe="").encode()
         # form_codec: the expression as a query parameter, both escapings, plus its raw text.

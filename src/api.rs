@@ -15,7 +15,7 @@
 use crate::config::{Backend, Writes};
 use crate::form::{go_param_count, FormError, Params};
 use crate::mediatype::{self, MediaTypeError};
-use crate::rules::{ResponseFilter, RuleView};
+use crate::rules::RuleView;
 use serde_json::json;
 
 /// Parameters the client may not set: VictoriaMetrics would apply them as filters, and
@@ -54,6 +54,7 @@ pub enum ErrorType {
     Forbidden,
     Unavailable,
     Internal,
+    Timeout,
 }
 
 impl ErrorType {
@@ -65,6 +66,7 @@ impl ErrorType {
             ErrorType::Forbidden => "forbidden",
             ErrorType::Unavailable => "unavailable",
             ErrorType::Internal => "internal",
+            ErrorType::Timeout => "timeout",
         }
     }
 }
@@ -111,6 +113,10 @@ impl Refusal {
     /// engine's error, or an answer it cannot read), with the status given.
     pub fn upstream(status: u16, error_type: ErrorType, message: impl Into<String>) -> Refusal {
         Refusal::new(status, error_type, message)
+    }
+    /// 408 `timeout`: the request itself did not arrive in time.
+    pub fn timeout(message: impl Into<String>) -> Refusal {
+        Refusal::new(408, ErrorType::Timeout, message)
     }
     /// 405, with the methods the path does allow.
     pub fn method_not_allowed(allow: &'static str) -> Refusal {
@@ -194,6 +200,17 @@ pub struct Plan {
     /// ignores the body of a GET (and of a DELETE), so parameters there must not count
     /// as rewritten; it reads PUT and PATCH bodies, which the filter refuses (405).
     pub reads_body: bool,
+}
+
+impl Plan {
+    /// The `:path` the plan stands for: path, and `?` with the query string if any.
+    pub fn target(&self) -> String {
+        if self.raw_query.is_empty() {
+            self.raw_path.clone()
+        } else {
+            format!("{}?{}", self.raw_path, self.raw_query)
+        }
+    }
 }
 
 const GET_POST: &str = "GET, POST";
@@ -494,81 +511,58 @@ pub struct Rewritten {
     pub body: Option<Vec<u8>>,
     /// How many parameters went through the rewriter.
     pub rewritten_params: usize,
-    /// How to filter the backend's answer before the client sees it, if it must be.
-    pub response: Option<ResponseFilter>,
 }
 
-/// Rewrites a planned request for `tenant`. `body` is the complete request body, if
-/// any; `content_type` its `Content-Type`.
-pub fn rewrite_request(
+/// What the URL half left for the body half.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UrlRewritten {
+    /// New `:path` (path and query string), `None` to leave it alone.
+    pub path: Option<String>,
+    /// How many parameters of the URL went through the rewriter.
+    pub rewritten_params: usize,
+    /// The endpoint's own selector was not settled in the URL because the backend also
+    /// reads a form body still to come: the body half checks or adds it.
+    pub settled_by_body: bool,
+    /// The URL's `match` aliases, rewritten, for the body half to send on as `match[]`
+    /// when the body has no `match[]` either.
+    pub match_aliases: Vec<String>,
+}
+
+/// The URL half of [`rewrite_request`], decided at the headers, before any body: the
+/// headers leave Envoy before the body, so the `:path` cannot wait for it.
+///
+/// `form_follows` says that a body the backend reads as a form is still to come (a POST
+/// with a form `Content-Type` whose headers did not end the stream). Then a `query` or
+/// `match[]` may still come in it: a missing `query` is refused, and a missing `match[]`
+/// added, by [`rewrite_body`] instead of here.
+pub fn rewrite_url(
     plan: &Plan,
-    body: Option<&[u8]>,
-    content_type: Option<&[u8]>,
     tenant: &Tenant<'_>,
     options: RewriteOptions,
     rewriter: &dyn QueryRewriter,
-) -> Result<Rewritten, Refusal> {
-    let bad_params =
-        |place: &str, e: FormError| Refusal::bad_request(format!("invalid {place}: {e}"));
-    let mut url = Params::parse(&plan.raw_query).map_err(|e| bad_params("query string", e))?;
-    let mut form = match body {
-        Some(bytes) if !bytes.is_empty() => {
-            // The backend would ignore it: a `match[]` found there would stop the filter
-            // from adding the tenant's own, and a label or series request without one
-            // answers for every tenant.
-            if !plan.reads_body {
-                return Err(Refusal::bad_request(
-                    "a request body is only read on POST; send GET parameters in the URL",
-                ));
-            }
-            check_form_media_type(content_type)?;
-            let text = std::str::from_utf8(bytes)
-                .map_err(|_| Refusal::bad_request("invalid form body: not valid UTF-8"))?;
-            Some(Params::parse(text).map_err(|e| bad_params("form body", e))?)
-        }
-        _ => None,
-    };
-
+    form_follows: bool,
+) -> Result<UrlRewritten, Refusal> {
+    let mut url = Params::parse(&plan.raw_query)
+        .map_err(|e| Refusal::bad_request(format!("invalid query string: {e}")))?;
     url.remove_all(STRIPPED_PARAMS);
-    if let Some(form) = form.as_mut() {
-        form.remove_all(STRIPPED_PARAMS);
-    }
-
-    let targets: &[&str] = match plan.action {
-        Action::RewriteQuery => &["query"],
-        Action::RewriteMatch => &["match[]", "match"],
-        // The rule engines read `match[]` only (where they read it at all).
-        Action::FilterRules(_) => &["match[]"],
-        Action::PassThrough | Action::Answer(_) | Action::Write => &[],
-    };
-    let mut rewritten_params = 0;
-    for params in std::iter::once(&mut url).chain(form.as_mut()) {
-        rewritten_params += rewrite_params(params, targets, rewriter)?;
-    }
-
+    let rewritten_params = rewrite_params(&mut url, targets(plan.action), rewriter)?;
+    let body_may_settle = form_follows && plan.reads_body;
+    let mut settled_by_body = false;
+    let mut match_aliases = Vec::new();
     match plan.action {
         Action::RewriteQuery if rewritten_params == 0 => {
-            return Err(Refusal::bad_request("missing query parameter \"query\""));
+            if body_may_settle {
+                settled_by_body = true;
+            } else {
+                return Err(missing_query());
+            }
         }
-        Action::RewriteMatch => {
-            // Prometheus reads only `match[]`; VictoriaMetrics reads `match[]` and its
-            // alias `match`. A request with `match` alone would reach Prometheus with
-            // no selector at all, which answers for every tenant: each rewritten `match`
-            // goes out as a `match[]` too, and the tenant's own selector when there is
-            // neither.
-            let all = || std::iter::once(&url).chain(form.as_ref());
-            if !all().any(|params| params.contains("match[]")) {
-                let aliases: Vec<String> = all()
-                    .flat_map(Params::pairs)
-                    .filter(|pair| pair.name() == "match")
-                    .map(|pair| pair.value().to_string())
-                    .collect();
-                if aliases.is_empty() {
-                    url.push("match[]", &format!("{{{}}}", tenant.matcher_text));
-                }
-                for alias in aliases {
-                    url.push("match[]", &alias);
-                }
+        Action::RewriteMatch if !url.contains("match[]") => {
+            match_aliases = aliases(&url);
+            if body_may_settle {
+                settled_by_body = true;
+            } else {
+                add_match(&mut url, &match_aliases, tenant);
             }
         }
         Action::FilterRules(_) if rewritten_params == 0 => {
@@ -584,7 +578,6 @@ pub fn rewrite_request(
             _ => url.push("extra_filters[]", &format!("{{{}}}", tenant.matcher_text)),
         }
     }
-
     let query = url.is_changed().then(|| url.encode());
     check_param_count(
         "query string",
@@ -597,10 +590,58 @@ pub fn rewrite_request(
             format!("{}?{query}", plan.raw_path)
         }
     });
-    let new_body = form
-        .filter(Params::is_changed)
-        .map(|form| form.encode().into_bytes());
-    if let Some(forwarded) = new_body.as_deref().or(body).filter(|b| !b.is_empty()) {
+    Ok(UrlRewritten {
+        path,
+        rewritten_params,
+        settled_by_body,
+        match_aliases,
+    })
+}
+
+/// The body half of [`rewrite_request`], once the whole body is in: refuses a body the
+/// backend would not read as we do, rewrites a form, and settles what the URL half left
+/// to it. Returns the new body (`None`: leave it alone) and how many of its parameters
+/// went through the rewriter.
+pub fn rewrite_body(
+    plan: &Plan,
+    url: &UrlRewritten,
+    body: &[u8],
+    content_type: Option<&[u8]>,
+    tenant: &Tenant<'_>,
+    rewriter: &dyn QueryRewriter,
+) -> Result<(Option<Vec<u8>>, usize), Refusal> {
+    let bad_form = |e: FormError| Refusal::bad_request(format!("invalid form body: {e}"));
+    let mut form = if body.is_empty() {
+        Params::parse("").map_err(bad_form)?
+    } else {
+        // The backend would ignore it: a `match[]` found there would stop the filter
+        // from adding the tenant's own, and a label or series request without one
+        // answers for every tenant.
+        if !plan.reads_body {
+            return Err(Refusal::bad_request(
+                "a request body is only read on POST; send GET parameters in the URL",
+            ));
+        }
+        check_form_media_type(content_type)?;
+        let text = std::str::from_utf8(body)
+            .map_err(|_| Refusal::bad_request("invalid form body: not valid UTF-8"))?;
+        Params::parse(text).map_err(bad_form)?
+    };
+    form.remove_all(STRIPPED_PARAMS);
+    let rewritten_params = rewrite_params(&mut form, targets(plan.action), rewriter)?;
+    if url.settled_by_body {
+        match plan.action {
+            Action::RewriteQuery if rewritten_params == 0 => return Err(missing_query()),
+            Action::RewriteMatch if !form.contains("match[]") => {
+                let mut all = url.match_aliases.clone();
+                all.extend(aliases(&form));
+                add_match(&mut form, &all, tenant);
+            }
+            _ => {}
+        }
+    }
+    let new_body = form.is_changed().then(|| form.encode().into_bytes());
+    if let Some(forwarded) = new_body.as_deref().or(Some(body)).filter(|b| !b.is_empty()) {
         if forwarded.len() > GO_MAX_FORM_BYTES {
             return Err(Refusal::new(
                 413,
@@ -613,11 +654,30 @@ pub fn rewrite_request(
         }
         check_param_count("form body", forwarded)?;
     }
+    Ok((new_body, rewritten_params))
+}
+
+/// Rewrites a planned request for `tenant`. `body` is the complete request body, if
+/// any; `content_type` its `Content-Type`. The URL half and the body half, as the
+/// filter runs them on either side of the body's arrival.
+pub fn rewrite_request(
+    plan: &Plan,
+    body: Option<&[u8]>,
+    content_type: Option<&[u8]>,
+    tenant: &Tenant<'_>,
+    options: RewriteOptions,
+    rewriter: &dyn QueryRewriter,
+) -> Result<Rewritten, Refusal> {
+    let form_follows = body.is_some() && is_form(content_type);
+    let url = rewrite_url(plan, tenant, options, rewriter, form_follows)?;
+    let (body, body_params) = match body {
+        Some(body) => rewrite_body(plan, &url, body, content_type, tenant, rewriter)?,
+        None => (None, 0),
+    };
     Ok(Rewritten {
-        path,
-        body: new_body,
-        rewritten_params,
-        response: None,
+        path: url.path,
+        body,
+        rewritten_params: url.rewritten_params + body_params,
     })
 }
 
@@ -625,6 +685,45 @@ pub fn rewrite_request(
 /// splits at the first `=` (so the label may hold none, and the value any).
 pub fn extra_label(label: &str, tenant: &str) -> String {
     format!("{label}={tenant}")
+}
+
+/// The parameters an action confines.
+fn targets(action: Action) -> &'static [&'static str] {
+    match action {
+        Action::RewriteQuery => &["query"],
+        Action::RewriteMatch => &["match[]", "match"],
+        // The rule engines read `match[]` only (where they read it at all).
+        Action::FilterRules(_) => &["match[]"],
+        Action::PassThrough | Action::Answer(_) | Action::Write => &[],
+    }
+}
+
+fn missing_query() -> Refusal {
+    Refusal::bad_request("missing query parameter \"query\"")
+}
+
+/// The (already rewritten) values of the `match` parameters.
+fn aliases(params: &Params) -> Vec<String> {
+    params
+        .pairs()
+        .iter()
+        .filter(|pair| pair.name() == "match")
+        .map(|pair| pair.value().to_string())
+        .collect()
+}
+
+/// Settles a selector endpoint that has no `match[]`. Prometheus reads only `match[]`;
+/// VictoriaMetrics reads `match[]` and its alias `match`. A request with `match` alone
+/// would reach Prometheus with no selector at all, which answers for every tenant: each
+/// rewritten `match` goes out as a `match[]` too, and the tenant's own selector when
+/// there is neither.
+fn add_match(params: &mut Params, aliases: &[String], tenant: &Tenant<'_>) {
+    if aliases.is_empty() {
+        params.push("match[]", &format!("{{{}}}", tenant.matcher_text));
+    }
+    for alias in aliases {
+        params.push("match[]", alias);
+    }
 }
 
 /// Refuses a query string or form body Go's `url.ParseQuery` might drop whole.
@@ -952,7 +1051,6 @@ mod tests {
             r.path.as_deref(),
             Some("/api/v1/rules?match%5B%5D=%3Cup%3E")
         );
-        assert_eq!(r.response, None, "the decision adds the response filter");
         // The rule engines read no `match` alias.
         let r = rewritten_on(vm, "/api/v1/rules?match=up");
         let want = format!("/api/v1/rules?match=up&{TENANT_MATCH}");
@@ -1332,31 +1430,44 @@ mod tests {
     #[test]
     fn a_match_alias_alone_also_goes_out_as_match_brackets() {
         // Prometheus reads no `match`: with it alone, every tenant's labels came back.
-        // With a `match[]` anywhere, nothing is added.
-        for (method, path, body, forwarded) in [
+        // With a `match[]` anywhere, nothing is added. Where a form body follows, the
+        // URL half cannot know what it holds: the body half adds them there (Go reads
+        // both).
+        for (method, path, body, forwarded, forwarded_body) in [
             (
                 "GET",
                 "/api/v1/labels?match=a&start=1",
                 None,
-                "/api/v1/labels?match=%3Ca%3E&start=1&match%5B%5D=%3Ca%3E",
+                Some("/api/v1/labels?match=%3Ca%3E&start=1&match%5B%5D=%3Ca%3E"),
+                None,
             ),
             (
                 "POST",
                 "/api/v1/series",
                 Some("match=a&match=b"),
-                "/api/v1/series?match%5B%5D=%3Ca%3E&match%5B%5D=%3Cb%3E",
+                None,
+                Some("match=%3Ca%3E&match=%3Cb%3E&match%5B%5D=%3Ca%3E&match%5B%5D=%3Cb%3E"),
+            ),
+            (
+                "POST",
+                "/api/v1/series?match=a",
+                Some("match=b"),
+                Some("/api/v1/series?match=%3Ca%3E"),
+                Some("match=%3Cb%3E&match%5B%5D=%3Ca%3E&match%5B%5D=%3Cb%3E"),
             ),
             (
                 "POST",
                 "/api/v1/series?match=a",
                 Some("match[]=b"),
-                "/api/v1/series?match=%3Ca%3E",
+                Some("/api/v1/series?match=%3Ca%3E"),
+                Some("match%5B%5D=%3Cb%3E"),
             ),
         ] {
             let r = run(method, path, body, false).unwrap();
+            let body_out = r.body.as_deref().map(|b| std::str::from_utf8(b).unwrap());
             assert_eq!(
-                r.path.as_deref(),
-                Some(forwarded),
+                (r.path.as_deref(), body_out),
+                (forwarded, forwarded_body),
                 "{method} {path} {body:?}"
             );
         }

@@ -10,60 +10,33 @@
 //! address, never a proof of identity, because a collision would hand one caller
 //! another caller's tenant.
 //!
-//! [`Flights`] is the single-flight bookkeeping: concurrent requests on one worker
-//! with the same uncached token wait for one `/userinfo` callout (a Grafana dashboard
-//! opens twenty panels at once; Auth0 allows about five calls per user per minute).
-//! Across workers, a [`FlightClaim`] in shared data says which worker is calling for a
-//! token: the others wait for its answer to land in the shared slot instead of calling
-//! too. Claims live in a fixed set of [`FLIGHT_SLOTS`] keys that the filter creates at
-//! start-up, because proxy-wasm's compare-and-swap only protects a key that exists.
+//! Who asks the IdP, and who waits for whom, is [`crate::flight`]'s business.
 
 use crate::config::UserinfoConfig;
-use crate::identity::UserinfoOutcome;
-use std::collections::HashMap;
+use crate::identity::Identity;
 
 /// Most slots of the per-worker level: every worker holds its own copy.
 pub const MAX_LOCAL_SLOTS: usize = 4096;
 
-/// What the cache remembers about a token.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CachedIdentity {
-    /// The IdP vouched for the token, with these tenants.
-    Tenants(Vec<String>),
-    /// The IdP vouched for the token, but it carries no usable tenant (403).
-    NoTenant(String),
-    /// The IdP refused the token (401).
-    Rejected,
-    /// The lookup failed (IdP down, 5xx, 429, timeout): 503 until a short TTL ends, so
-    /// that an IdP in trouble gets one retry per token per TTL, not one per request.
-    Failed(String),
-}
-
-impl CachedIdentity {
-    /// What the cache remembers of a callout outcome.
-    pub fn from_outcome(outcome: &UserinfoOutcome) -> CachedIdentity {
-        match outcome {
-            UserinfoOutcome::Tenants(t) => CachedIdentity::Tenants(t.clone()),
-            UserinfoOutcome::NoTenant(why) => CachedIdentity::NoTenant(why.clone()),
-            UserinfoOutcome::Rejected => CachedIdentity::Rejected,
-            UserinfoOutcome::Unavailable(why) => CachedIdentity::Failed(why.clone()),
-        }
-    }
-}
-
-/// One cached answer: for which token, what, and until when (seconds since epoch).
+/// One cached answer: for which token, what, and until when (milliseconds since the
+/// epoch: whole seconds would let an entry stored late in a second live for almost
+/// nothing of a 1 s TTL).
+/// Every [`Identity`] is cached, each kind for its own TTL ([`CachePolicy::entry_for`]):
+/// a failed lookup too, briefly, so that an IdP in trouble gets one retry per token per
+/// TTL, not one per request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CacheEntry {
     pub token: String,
-    pub identity: CachedIdentity,
+    pub identity: Identity,
     pub expires_at: u64,
 }
 
-const MAGIC: &[u8; 4] = b"PTF1";
+// Version 2: a rejection keeps its message (version 1 entries read as misses).
+const MAGIC: &[u8; 4] = b"PTF2";
 const KIND_TENANTS: u8 = 0;
-const KIND_NO_TENANT: u8 = 1;
-const KIND_REJECTED: u8 = 2;
-const KIND_FAILED: u8 = 3;
+const KIND_FORBIDDEN: u8 = 1;
+const KIND_UNAUTHORIZED: u8 = 2;
+const KIND_UNAVAILABLE: u8 = 3;
 
 impl CacheEntry {
     /// True while `now` is before the expiry.
@@ -82,21 +55,22 @@ impl CacheEntry {
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&self.expires_at.to_le_bytes());
         match &self.identity {
-            CachedIdentity::Tenants(_) => out.push(KIND_TENANTS),
-            CachedIdentity::NoTenant(_) => out.push(KIND_NO_TENANT),
-            CachedIdentity::Rejected => out.push(KIND_REJECTED),
-            CachedIdentity::Failed(_) => out.push(KIND_FAILED),
+            Identity::Tenants(_) => out.push(KIND_TENANTS),
+            Identity::Forbidden(_) => out.push(KIND_FORBIDDEN),
+            Identity::Unauthorized(_) => out.push(KIND_UNAUTHORIZED),
+            Identity::Unavailable(_) => out.push(KIND_UNAVAILABLE),
         }
         put_str(&mut out, &self.token);
         match &self.identity {
-            CachedIdentity::Tenants(tenants) => {
+            Identity::Tenants(tenants) => {
                 put_len(&mut out, tenants.len());
                 for tenant in tenants {
                     put_str(&mut out, tenant);
                 }
             }
-            CachedIdentity::NoTenant(why) | CachedIdentity::Failed(why) => put_str(&mut out, why),
-            CachedIdentity::Rejected => {}
+            Identity::Forbidden(why) | Identity::Unauthorized(why) | Identity::Unavailable(why) => {
+                put_str(&mut out, why)
+            }
         }
         out
     }
@@ -125,11 +99,11 @@ impl CacheEntry {
                 if tenants.is_empty() {
                     return None;
                 }
-                CachedIdentity::Tenants(tenants)
+                Identity::Tenants(tenants)
             }
-            KIND_NO_TENANT => CachedIdentity::NoTenant(r.string()?),
-            KIND_REJECTED => CachedIdentity::Rejected,
-            KIND_FAILED => CachedIdentity::Failed(r.string()?),
+            KIND_FORBIDDEN => Identity::Forbidden(r.string()?),
+            KIND_UNAUTHORIZED => Identity::Unauthorized(r.string()?),
+            KIND_UNAVAILABLE => Identity::Unavailable(r.string()?),
             _ => return None,
         };
         if !r.bytes.is_empty() {
@@ -244,40 +218,26 @@ impl CachePolicy {
         )
     }
 
-    /// The shared-data key holding the [`FlightClaim`] for `token`'s callout.
-    pub fn flight_key(&self, token: &str) -> String {
-        self.flight_key_at(token_hash(token) % FLIGHT_SLOTS)
+    /// The prefix of every shared-data key of this configuration.
+    pub fn key_prefix(&self) -> &str {
+        &self.key_prefix
     }
 
-    /// Every flight key of this configuration, to create them before they are used.
-    pub fn flight_keys(&self) -> impl Iterator<Item = String> + '_ {
-        (0..FLIGHT_SLOTS).map(|slot| self.flight_key_at(slot))
-    }
-
-    fn flight_key_at(&self, slot: u64) -> String {
-        format!("{}flight.{slot}", self.key_prefix)
-    }
-
-    /// The entry to store for a callout outcome, or `None` when its TTL is 0.
-    pub fn entry_for(
-        &self,
-        token: &str,
-        outcome: &UserinfoOutcome,
-        now: u64,
-    ) -> Option<CacheEntry> {
-        let identity = CachedIdentity::from_outcome(outcome);
+    /// The entry to store for a lookup's outcome at `now` (ms), or `None` when its TTL
+    /// is 0.
+    pub fn entry_for(&self, token: &str, identity: &Identity, now: u64) -> Option<CacheEntry> {
         let ttl = match identity {
-            CachedIdentity::Rejected => self.negative_ttl_s,
-            CachedIdentity::Failed(_) => self.failure_ttl_s,
-            _ => self.ttl_s,
+            Identity::Tenants(_) | Identity::Forbidden(_) => self.ttl_s,
+            Identity::Unauthorized(_) => self.negative_ttl_s,
+            Identity::Unavailable(_) => self.failure_ttl_s,
         };
         if ttl == 0 {
             return None;
         }
         Some(CacheEntry {
             token: token.to_string(),
-            identity,
-            expires_at: now.saturating_add(ttl),
+            identity: identity.clone(),
+            expires_at: now.saturating_add(ttl.saturating_mul(1000)),
         })
     }
 
@@ -292,75 +252,6 @@ impl CachePolicy {
         let entry = CacheEntry::from_bytes(slot_value?)?;
         entry.answers(token, now).then_some(entry)
     }
-}
-
-/// Number of shared-data keys that hold [`FlightClaim`]s, per plugin configuration.
-/// Two tokens in one key take turns (the second waits for the first's callout), so
-/// the count only needs to exceed the new tokens a deployment sees at one moment.
-pub const FLIGHT_SLOTS: u64 = 1024;
-
-/// The value of a flight key nobody holds.
-pub const FREE_FLIGHT: &[u8] = b"free";
-
-const CLAIM_MAGIC: &[u8; 4] = b"PTFC";
-
-/// "Worker `owner` is asking the IdP about the token hashed to `token_hash`, until
-/// `deadline`." Only a hash of the token is kept: a claim decides who waits, never who
-/// is who, so a collision costs a wait and nothing more.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FlightClaim {
-    pub owner: u64,
-    pub token_hash: u64,
-    /// Seconds since the epoch after which the claim is void (its worker is gone or
-    /// its callout lost), so that another worker takes over.
-    pub deadline: u64,
-}
-
-impl FlightClaim {
-    /// The claim `owner` makes for `token` at `now`, valid for one callout timeout.
-    pub fn new(owner: u64, token: &str, now: u64, timeout_ms: u64) -> FlightClaim {
-        FlightClaim {
-            owner,
-            token_hash: token_hash(token),
-            // Whole seconds, rounded up, and one more: `now` is coarse.
-            deadline: now.saturating_add(timeout_ms.div_ceil(1000) + 1),
-        }
-    }
-
-    /// True when this claim is for `token`.
-    pub fn is_for(&self, token: &str) -> bool {
-        self.token_hash == token_hash(token)
-    }
-
-    /// Serializes the claim for a flight key.
-    pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(28);
-        out.extend_from_slice(CLAIM_MAGIC);
-        out.extend_from_slice(&self.owner.to_le_bytes());
-        out.extend_from_slice(&self.token_hash.to_le_bytes());
-        out.extend_from_slice(&self.deadline.to_le_bytes());
-        out
-    }
-
-    /// The claim a flight key holds at `now`: `None` when it is free, malformed or
-    /// past its deadline, which all mean "nobody is calling".
-    pub fn live(bytes: Option<&[u8]>, now: u64) -> Option<FlightClaim> {
-        let mut r = Reader { bytes: bytes? };
-        if r.take(4)? != CLAIM_MAGIC {
-            return None;
-        }
-        let mut word = || Some(u64::from_le_bytes(r.take(8)?.try_into().ok()?));
-        let claim = FlightClaim {
-            owner: word()?,
-            token_hash: word()?,
-            deadline: word()?,
-        };
-        (r.bytes.is_empty() && now < claim.deadline).then_some(claim)
-    }
-}
-
-fn token_hash(token: &str) -> u64 {
-    fnv1a(&[b"flight", token.as_bytes()])
 }
 
 /// The per-worker first level: direct-mapped slots, each holding one entry.
@@ -383,7 +274,7 @@ impl LocalCache {
     }
 
     /// The fresh entry for exactly this token, if any. Stale entries are dropped.
-    pub fn get(&mut self, token: &str, now: u64) -> Option<&CachedIdentity> {
+    pub fn get(&mut self, token: &str, now: u64) -> Option<&Identity> {
         let index = self.index(token);
         let slot = self.slots.get_mut(index)?;
         if slot.as_ref().is_some_and(|e| !e.is_fresh(now)) {
@@ -419,183 +310,6 @@ impl LocalCache {
     }
 }
 
-/// Who is running the callout of a flight.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Leader {
-    /// An HTTP context: its callout dies with it.
-    Request(u32),
-    /// The root context, which adopted an orphaned flight.
-    Root,
-    /// The leading request went away before its callout returned; nobody calls.
-    Orphaned,
-    /// Another worker holds the token's [`FlightClaim`]: this worker polls shared data
-    /// for its answer, and takes over if the claim is released or goes stale.
-    Remote,
-}
-
-#[derive(Debug, Clone)]
-struct Flight {
-    leader: Leader,
-    waiters: Vec<u32>,
-    started_at: u64,
-}
-
-/// How a request joined a flight.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Joined {
-    /// No callout was running for the token: this request must make it.
-    Leader,
-    /// A callout is running: this request waits for it.
-    Waiter,
-}
-
-/// Single-flight bookkeeping for one worker: token → who calls and who waits.
-#[derive(Debug, Default)]
-pub struct Flights {
-    flights: HashMap<String, Flight>,
-}
-
-impl Flights {
-    /// An empty registry.
-    pub fn new() -> Flights {
-        Flights::default()
-    }
-
-    /// Registers `context_id` as interested in `token`'s identity.
-    pub fn join(&mut self, token: &str, context_id: u32, now: u64) -> Joined {
-        match self.flights.get_mut(token) {
-            Some(flight) => {
-                if flight.leader != Leader::Request(context_id)
-                    && !flight.waiters.contains(&context_id)
-                {
-                    flight.waiters.push(context_id);
-                }
-                Joined::Waiter
-            }
-            None => {
-                self.flights.insert(
-                    token.to_string(),
-                    Flight {
-                        leader: Leader::Request(context_id),
-                        waiters: Vec::new(),
-                        started_at: now,
-                    },
-                );
-                Joined::Leader
-            }
-        }
-    }
-
-    /// The callout for `token` finished (or could not start): ends the flight and
-    /// returns the waiting contexts, which must now be answered.
-    pub fn complete(&mut self, token: &str) -> Vec<u32> {
-        self.flights
-            .remove(token)
-            .map(|f| f.waiters)
-            .unwrap_or_default()
-    }
-
-    /// `context_id` went away. A waiter is forgotten; a leader with waiters leaves an
-    /// orphaned flight for the root context to adopt; a leader alone ends the flight,
-    /// and so does a remote flight nobody waits for any more. Returns the tokens whose
-    /// flight ended while this worker was the caller: their claims must be released.
-    pub fn leave(&mut self, context_id: u32) -> Vec<String> {
-        let mut ended_own = Vec::new();
-        let mut ended_remote = Vec::new();
-        for (token, flight) in self.flights.iter_mut() {
-            flight.waiters.retain(|&w| w != context_id);
-            if flight.leader == Leader::Request(context_id) {
-                if flight.waiters.is_empty() {
-                    ended_own.push(token.clone());
-                } else {
-                    flight.leader = Leader::Orphaned;
-                }
-            } else if flight.leader == Leader::Remote && flight.waiters.is_empty() {
-                ended_remote.push(token.clone());
-            }
-        }
-        for token in ended_own.iter().chain(&ended_remote) {
-            self.flights.remove(token);
-        }
-        ended_own
-    }
-
-    /// The flight `context_id` leads turns out to be another worker's: the leader
-    /// becomes a waiter, and the flight waits on that worker's answer.
-    pub fn wait_remote(&mut self, token: &str, context_id: u32) {
-        if let Some(flight) = self.flights.get_mut(token) {
-            flight.leader = Leader::Remote;
-            if !flight.waiters.contains(&context_id) {
-                flight.waiters.push(context_id);
-            }
-        }
-    }
-
-    /// Tokens whose answer another worker is fetching.
-    pub fn remote(&self) -> Vec<String> {
-        self.flights
-            .iter()
-            .filter(|(_, f)| f.leader == Leader::Remote)
-            .map(|(t, _)| t.clone())
-            .collect()
-    }
-
-    /// Tokens whose flight has waiters but nobody calling.
-    pub fn orphans(&self) -> Vec<String> {
-        self.flights
-            .iter()
-            .filter(|(_, f)| f.leader == Leader::Orphaned)
-            .map(|(t, _)| t.clone())
-            .collect()
-    }
-
-    /// Makes the root context the caller of an orphaned or remote flight; false if the
-    /// flight is neither.
-    pub fn adopt(&mut self, token: &str, now: u64) -> bool {
-        match self.flights.get_mut(token) {
-            Some(flight) if matches!(flight.leader, Leader::Orphaned | Leader::Remote) => {
-                flight.leader = Leader::Root;
-                flight.started_at = now;
-                true
-            }
-            _ => false,
-        }
-    }
-
-    /// Ends flights older than `max_age_s` (a callout that never came back) and
-    /// returns their tokens and waiters, which must be refused rather than left hanging.
-    pub fn expire(&mut self, now: u64, max_age_s: u64) -> Vec<(String, Vec<u32>)> {
-        let stale: Vec<String> = self
-            .flights
-            .iter()
-            .filter(|(_, f)| now.saturating_sub(f.started_at) > max_age_s)
-            .map(|(t, _)| t.clone())
-            .collect();
-        stale
-            .into_iter()
-            .map(|t| {
-                let waiters = self.complete(&t);
-                (t, waiters)
-            })
-            .collect()
-    }
-
-    /// The leader of `token`'s flight, if there is one.
-    pub fn leader(&self, token: &str) -> Option<Leader> {
-        self.flights.get(token).map(|f| f.leader)
-    }
-
-    /// Number of flights in progress.
-    pub fn len(&self) -> usize {
-        self.flights.len()
-    }
-
-    /// True when no flight is in progress.
-    pub fn is_empty(&self) -> bool {
-        self.flights.is_empty()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -617,16 +331,17 @@ mod tests {
         CachePolicy::new(&userinfo(slots, 300, 10), &["client_id".to_string()])
     }
 
-    fn tenants(t: &[&str]) -> UserinfoOutcome {
-        UserinfoOutcome::Tenants(t.iter().map(|s| s.to_string()).collect())
+    fn tenants(t: &[&str]) -> Identity {
+        Identity::Tenants(t.iter().map(|s| s.to_string()).collect())
     }
 
     #[test]
     fn entry_round_trips_through_bytes() {
         for identity in [
-            CachedIdentity::Tenants(vec!["1999".into(), "é|x".into()]),
-            CachedIdentity::NoTenant("no claim".into()),
-            CachedIdentity::Rejected,
+            Identity::Tenants(vec!["1999".into(), "é|x".into()]),
+            Identity::Forbidden("no claim".into()),
+            Identity::Unauthorized("rejected".into()),
+            Identity::Unavailable("down".into()),
         ] {
             let entry = CacheEntry {
                 token: "tok.en".into(),
@@ -641,7 +356,7 @@ mod tests {
     fn malformed_slot_values_are_misses() {
         let good = CacheEntry {
             token: "t".into(),
-            identity: CachedIdentity::Tenants(vec!["1".into()]),
+            identity: Identity::Tenants(vec!["1".into()]),
             expires_at: 10,
         }
         .to_bytes();
@@ -668,33 +383,34 @@ mod tests {
     fn positive_and_negative_ttls() {
         let p = CachePolicy::new(&userinfo(100, 300, 10), &["c".into()]);
         let ok = p.entry_for("a", &tenants(&["1"]), 1000).unwrap();
-        assert_eq!(ok.expires_at, 1300);
+        assert_eq!(ok.expires_at, 301_000);
         let no_tenant = p
-            .entry_for("a", &UserinfoOutcome::NoTenant("x".into()), 1000)
+            .entry_for("a", &Identity::Forbidden("x".into()), 1000)
             .unwrap();
-        assert_eq!(no_tenant.expires_at, 1300);
-        let rejected = p.entry_for("a", &UserinfoOutcome::Rejected, 1000).unwrap();
-        assert_eq!(rejected.expires_at, 1010);
-        assert_eq!(rejected.identity, CachedIdentity::Rejected);
-        assert!(rejected.answers("a", 1009));
-        assert!(!rejected.answers("a", 1010));
+        assert_eq!(no_tenant.expires_at, 301_000);
+        let rejected = Identity::Unauthorized("rejected".into());
+        let rejected = p.entry_for("a", &rejected, 1000).unwrap();
+        assert_eq!(rejected.expires_at, 11_000);
+        assert!(rejected.answers("a", 10_999));
+        assert!(!rejected.answers("a", 11_000));
     }
 
     #[test]
     fn failures_are_cached_briefly_and_zero_ttls_not_at_all() {
         let p = policy(100);
         let failed = p
-            .entry_for("a", &UserinfoOutcome::Unavailable("down".into()), 10)
+            .entry_for("a", &Identity::Unavailable("down".into()), 10)
             .unwrap();
-        assert_eq!(failed.identity, CachedIdentity::Failed("down".into()));
-        assert_eq!(failed.expires_at, 12);
+        assert_eq!(failed.identity, Identity::Unavailable("down".into()));
+        assert_eq!(failed.expires_at, 2010);
         assert_eq!(CacheEntry::from_bytes(&failed.to_bytes()), Some(failed));
         let mut config = userinfo(100, 0, 0);
         config.failure_cache_ttl_s = 0;
         let p = CachePolicy::new(&config, &["c".into()]);
         assert_eq!(p.entry_for("a", &tenants(&["1"]), 0), None);
-        assert_eq!(p.entry_for("a", &UserinfoOutcome::Rejected, 0), None);
-        let down = UserinfoOutcome::Unavailable("down".into());
+        let rejected = Identity::Unauthorized("rejected".into());
+        assert_eq!(p.entry_for("a", &rejected, 0), None);
+        let down = Identity::Unavailable("down".into());
         assert_eq!(p.entry_for("a", &down, 0), None);
     }
 
@@ -709,7 +425,7 @@ mod tests {
         let stored = alice.to_bytes();
         assert_eq!(p.shared_hit("alice-token", Some(&stored), 101), Some(alice));
         assert_eq!(p.shared_hit("bob-token", Some(&stored), 101), None);
-        assert_eq!(p.shared_hit("alice-token", Some(&stored), 400), None);
+        assert_eq!(p.shared_hit("alice-token", Some(&stored), 300_100), None);
         assert_eq!(p.shared_hit("alice-token", None, 101), None);
     }
 
@@ -735,7 +451,7 @@ mod tests {
         local.insert(p.entry_for("alice", &tenants(&["1999"]), 0).unwrap());
         assert_eq!(
             local.get("alice", 10),
-            Some(&CachedIdentity::Tenants(vec!["1999".into()]))
+            Some(&Identity::Tenants(vec!["1999".into()]))
         );
         // Same slot, other token: never answered with alice's tenants.
         assert_eq!(local.get("bob", 10), None);
@@ -743,10 +459,10 @@ mod tests {
         assert_eq!(local.get("alice", 10), None);
         assert_eq!(
             local.get("bob", 10),
-            Some(&CachedIdentity::Tenants(vec!["2000".into()]))
+            Some(&Identity::Tenants(vec!["2000".into()]))
         );
         // Expired entries are gone.
-        assert_eq!(local.get("bob", 300), None);
+        assert_eq!(local.get("bob", 300_000), None);
         assert!(local.is_empty());
     }
 
@@ -758,7 +474,7 @@ mod tests {
         for i in 0..10_000 {
             local.insert(CacheEntry {
                 token: format!("t{i}"),
-                identity: CachedIdentity::Rejected,
+                identity: Identity::Unauthorized("r".into()),
                 expires_at: 100,
             });
         }
@@ -771,131 +487,6 @@ mod tests {
     fn fnv_separates_parts() {
         assert_ne!(fnv1a(&[b"ab", b"c"]), fnv1a(&[b"a", b"bc"]));
         assert_eq!(fnv1a(&[b"x"]), fnv1a(&[b"x"]));
-    }
-
-    #[test]
-    fn single_flight_one_leader_many_waiters() {
-        let mut f = Flights::new();
-        assert_eq!(f.join("tok", 1, 0), Joined::Leader);
-        assert_eq!(f.join("tok", 2, 0), Joined::Waiter);
-        assert_eq!(f.join("tok", 3, 0), Joined::Waiter);
-        assert_eq!(f.join("tok", 3, 0), Joined::Waiter);
-        assert_eq!(f.join("other", 4, 0), Joined::Leader);
-        assert_eq!(f.len(), 2);
-        assert_eq!(f.complete("tok"), vec![2, 3]);
-        assert_eq!(f.complete("tok"), Vec::<u32>::new());
-        assert_eq!(f.join("tok", 5, 0), Joined::Leader);
-    }
-
-    #[test]
-    fn waiter_leaving_is_forgotten() {
-        let mut f = Flights::new();
-        f.join("tok", 1, 0);
-        f.join("tok", 2, 0);
-        f.join("tok", 3, 0);
-        f.leave(2);
-        assert_eq!(f.complete("tok"), vec![3]);
-    }
-
-    #[test]
-    fn leader_leaving_orphans_the_flight_for_the_root() {
-        let mut f = Flights::new();
-        f.join("tok", 1, 0);
-        f.join("tok", 2, 0);
-        f.leave(1);
-        assert_eq!(f.leader("tok"), Some(Leader::Orphaned));
-        assert_eq!(f.orphans(), vec!["tok".to_string()]);
-        assert!(f.adopt("tok", 5));
-        assert!(!f.adopt("tok", 5));
-        assert_eq!(f.leader("tok"), Some(Leader::Root));
-        assert!(f.orphans().is_empty());
-        // New requests keep waiting on the root's callout.
-        assert_eq!(f.join("tok", 3, 6), Joined::Waiter);
-        assert_eq!(f.complete("tok"), vec![2, 3]);
-    }
-
-    #[test]
-    fn lone_leader_leaving_ends_the_flight() {
-        let mut f = Flights::new();
-        f.join("tok", 1, 0);
-        assert_eq!(f.leave(1), vec!["tok".to_string()]);
-        assert!(f.is_empty());
-    }
-
-    #[test]
-    fn remote_flight_waits_then_is_adopted_or_answered() {
-        let mut f = Flights::new();
-        assert_eq!(f.join("tok", 1, 0), Joined::Leader);
-        f.wait_remote("tok", 1);
-        assert_eq!(f.leader("tok"), Some(Leader::Remote));
-        assert_eq!(f.join("tok", 2, 0), Joined::Waiter);
-        assert_eq!(f.remote(), vec!["tok".to_string()]);
-        // Not this worker's callout: leaving releases no claim.
-        assert!(f.leave(1).is_empty());
-        assert!(f.adopt("tok", 3));
-        assert_eq!(f.leader("tok"), Some(Leader::Root));
-        assert!(f.remote().is_empty());
-        assert_eq!(f.complete("tok"), vec![2]);
-    }
-
-    #[test]
-    fn remote_flight_ends_when_its_last_waiter_leaves() {
-        let mut f = Flights::new();
-        f.join("tok", 1, 0);
-        f.wait_remote("tok", 1);
-        assert!(f.leave(1).is_empty());
-        assert!(f.is_empty());
-    }
-
-    #[test]
-    fn flight_claims_round_trip_and_go_stale() {
-        let claim = FlightClaim::new(7, "tok", 100, 2000);
-        assert_eq!(claim.deadline, 103);
-        assert!(claim.is_for("tok"));
-        assert!(!claim.is_for("tok2"));
-        let bytes = claim.to_bytes();
-        assert_eq!(FlightClaim::live(Some(&bytes), 102), Some(claim));
-        assert_eq!(FlightClaim::live(Some(&bytes), 103), None);
-        assert_eq!(FlightClaim::live(Some(FREE_FLIGHT), 0), None);
-        assert_eq!(FlightClaim::live(None, 0), None);
-        for cut in 0..bytes.len() {
-            assert_eq!(
-                FlightClaim::live(Some(&bytes[..cut]), 0),
-                None,
-                "cut at {cut}"
-            );
-        }
-        let mut trailing = bytes.clone();
-        trailing.push(0);
-        assert_eq!(FlightClaim::live(Some(&trailing), 0), None);
-        // A sub-second timeout still lasts past the coarse clock's next second.
-        assert_eq!(FlightClaim::new(7, "tok", 100, 1).deadline, 102);
-    }
-
-    #[test]
-    fn flight_keys_are_bounded_namespaced_and_cover_every_token() {
-        let p = policy(10);
-        let keys: std::collections::HashSet<String> = p.flight_keys().collect();
-        assert_eq!(keys.len() as u64, FLIGHT_SLOTS);
-        for i in 0..2000 {
-            let key = p.flight_key(&format!("token-{i}"));
-            assert!(keys.contains(&key), "{key}");
-            assert_ne!(key, p.slot_key(&format!("token-{i}")));
-        }
-        let other = CachePolicy::new(&userinfo(10, 300, 10), &["tenant".to_string()]);
-        assert_ne!(other.flight_key("t"), p.flight_key("t"));
-    }
-
-    #[test]
-    fn stuck_flights_expire_and_return_their_waiters() {
-        let mut f = Flights::new();
-        f.join("old", 1, 0);
-        f.join("old", 2, 0);
-        f.join("new", 3, 9);
-        f.join("new", 4, 9);
-        assert_eq!(f.expire(10, 5), vec![("old".to_string(), vec![2])]);
-        assert_eq!(f.leader("old"), None);
-        assert_eq!(f.leader("new"), Some(Leader::Request(3)));
     }
 
     proptest::proptest! {

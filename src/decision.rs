@@ -1,22 +1,25 @@
 //! The whole per-request decision, sans IO: from what the client sent and who it is to
 //! "refuse", "answer" or "forward with this path and body".
 //!
-//! The filter ([`crate::filter`]) runs it in two halves, because the identity and the
-//! body arrive later than the headers:
+//! It comes in three steps, because Envoy hands a request over in parts and the headers
+//! leave for the backend before the body can be read (docs/request-lifecycle.md):
 //! - [`on_headers`]: method, `:path` and the body headers decide whether the request is
 //!   planned at all, and the credential header says who asks (a bearer token to look
 //!   up, or tenants already verified by Envoy's `jwt_authn`);
-//! - [`finish`]: once the tenants and the body are known, answer locally, refuse, or
-//!   rewrite (and, for rules and alerts, say how to filter the answer: the plan's
-//!   [`Rewritten::response`]).
+//! - [`on_identity`]: once the caller's [`Identity`] is known: refuse, answer locally,
+//!   or forward with a new `:path`, with a [`BodyRule`] when a body follows, and, for
+//!   rules and alerts, with the [`ResponseFilter`] the engine's answer must pass;
+//! - [`on_body`]: once the whole body is in: refuse it, or replace it.
 //!
-//! [`decide`] chains the two for one complete request, with the identity lookup's
-//! result passed in. It is what the `request_decision` fuzz target and the regression
-//! tests drive, so the code they exercise is the code Envoy runs.
+//! [`decide`] chains the three for one complete request, with the identity lookup's
+//! result passed in. It is what the regression tests drive; the `request_decision` fuzz
+//! target drives the same steps through [`crate::lifecycle`], as Envoy's callbacks do.
 
-use crate::api::{self, Action, Plan, QueryRejection, Refusal, RewriteOptions, Rewritten, Tenant};
+use crate::api::{
+    self, Action, Plan, QueryRejection, Refusal, RewriteOptions, Tenant, UrlRewritten,
+};
 use crate::config::{Config, IdentitySource};
-use crate::identity::{self, IdentityError};
+use crate::identity::{self, Identity};
 use crate::rules::{self, ResponseFilter};
 use crate::{rewrite, writes, RewriteError, TenantMatcher};
 
@@ -53,11 +56,23 @@ pub enum Caller {
     Tenants(Vec<String>),
 }
 
-/// A request whose headers passed: its plan and its caller.
+/// A request whose headers passed: its plan, its caller, and what its body will be read
+/// as.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Admitted {
     pub plan: Plan,
     pub caller: Caller,
+    pub content_type: Option<Vec<u8>>,
+    /// The headers did not end the stream: a body follows, to be judged (or, for a
+    /// write, streamed through unread).
+    pub body_follows: bool,
+}
+
+impl Admitted {
+    /// A write: decided at the headers, its body never read nor bounded.
+    pub fn streams_body(&self) -> bool {
+        self.plan.action == Action::Write
+    }
 }
 
 /// The headers half: the endpoint policy first (so an unknown path is 403 whoever
@@ -75,38 +90,209 @@ pub fn on_headers(head: &RequestHead<'_>, config: &Config) -> Result<Admitted, R
             head.content_length,
             config.max_body_bytes,
         )?;
+        // Known from the length alone: refused before any of it leaves Envoy.
+        if !plan.reads_body && declares_a_body(head.content_length) {
+            return Err(get_body_refusal());
+        }
     }
     let caller = match &config.identity.source {
-        IdentitySource::Userinfo(_) => {
-            let token = identity::bearer_token(head.credential).map_err(refusal_for)?;
-            Caller::Token(token.to_string())
-        }
+        IdentitySource::Userinfo(_) => match identity::bearer_token(head.credential) {
+            Ok(token) => Caller::Token(token.to_string()),
+            Err(identity) => return Err(refusal(identity)),
+        },
         IdentitySource::JwtPayloadHeader { .. } => {
-            let tenants = identity::claims_from_payload_header(head.credential)
-                .and_then(|claims| {
-                    if write {
-                        writes::tenants_from_claims(&claims, &config.identity)
-                    } else {
-                        identity::tenants_from_claims(&claims, &config.identity.claim)
-                    }
-                })
-                .map_err(refusal_for)?;
-            Caller::Tenants(tenants)
+            let verified = match identity::claims_from_payload_header(head.credential) {
+                Ok(claims) if write => writes::tenants_from_claims(&claims, &config.identity),
+                Ok(claims) => identity::tenants_from_claims(&claims, &config.identity.claim),
+                Err(identity) => identity,
+            };
+            Caller::Tenants(tenants_of(verified)?)
         }
     };
-    Ok(Admitted { plan, caller })
+    Ok(Admitted {
+        plan,
+        caller,
+        content_type: head.content_type.map(<[u8]>::to_vec),
+        body_follows: !head.end_of_stream,
+    })
 }
 
-/// The refusal for a caller without a usable identity.
-pub fn refusal_for(e: IdentityError) -> Refusal {
-    match e {
-        IdentityError::Unauthorized(why) => Refusal::unauthorized(why),
-        IdentityError::Forbidden(why) => Refusal::forbidden(why),
-        IdentityError::Unavailable(why) => Refusal::unavailable(why),
+fn declares_a_body(content_length: Option<&[u8]>) -> bool {
+    content_length
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .is_some_and(|length| length > 0)
+}
+
+fn get_body_refusal() -> Refusal {
+    Refusal::bad_request("a request body is only read on POST; send GET parameters in the URL")
+}
+
+/// The one place an identity becomes a refusal: its tenants, or why there are none.
+pub fn tenants_of(identity: Identity) -> Result<Vec<String>, Refusal> {
+    match identity {
+        Identity::Tenants(tenants) => Ok(tenants),
+        identity => Err(refusal(identity)),
     }
 }
 
-/// What becomes of a request.
+fn refusal(identity: Identity) -> Refusal {
+    match identity {
+        Identity::Unauthorized(why) => Refusal::unauthorized(why),
+        Identity::Forbidden(why) => Refusal::forbidden(why),
+        Identity::Unavailable(why) => Refusal::unavailable(why),
+        // Not a refusal: only reached through a caller's mistake.
+        Identity::Tenants(_) => Refusal::unavailable("the identity was not judged"),
+    }
+}
+
+/// What becomes of a request once its identity is known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+// One per request, moved once: the size of its largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
+pub enum Verdict {
+    /// Answer with this error; the request goes no further.
+    Refuse(Refusal),
+    /// Answer 200 with this JSON body, without asking the backend.
+    Answer(&'static str),
+    /// Let the headers go with this `:path` (`None`: unchanged); a body that follows
+    /// must pass [`on_body`] under `body` first, and the answer `response`.
+    Forward {
+        path: Option<String>,
+        body: Option<BodyRule>,
+        response: Option<ResponseFilter>,
+    },
+}
+
+/// What a body still to come must satisfy, and how it is rewritten.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BodyRule {
+    plan: Plan,
+    url: UrlRewritten,
+    content_type: Option<Vec<u8>>,
+    tenants: Vec<String>,
+    /// The answer's filter, carried to the end of the body.
+    pub response: Option<ResponseFilter>,
+}
+
+/// The identity half: answer, refuse, or rewrite the URL.
+pub fn on_identity(admitted: &Admitted, identity: Identity, config: &Config) -> Verdict {
+    let tenants = match admitted.caller {
+        Caller::Tenants(ref tenants) => tenants.clone(),
+        Caller::Token(_) => match tenants_of(identity) {
+            Ok(tenants) => tenants,
+            Err(refusal) => return Verdict::Refuse(refusal),
+        },
+    };
+    if admitted.streams_body() {
+        // The tenant's `extra_label` in the URL; the body goes on with no rule.
+        let path = with_tenant(&tenants, config, |tenant, _| {
+            writes::path_for(&admitted.plan, tenant.values, &config.tenant_label)
+        });
+        return match path {
+            Ok(path) => Verdict::Forward {
+                path: Some(path),
+                body: None,
+                response: None,
+            },
+            Err(refusal) => Verdict::Refuse(refusal),
+        };
+    }
+    let form_follows = admitted.body_follows && api::is_form(admitted.content_type.as_deref());
+    let url = with_tenant(&tenants, config, |tenant, rewriter| {
+        // Metadata is answered for any caller with a tenant.
+        if let Action::Answer(answer) = admitted.plan.action {
+            return Ok(Err(answer));
+        }
+        // Rules and alerts: the engine is asked for the rules, with the caller's own
+        // narrowing kept back to be applied to the answer.
+        let (plan, response) = match admitted.plan.action {
+            Action::FilterRules(view) => {
+                let (upstream, selection) = rules::upstream_request(&admitted.plan, view)?;
+                let response = ResponseFilter {
+                    view,
+                    selection,
+                    tenant_label: config.tenant_label.clone(),
+                    tenants: tenant.values.to_vec(),
+                    // vmalert hands its rules to VictoriaMetrics, which reads MetricsQL
+                    // whatever `dialect` the filter parses the clients' queries in.
+                    dialect: config.backend.dialect(),
+                    max_bytes: config.max_response_bytes,
+                };
+                (upstream, Some(response))
+            }
+            _ => (admitted.plan.clone(), None),
+        };
+        let mut url = api::rewrite_url(&plan, tenant, options(config), rewriter, form_follows)?;
+        if response.is_some() && url.path.is_none() {
+            // The engine's path and parameters differ from the client's even when the
+            // rewrite left them alone.
+            url.path = Some(plan.target());
+        }
+        Ok(Ok((plan, url, response)))
+    });
+    match url {
+        Err(refusal) => Verdict::Refuse(refusal),
+        Ok(Err(answer)) => Verdict::Answer(answer),
+        Ok(Ok((plan, url, response))) => Verdict::Forward {
+            path: url.path.clone(),
+            body: admitted.body_follows.then(|| BodyRule {
+                plan,
+                url,
+                content_type: admitted.content_type.clone(),
+                tenants,
+                response: response.clone(),
+            }),
+            response,
+        },
+    }
+}
+
+/// The body half, once the whole body is in: refused, or the new body (`None`: keep it).
+pub fn on_body(rule: &BodyRule, body: &[u8], config: &Config) -> Result<Option<Vec<u8>>, Refusal> {
+    // The filter refuses a larger body as it arrives; checked again so that this
+    // function alone never forwards one.
+    if body.len() > config.max_body_bytes {
+        return Err(Refusal::too_large(config.max_body_bytes));
+    }
+    let content_type = rule.content_type.as_deref();
+    let rewritten = with_tenant(&rule.tenants, config, |tenant, rewriter| {
+        api::rewrite_body(&rule.plan, &rule.url, body, content_type, tenant, rewriter)
+    })?;
+    Ok(rewritten.0)
+}
+
+fn options(config: &Config) -> RewriteOptions {
+    RewriteOptions {
+        victoriametrics_extra_label: config.victoriametrics_extra_label,
+    }
+}
+
+/// Runs `f` with the caller's tenant and the PromQL rewriter confining to it. First, so
+/// that a caller without a usable tenant gets 403 on every endpoint.
+fn with_tenant<R>(
+    tenants: &[String],
+    config: &Config,
+    f: impl FnOnce(&Tenant<'_>, &dyn api::QueryRewriter) -> Result<R, Refusal>,
+) -> Result<R, Refusal> {
+    let matcher = TenantMatcher::new(&config.tenant_label, tenants)
+        .map_err(|e| Refusal::forbidden(format!("unusable tenant claim: {e}")))?;
+    let rewriter = |query: &str| {
+        rewrite(query, &matcher, config.on_conflict, config.dialect).map_err(|e| match e {
+            RewriteError::Parse(p) => QueryRejection::BadQuery(p.to_string()),
+            RewriteError::Conflict(m) => QueryRejection::Forbidden(m),
+        })
+    };
+    let matcher_text = matcher.matcher_text_for(config.dialect);
+    let tenant = Tenant {
+        label: &config.tenant_label,
+        values: matcher.values(),
+        matcher_text: &matcher_text,
+    };
+    f(&tenant, &rewriter)
+}
+
+/// What becomes of a complete request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     /// Answer with this error; the request goes no further.
@@ -114,120 +300,55 @@ pub enum Decision {
     /// Answer 200 with this JSON body, without asking the backend.
     Answer(&'static str),
     /// Let the request go, with these changes to its `:path` and body.
-    Forward(Rewritten),
+    Forward(Forwarded),
 }
 
-/// The finishing half, once the tenants and the complete body are known: answer,
-/// refuse, or rewrite every selector-carrying parameter.
-pub fn finish(
-    plan: &Plan,
-    body: Option<&[u8]>,
-    content_type: Option<&[u8]>,
-    tenants: &[String],
-    config: &Config,
-) -> Decision {
-    // The filter refuses a larger body as it arrives; checked again so that this
-    // function alone never forwards one. A write's body is never read, nor bounded.
-    if plan.action != Action::Write && body.is_some_and(|b| b.len() > config.max_body_bytes) {
-        return Decision::Refuse(Refusal::too_large(config.max_body_bytes));
-    }
-    // First, so that a caller without a usable tenant gets 403 on every endpoint.
-    let matcher = match TenantMatcher::new(&config.tenant_label, tenants) {
-        Ok(matcher) => matcher,
-        Err(e) => {
-            return Decision::Refuse(Refusal::forbidden(format!("unusable tenant claim: {e}")))
-        }
-    };
-    // Metadata is answered for any caller with a tenant.
-    if let Action::Answer(answer) = plan.action {
-        return Decision::Answer(answer);
-    }
-    // A write goes on with its body untouched (whatever `body` holds).
-    if plan.action == Action::Write {
-        return match writes::path_for(plan, matcher.values(), &config.tenant_label) {
-            Ok(path) => Decision::Forward(Rewritten {
-                path: Some(path),
-                ..Rewritten::default()
-            }),
-            Err(refusal) => Decision::Refuse(refusal),
-        };
-    }
-    // Rules and alerts: the engine is asked for the rules, with the caller's own
-    // narrowing kept back to be applied to the answer.
-    let rules_request = match plan.action {
-        Action::FilterRules(view) => match rules::upstream_request(plan, view) {
-            Ok((upstream, selection)) => Some((upstream, view, selection)),
-            Err(refusal) => return Decision::Refuse(refusal),
-        },
-        _ => None,
-    };
-    let plan = rules_request
-        .as_ref()
-        .map_or(plan, |(upstream, ..)| upstream);
-    let rewriter = |query: &str| {
-        rewrite(query, &matcher, config.on_conflict, config.dialect).map_err(|e| match e {
-            RewriteError::Parse(p) => QueryRejection::BadQuery(p.to_string()),
-            RewriteError::Conflict(m) => QueryRejection::Forbidden(m),
-        })
-    };
-    let tenant = Tenant {
-        label: &config.tenant_label,
-        values: matcher.values(),
-        matcher_text: matcher.matcher_text(),
-    };
-    let options = RewriteOptions {
-        victoriametrics_extra_label: config.victoriametrics_extra_label,
-    };
-    let mut rewritten =
-        match api::rewrite_request(plan, body, content_type, &tenant, options, &rewriter) {
-            Ok(rewritten) => rewritten,
-            Err(refusal) => return Decision::Refuse(refusal),
-        };
-    if let Some((upstream, view, selection)) = rules_request {
-        // The engine's path and parameters differ from the client's even when the
-        // rewrite left them alone.
-        if rewritten.path.is_none() {
-            rewritten.path = Some(if upstream.raw_query.is_empty() {
-                upstream.raw_path.clone()
-            } else {
-                format!("{}?{}", upstream.raw_path, upstream.raw_query)
-            });
-        }
-        rewritten.response = Some(ResponseFilter {
-            view,
-            selection,
-            tenant_label: config.tenant_label.clone(),
-            tenants: matcher.values().to_vec(),
-            // vmalert hands its rules to VictoriaMetrics, which reads MetricsQL whatever
-            // `dialect` the filter parses the clients' queries in.
-            dialect: config.backend.dialect(),
-            max_bytes: config.max_response_bytes,
-        });
-    }
-    Decision::Forward(rewritten)
+/// The changes to a forwarded request. `None` means leave it alone.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Forwarded {
+    /// New `:path` (path and query string).
+    pub path: Option<String>,
+    /// New body; the filter also removes `Content-Length`.
+    pub body: Option<Vec<u8>>,
+    /// How to filter the backend's answer before the client sees it, if it must be.
+    pub response: Option<ResponseFilter>,
 }
 
 /// One complete request: the headers, the body (`None` when the headers ended the
-/// stream), and what the identity provider said about the bearer token (used only
-/// when the credential is a token to look up).
+/// stream), and what the identity lookup said about the bearer token (used only when
+/// the credential is a token to look up).
 pub fn decide(
     head: &RequestHead<'_>,
     body: Option<&[u8]>,
-    looked_up: Result<Vec<String>, IdentityError>,
+    looked_up: Identity,
     config: &Config,
 ) -> Decision {
     let admitted = match on_headers(head, config) {
         Ok(admitted) => admitted,
         Err(refusal) => return Decision::Refuse(refusal),
     };
-    let tenants = match admitted.caller {
-        Caller::Tenants(tenants) => tenants,
-        Caller::Token(_) => match looked_up {
-            Ok(tenants) => tenants,
-            Err(e) => return Decision::Refuse(refusal_for(e)),
-        },
-    };
-    finish(&admitted.plan, body, head.content_type, &tenants, config)
+    match on_identity(&admitted, looked_up, config) {
+        Verdict::Refuse(refusal) => Decision::Refuse(refusal),
+        Verdict::Answer(answer) => Decision::Answer(answer),
+        Verdict::Forward {
+            path,
+            body: rule,
+            response,
+        } => {
+            let new_body = match (rule, body) {
+                (Some(rule), Some(body)) => match on_body(&rule, body, config) {
+                    Ok(new_body) => new_body,
+                    Err(refusal) => return Decision::Refuse(refusal),
+                },
+                _ => None,
+            };
+            Decision::Forward(Forwarded {
+                path,
+                body: new_body,
+                response,
+            })
+        }
+    }
 }
 
 #[cfg(test)]
@@ -251,11 +372,11 @@ mod tests {
         }
     }
 
-    fn tenants(values: &[&str]) -> Result<Vec<String>, IdentityError> {
-        Ok(values.iter().map(|v| v.to_string()).collect())
+    fn tenants(values: &[&str]) -> Identity {
+        Identity::Tenants(values.iter().map(|v| v.to_string()).collect())
     }
 
-    fn forwarded(d: Decision) -> Rewritten {
+    fn forwarded(d: Decision) -> Forwarded {
         match d {
             Decision::Forward(r) => r,
             other => panic!("not forwarded: {other:?}"),
@@ -265,12 +386,10 @@ mod tests {
     #[test]
     fn a_query_is_forwarded_rewritten() {
         let c = config(r#","victoriametrics_extra_label":false"#);
-        let r = forwarded(decide(
-            &get("/api/v1/query?query=up"),
-            None,
-            tenants(&["7"]),
-            &c,
-        ));
+        let d = decide(&get("/api/v1/query?query=up"), None, tenants(&["7"]), &c);
+        let Decision::Forward(r) = d else {
+            panic!("{d:?}")
+        };
         assert_eq!(
             r.path.as_deref(),
             Some("/api/v1/query?query=up%7Bclient_id%3D%227%22%7D")
@@ -295,7 +414,7 @@ mod tests {
             ..get("/api/v1/query?query=up!")
         };
         assert_eq!(refused(decide(&no_token, None, tenants(&["7"]), &c)), 401);
-        let lookup_failed = Err(IdentityError::Unavailable("down".into()));
+        let lookup_failed = Identity::Unavailable("down".into());
         assert_eq!(
             refused(decide(
                 &get("/api/v1/query?query=up"),
@@ -494,7 +613,7 @@ mod tests {
             br#"{"tenant_label":"client_id","writes":"victoriametrics","identity":{"source":"jwt_payload_header","claim":"client_id","write_tenant_claim":"write_to"}}"#,
         )
         .unwrap();
-        let unused = || Err(IdentityError::Unavailable("unused".into()));
+        let unused = || Identity::Unavailable("unused".into());
         let decide_with = |claims: &str, path: &str| {
             use base64::Engine as _;
             let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(claims);
@@ -545,7 +664,7 @@ mod tests {
             credential: Some(b"eyJjbGllbnRfaWQiOiI5In0"),
             ..get("/api/v1/query?query=up")
         };
-        let lookup_failed = Err(IdentityError::Unavailable("unused".into()));
+        let lookup_failed = Identity::Unavailable("unused".into());
         let Decision::Forward(r) = decide(&head, None, lookup_failed, &c) else {
             panic!()
         };

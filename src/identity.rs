@@ -2,8 +2,8 @@
 //! identity provider's answers.
 //!
 //! Everything here is pure: the filter hands in header bytes and callout results, and
-//! gets back either the caller's tenants or the reason to refuse. Nothing here ever
-//! puts a token into an error message, so no error can leak one into a log.
+//! gets back an [`Identity`]: the caller's tenants or why there are none. Nothing here
+//! ever puts a token into a message, so no refusal can leak one into a log.
 
 use base64::Engine as _;
 use serde_json::Value;
@@ -13,27 +13,18 @@ pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
 /// Longest `/userinfo` or payload-header body read: a sane IdP answers in a few KiB.
 pub const MAX_CLAIMS_BYTES: usize = 64 * 1024;
 
-/// Why the caller has no usable identity. Messages are safe to send and to log.
+/// Who the caller is, as far as the filter can tell: the one outcome of every identity
+/// step (the bearer token, a verified payload, the provider's answer, the cache), and
+/// what [`crate::decision`] takes. Messages are safe to send and to log.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum IdentityError {
+pub enum Identity {
+    /// A verified caller with these tenants (never empty).
+    Tenants(Vec<String>),
     /// No credentials, malformed credentials, or the IdP refused them: 401.
     Unauthorized(String),
-    /// A valid caller without a usable tenant claim: 403.
+    /// A verified caller without a usable tenant claim: 403.
     Forbidden(String),
     /// The IdP could not answer (down, slow, rate-limited, nonsense): 503.
-    Unavailable(String),
-}
-
-/// What a `/userinfo` callout told us.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum UserinfoOutcome {
-    /// The IdP vouched for the token; the claim gave these tenants.
-    Tenants(Vec<String>),
-    /// The IdP vouched for the token, but the claim gave no usable tenant.
-    NoTenant(String),
-    /// The IdP refused the token (401/403): cache it for the negative TTL.
-    Rejected,
-    /// No usable answer: never cached.
     Unavailable(String),
 }
 
@@ -41,8 +32,9 @@ pub enum UserinfoOutcome {
 ///
 /// The scheme is case-insensitive (RFC 7235). The token must be an RFC 6750
 /// `b64token`, which also makes it safe to copy into the callout's header.
-pub fn bearer_token(header: Option<&[u8]>) -> Result<&str, IdentityError> {
-    let unauthorized = |why: &str| Err(IdentityError::Unauthorized(why.to_string()));
+/// The error is always [`Identity::Unauthorized`].
+pub fn bearer_token(header: Option<&[u8]>) -> Result<&str, Identity> {
+    let unauthorized = |why: &str| Err(Identity::Unauthorized(why.to_string()));
     let Some(value) = header else {
         return unauthorized("missing Authorization header");
     };
@@ -74,9 +66,10 @@ fn is_b64token(token: &str) -> bool {
 /// Reads the tenants out of a claims object, following `claim` one key per level.
 ///
 /// A string gives one tenant, an integer its decimal text, an array of strings and
-/// integers several (duplicates dropped, order kept). Anything else is forbidden.
-pub fn tenants_from_claims(claims: &Value, claim: &[String]) -> Result<Vec<String>, IdentityError> {
-    let forbidden = |why: &str| Err(IdentityError::Forbidden(why.to_string()));
+/// integers several (duplicates dropped, order kept). Anything else is
+/// [`Identity::Forbidden`].
+pub fn tenants_from_claims(claims: &Value, claim: &[String]) -> Identity {
+    let forbidden = |why: &str| Identity::Forbidden(why.to_string());
     let mut value = claims;
     for key in claim {
         match value.as_object().and_then(|object| object.get(key)) {
@@ -106,7 +99,7 @@ pub fn tenants_from_claims(claims: &Value, claim: &[String]) -> Result<Vec<Strin
     if tenants.is_empty() {
         return forbidden("the tenant claim is empty");
     }
-    Ok(tenants)
+    Identity::Tenants(tenants)
 }
 
 fn scalar_tenant(value: &Value) -> Option<String> {
@@ -121,9 +114,10 @@ fn scalar_tenant(value: &Value) -> Option<String> {
 /// Reads the claims `jwt_authn` forwarded in `forward_payload_header`: the JWT
 /// payload, base64url-encoded (padded or not), holding a JSON object.
 ///
-/// A missing or malformed header means the token was not verified: 401.
-pub fn claims_from_payload_header(header: Option<&[u8]>) -> Result<Value, IdentityError> {
-    let unauthorized = |why: &str| Err(IdentityError::Unauthorized(why.to_string()));
+/// A missing or malformed header means the token was not verified: the error is always
+/// [`Identity::Unauthorized`].
+pub fn claims_from_payload_header(header: Option<&[u8]>) -> Result<Value, Identity> {
+    let unauthorized = |why: &str| Err(Identity::Unauthorized(why.to_string()));
     let Some(raw) = header else {
         return unauthorized("missing verified token");
     };
@@ -147,47 +141,37 @@ pub fn claims_from_payload_header(header: Option<&[u8]>) -> Result<Value, Identi
 ///
 /// `status` is the `:status` pseudo-header, absent when Envoy reports a timeout or a
 /// reset; `body` is the response body. Only a 200 with a JSON object counts as an
-/// answer; 401/403 reject the token; everything else means the IdP is unavailable.
-pub fn classify_userinfo(
-    status: Option<&[u8]>,
-    body: Option<&[u8]>,
-    claim: &[String],
-) -> UserinfoOutcome {
+/// answer; 400/401/403 reject the token; everything else means the IdP is unavailable.
+pub fn classify_userinfo(status: Option<&[u8]>, body: Option<&[u8]>, claim: &[String]) -> Identity {
     let status = status
         .and_then(|s| std::str::from_utf8(s).ok())
         .and_then(|s| s.trim().parse::<u16>().ok());
+    let unavailable = |why: &str| Identity::Unavailable(why.to_string());
     match status {
-        None => UserinfoOutcome::Unavailable("identity provider timed out or reset".into()),
+        None => unavailable("identity provider timed out or reset"),
         Some(200) => {
             let body = body.unwrap_or_default();
             if body.len() > MAX_CLAIMS_BYTES {
-                return UserinfoOutcome::Unavailable("identity provider answer too large".into());
+                return unavailable("identity provider answer too large");
             }
             match serde_json::from_slice::<Value>(body) {
-                Ok(claims @ Value::Object(_)) => match tenants_from_claims(&claims, claim) {
-                    Ok(tenants) => UserinfoOutcome::Tenants(tenants),
-                    Err(IdentityError::Forbidden(why)) => UserinfoOutcome::NoTenant(why),
-                    Err(_) => UserinfoOutcome::NoTenant("the identity has no tenant claim".into()),
-                },
-                _ => UserinfoOutcome::Unavailable(
-                    "identity provider answered with invalid JSON".into(),
-                ),
+                Ok(claims @ Value::Object(_)) => tenants_from_claims(&claims, claim),
+                _ => unavailable("identity provider answered with invalid JSON"),
             }
         }
         // 400 too: a userinfo GET carries nothing but the token, so a "bad request" is a
         // bad token (some providers, the mock among them, answer 400 for a revoked one).
         // Treating it as an outage would turn every dead token into a 503 and a retry.
-        Some(400 | 401 | 403) => UserinfoOutcome::Rejected,
-        Some(429) => UserinfoOutcome::Unavailable("identity provider rate limit reached".into()),
+        Some(400 | 401 | 403) => {
+            Identity::Unauthorized("the identity provider rejected the token".into())
+        }
+        Some(429) => unavailable("identity provider rate limit reached"),
         // Envoy answers a callout it could not deliver (connection refused, no healthy
         // host, overflow) with a 503 of its own, indistinguishable here from the IdP's.
-        Some(503) => UserinfoOutcome::Unavailable(
-            "identity provider unavailable (HTTP 503 from it, or from Envoy failing to reach it)"
-                .into(),
+        Some(503) => unavailable(
+            "identity provider unavailable (HTTP 503 from it, or from Envoy failing to reach it)",
         ),
-        Some(code) => {
-            UserinfoOutcome::Unavailable(format!("identity provider answered HTTP {code}"))
-        }
+        Some(code) => Identity::Unavailable(format!("identity provider answered HTTP {code}")),
     }
 }
 
@@ -200,18 +184,18 @@ mod tests {
     fn a_bad_request_from_the_idp_is_a_bad_token() {
         for status in [&b"400"[..], b"401", b"403"] {
             let outcome = classify_userinfo(Some(status), Some(b"{}"), &path(&["client_id"]));
-            assert!(matches!(outcome, UserinfoOutcome::Rejected), "{status:?}");
+            assert!(matches!(outcome, Identity::Unauthorized(_)), "{status:?}");
         }
         let outcome = classify_userinfo(Some(b"500"), None, &path(&["client_id"]));
-        assert!(matches!(outcome, UserinfoOutcome::Unavailable(_)));
+        assert!(matches!(outcome, Identity::Unavailable(_)));
     }
 
     fn path(keys: &[&str]) -> Vec<String> {
         keys.iter().map(|k| k.to_string()).collect()
     }
 
-    fn is_unauthorized<T: std::fmt::Debug>(r: Result<T, IdentityError>) -> bool {
-        matches!(r, Err(IdentityError::Unauthorized(_)))
+    fn is_unauthorized<T: std::fmt::Debug>(r: Result<T, Identity>) -> bool {
+        matches!(r, Err(Identity::Unauthorized(_)))
     }
 
     #[test]
@@ -253,8 +237,7 @@ mod tests {
 
     #[test]
     fn error_messages_never_contain_the_token() {
-        let Err(IdentityError::Unauthorized(msg)) = bearer_token(Some(b"Bearer secret\"token"))
-        else {
+        let Err(Identity::Unauthorized(msg)) = bearer_token(Some(b"Bearer secret\"token")) else {
             panic!("expected unauthorized")
         };
         assert!(!msg.contains("secret"));
@@ -265,7 +248,7 @@ mod tests {
         let claims = json!({"https://example.com/client_id": "1999"});
         assert_eq!(
             tenants_from_claims(&claims, &path(&["https://example.com/client_id"])),
-            Ok(vec!["1999".to_string()])
+            Identity::Tenants(vec!["1999".to_string()])
         );
     }
 
@@ -273,15 +256,15 @@ mod tests {
     fn integer_claim_gives_decimal_text() {
         assert_eq!(
             tenants_from_claims(&json!({"t": 1999}), &path(&["t"])),
-            Ok(vec!["1999".into()])
+            Identity::Tenants(vec!["1999".into()])
         );
         assert_eq!(
             tenants_from_claims(&json!({"t": -7}), &path(&["t"])),
-            Ok(vec!["-7".into()])
+            Identity::Tenants(vec!["-7".into()])
         );
         assert_eq!(
             tenants_from_claims(&json!({"t": u64::MAX}), &path(&["t"])),
-            Ok(vec![u64::MAX.to_string()])
+            Identity::Tenants(vec![u64::MAX.to_string()])
         );
     }
 
@@ -289,7 +272,7 @@ mod tests {
     fn array_claim_gives_several_tenants_deduplicated_in_order() {
         assert_eq!(
             tenants_from_claims(&json!({"t": ["b", 2, "a", "b", 2]}), &path(&["t"])),
-            Ok(vec!["b".into(), "2".into(), "a".into()])
+            Identity::Tenants(vec!["b".into(), "2".into(), "a".into()])
         );
     }
 
@@ -298,13 +281,13 @@ mod tests {
         let claims = json!({"app_metadata": {"tenant": "acme"}});
         assert_eq!(
             tenants_from_claims(&claims, &path(&["app_metadata", "tenant"])),
-            Ok(vec!["acme".into()])
+            Identity::Tenants(vec!["acme".into()])
         );
         // A URL-like key is one key, not a path.
         let claims = json!({"a": {"b": "x"}, "a.b": "y"});
         assert_eq!(
             tenants_from_claims(&claims, &path(&["a.b"])),
-            Ok(vec!["y".into()])
+            Identity::Tenants(vec!["y".into()])
         );
     }
 
@@ -330,7 +313,7 @@ mod tests {
             assert!(
                 matches!(
                     tenants_from_claims(&claims, &path(&["t"])),
-                    Err(IdentityError::Forbidden(_))
+                    Identity::Forbidden(_)
                 ),
                 "{claims}"
             );
@@ -338,7 +321,7 @@ mod tests {
         // The path goes through a non-object.
         assert!(matches!(
             tenants_from_claims(&json!({"a": "x"}), &path(&["a", "b"])),
-            Err(IdentityError::Forbidden(_))
+            Identity::Forbidden(_)
         ));
     }
 
@@ -351,7 +334,7 @@ mod tests {
             let claims = claims_from_payload_header(Some(header.as_bytes())).unwrap();
             assert_eq!(
                 tenants_from_claims(&claims, &path(&["client_id"])),
-                Ok(vec!["1999".into()])
+                Identity::Tenants(vec!["1999".into()])
             );
         }
     }
@@ -396,11 +379,11 @@ mod tests {
                 Some(br#"{"sub":"a","client_id":1999}"#),
                 &claim
             ),
-            UserinfoOutcome::Tenants(vec!["1999".into()])
+            Identity::Tenants(vec!["1999".into()])
         );
         assert!(matches!(
             classify_userinfo(Some(b"200"), Some(br#"{"sub":"a"}"#), &claim),
-            UserinfoOutcome::NoTenant(_)
+            Identity::Forbidden(_)
         ));
     }
 
@@ -410,16 +393,14 @@ mod tests {
         let unavailable = |status: Option<&[u8]>, body: Option<&[u8]>| {
             matches!(
                 classify_userinfo(status, body, &claim),
-                UserinfoOutcome::Unavailable(_)
+                Identity::Unavailable(_)
             )
         };
-        assert_eq!(
-            classify_userinfo(Some(b"401"), None, &claim),
-            UserinfoOutcome::Rejected
-        );
+        let rejected = Identity::Unauthorized("the identity provider rejected the token".into());
+        assert_eq!(classify_userinfo(Some(b"401"), None, &claim), rejected);
         assert_eq!(
             classify_userinfo(Some(b"403"), Some(b"{}"), &claim),
-            UserinfoOutcome::Rejected
+            rejected
         );
         assert!(unavailable(None, None));
         assert!(unavailable(Some(b"429"), None));

@@ -455,11 +455,19 @@ pub fn confined_to(query: &str, label: &str, tenant: &str, dialect: Dialect) -> 
 
 /// The caller's refusal for an engine answer other than 200: the engine's own error, if
 /// it is in Prometheus' shape (its type mapped, its message bounded), else a plain one.
+/// The status the caller gets for an engine's answer with `status`: 200 for a 200 (its
+/// body filtered), the engine's own for its errors, 502 for anything else.
+pub fn answer_status(status: u16) -> u16 {
+    match status {
+        200 | 400..=599 => status,
+        _ => 502,
+    }
+}
+
 fn engine_error(status: u16, body: &[u8]) -> Refusal {
-    let status = if (400..=599).contains(&status) {
-        status
-    } else {
-        502
+    let status = match answer_status(status) {
+        200 => 502,
+        status => status,
     };
     let parsed = (!json_depth_exceeds(body, MAX_JSON_DEPTH))
         .then(|| serde_json::from_slice::<Value>(body).ok())

@@ -18,7 +18,7 @@
 use crate::api::{check_param_count, extra_label, Plan, Refusal, STRIPPED_PARAMS};
 use crate::config::IdentityConfig;
 use crate::form::Params;
-use crate::identity::{self, IdentityError};
+use crate::identity::{self, Identity};
 use serde_json::Value;
 
 /// The ingestion endpoints allowed under `writes: victoriametrics`, without the
@@ -77,24 +77,29 @@ pub fn writes_denied(path: &str) -> Refusal {
 /// The tenants a verified JWT may write to: those of the tenant claim, narrowed to the
 /// one `identity.write_tenant_claim` names when the token carries it. That tenant must
 /// be one of the token's own: the claim picks among them and never adds one.
-pub fn tenants_from_claims(
-    claims: &Value,
-    identity: &IdentityConfig,
-) -> Result<Vec<String>, IdentityError> {
-    let tenants = identity::tenants_from_claims(claims, &identity.claim)?;
+pub fn tenants_from_claims(claims: &Value, identity: &IdentityConfig) -> Identity {
+    let tenants = match identity::tenants_from_claims(claims, &identity.claim) {
+        Identity::Tenants(tenants) => tenants,
+        refused => return refused,
+    };
     let Some(path) = &identity.write_tenant_claim else {
-        return Ok(tenants);
+        return Identity::Tenants(tenants);
     };
     let present = path
         .iter()
         .try_fold(claims, |value, key| value.as_object()?.get(key))
         .is_some();
     if !present {
-        return Ok(tenants);
+        return Identity::Tenants(tenants);
     }
-    let forbidden = |why: &str| Err(IdentityError::Forbidden(why.to_string()));
-    match identity::tenants_from_claims(claims, path)?.as_slice() {
-        [one] if tenants.contains(one) => Ok(vec![one.clone()]),
+    let forbidden = |why: &str| Identity::Forbidden(why.to_string());
+    let named = match identity::tenants_from_claims(claims, path) {
+        Identity::Tenants(named) => named,
+        // Present but unusable: refused as the tenant claim would be.
+        _ => return forbidden("the write tenant claim must name exactly one tenant"),
+    };
+    match named.as_slice() {
+        [one] if tenants.contains(one) => Identity::Tenants(vec![one.clone()]),
         [_] => forbidden("the write tenant claim names a tenant the identity does not have"),
         _ => forbidden("the write tenant claim must name exactly one tenant"),
     }
@@ -305,21 +310,21 @@ mod tests {
         let without = identity(None);
         assert_eq!(
             tenants_from_claims(&both, &without),
-            Ok(vec!["1999".to_string(), "2000".to_string()])
+            Identity::Tenants(vec!["1999".to_string(), "2000".to_string()])
         );
         let with = identity(Some(r#"["w","to"]"#));
         assert_eq!(
             tenants_from_claims(&both, &with),
-            Ok(vec!["2000".to_string()])
+            Identity::Tenants(vec!["2000".to_string()])
         );
         // Absent: the tenants as they are (one is enough, several are refused later).
         let one = json!({"client_id": "1999"});
         assert_eq!(
             tenants_from_claims(&one, &with),
-            Ok(vec!["1999".to_string()])
+            Identity::Tenants(vec!["1999".to_string()])
         );
         let forbidden = |claims: Value| match tenants_from_claims(&claims, &with) {
-            Err(IdentityError::Forbidden(why)) => why,
+            Identity::Forbidden(why) => why,
             other => panic!("{other:?}"),
         };
         assert!(forbidden(json!({"client_id": "1999", "w": {"to": "2000"}})).contains("not have"));

@@ -4,6 +4,8 @@
 
 use promql_tenant_filter::config::Config;
 use promql_tenant_filter::decision::{decide, Decision, RequestHead};
+use promql_tenant_filter::identity::Identity;
+use promql_tenant_filter::lifecycle::{Request, Trace};
 use promql_tenant_filter::{parse, rewrite, ConflictPolicy, Dialect, TenantMatcher};
 
 const FORM: &[u8] = b"application/x-www-form-urlencoded";
@@ -15,8 +17,18 @@ fn config(extra: &str) -> Config {
     Config::parse(json.as_bytes()).unwrap()
 }
 
-fn tenant(value: &str) -> Result<Vec<String>, promql_tenant_filter::identity::IdentityError> {
-    Ok(vec![value.to_string()])
+/// `query` is refused in dialect metricsql, for a reason whose message holds `why`.
+#[track_caller]
+fn assert_refused_in_metricsql(query: &str, tenant: &TenantMatcher, why: &str) {
+    let refused = rewrite(query, tenant, ConflictPolicy::And, Dialect::Metricsql);
+    assert!(
+        refused.as_ref().is_err_and(|e| e.to_string().contains(why)),
+        "{query}: {refused:?}"
+    );
+}
+
+fn tenant(value: &str) -> Identity {
+    Identity::Tenants(vec![value.to_string()])
 }
 
 /// request_decision: a GET carrying a form body with `match[]`. The body's `match[]`
@@ -71,24 +83,44 @@ fn get_with_a_form_body_is_refused() {
 
 /// rewrite_query (flag byte 0xae: policy `and`, MetricsQL, two tenant values): a range
 /// too large for a `Duration`. promql-parser, the oracle, panics on its output; our
-/// engine rewrites it in MetricsQL and refuses it in PromQL, as Prometheus does.
+/// engine refuses it in PromQL, as Prometheus does, and (since metricsql_differential
+/// found `[5555555555555555555555555555555555m]` crashing VictoriaMetrics, see below)
+/// in MetricsQL too: any duration over metricsql's int64 milliseconds.
 #[test]
 fn huge_float_range_is_handled_without_panic() {
     let tenant = TenantMatcher::new("client_id", &["1999", "20.0"]).unwrap();
+    for dialect in [Dialect::Promql, Dialect::Metricsql] {
+        let refused = rewrite("foo[9.5e90]", &tenant, ConflictPolicy::And, dialect);
+        assert!(refused
+            .unwrap_err()
+            .to_string()
+            .contains("duration out of range"));
+    }
     let out = rewrite(
-        "foo[9.5e90]",
+        "foo[9.5e9]",
         &tenant,
         ConflictPolicy::And,
         Dialect::Metricsql,
     )
     .unwrap();
-    assert_eq!(out, r#"foo{client_id=~"1999|20\\.0"}[9.5e90]"#);
+    assert_eq!(out, r#"foo{client_id=~"1999|20\\.0"}[9.5e9]"#);
     assert!(parse(&out, Dialect::Metricsql).is_ok());
-    let refused = rewrite("foo[9.5e90]", &tenant, ConflictPolicy::And, Dialect::Promql);
-    assert!(refused
-        .unwrap_err()
-        .to_string()
-        .contains("duration out of range"));
+}
+
+/// metricsql_differential (MetricsQL): a duration over int64 milliseconds. metricsql
+/// parses `5555555555555555555555555555555555m`, then panics evaluating it ("too big
+/// duration"), and VictoriaMetrics exits. Refused now as out of range.
+#[test]
+fn durations_beyond_int64_milliseconds_are_refused() {
+    let tenant = TenantMatcher::new("client_id", &["a|b", "c"]).unwrap();
+    for query in [
+        "rate(x[5555555555555555555555555555555555m])",
+        "x offset 9999999999999999999s",
+        "x[1m:300000000000000y]",
+    ] {
+        assert_refused_in_metricsql(query, &tenant, "duration out of range");
+    }
+    assert!(rewrite("x[100y]", &tenant, ConflictPolicy::And, Dialect::Metricsql).is_ok());
 }
 
 /// rewrite_query (flag byte 0x72: policy `and`, PromQL, tenant `"tenant.id"`): a lone
@@ -108,9 +140,14 @@ fn lone_carriage_return_in_a_comment_is_refused() {
             assert!(refused.is_err(), "{query:?} in {dialect:?}: {refused:?}");
         }
         let out = rewrite("w # c\r\n/ b", &tenant, ConflictPolicy::And, dialect).unwrap();
+        // MetricsQL writes the dotted label bare (metricsql_writes_a_dotted_tenant_label_bare).
+        let label = match dialect {
+            Dialect::Promql => "\"tenant.id\"",
+            Dialect::Metricsql => "tenant.id",
+        };
         assert_eq!(
             out,
-            "w{\"tenant.id\"=\"x\\\"y\\\\z\"} # c\r\n/ b{\"tenant.id\"=\"x\\\"y\\\\z\"}"
+            format!("w{{{label}=\"x\\\"y\\\\z\"}} # c\r\n/ b{{{label}=\"x\\\"y\\\\z\"}}")
         );
     }
 }
@@ -176,4 +213,142 @@ fn output_with_added_braces_reads_back_at_the_nesting_limit() {
     assert!(parse(&deepest, Dialect::Promql).is_ok());
     let out = rewrite(&deepest, &tenant, ConflictPolicy::And, Dialect::Promql).unwrap();
     assert!(parse(&out, Dialect::Promql).is_ok(), "{out}");
+}
+
+/// metricsql_differential (flag byte 0x05: MetricsQL, tenant `x"y\z`): a unary `+` before
+/// an `@` expression that has its own `@`. metricsql keeps no node for the `+`, prints
+/// `foo @ Ifoo @ nfo`, cannot read that back ("duplicate `@` token"), and
+/// VictoriaMetrics exits. Refused now, like any `@` expression with its own modifiers.
+#[test]
+fn at_expression_behind_a_plus_with_its_own_at_is_refused() {
+    let tenant = TenantMatcher::new("client_id", &["x\"y\\z"]).unwrap();
+    for query in ["foo @ +Ifoo @ +nfo", "x @ +y[5m]", "x @ (+(y offset 1m))"] {
+        assert_refused_in_metricsql(query, &tenant, "after @");
+    }
+    // A minus sign stays in metricsql's printout (`0 - ...`, in parentheses): fine.
+    assert!(rewrite(
+        "x @ -y @ -z",
+        &tenant,
+        ConflictPolicy::And,
+        Dialect::Metricsql
+    )
+    .is_ok());
+}
+
+/// rewrite_query (MetricsQL, tenant label `tenant.id`): the filter wrote the tenant
+/// matcher with a quoted label name, `{"tenant.id"="x\"y\\z"}`, which metricsql 0.49
+/// (and so dialect metricsql) does not read: every query with such a label failed at
+/// VictoriaMetrics. MetricsQL reads dotted label names bare, so the matcher is written
+/// `tenant.id="..."` there; a label it cannot spell at all is refused.
+#[test]
+fn metricsql_writes_a_dotted_tenant_label_bare() {
+    let tenant = TenantMatcher::new("tenant.id", &["x\"y\\z"]).unwrap();
+    let out = rewrite("{}", &tenant, ConflictPolicy::And, Dialect::Metricsql).unwrap();
+    assert_eq!(out, r#"{tenant.id="x\"y\\z"}"#);
+    assert!(parse(&out, Dialect::Metricsql).is_ok());
+    let out = rewrite("{}", &tenant, ConflictPolicy::And, Dialect::Promql);
+    assert!(out.is_err(), "promql needs a non-empty matcher: {out:?}");
+    let out = rewrite("x", &tenant, ConflictPolicy::And, Dialect::Promql).unwrap();
+    assert_eq!(out, r#"x{"tenant.id"="x\"y\\z"}"#);
+    let spaced = TenantMatcher::new("x y", &["1"]).unwrap();
+    assert!(rewrite("x", &spaced, ConflictPolicy::And, Dialect::Metricsql).is_err());
+}
+
+/// request_decision (dialect metricsql, tenant label `tenant.id`): on the label
+/// endpoints the filter adds `match[]={<tenant matcher>}` itself, and wrote it quoted,
+/// `{"tenant.id"="1999"}`, which metricsql (and VictoriaMetrics 1.79) does not read.
+/// It is written as the dialect reads it now, `{tenant.id="1999"}`.
+#[test]
+fn the_match_the_filter_adds_is_written_in_the_dialect() {
+    let json = r#"{"tenant_label":"tenant.id","dialect":"metricsql","victoriametrics_extra_label":false,
+        "identity":{"source":"userinfo","cluster":"idp","claim":"client_id"}}"#;
+    let c = Config::parse(json.as_bytes()).unwrap();
+    let head = RequestHead {
+        method: b"GET",
+        path: b"/api/v1/labels",
+        credential: Some(b"Bearer dG9rZW4"),
+        end_of_stream: true,
+        ..RequestHead::default()
+    };
+    match decide(&head, None, tenant("1999"), &c) {
+        Decision::Forward(r) => {
+            let path = r.path.expect("a match[] is added");
+            assert!(
+                path.ends_with("match%5B%5D=%7Btenant.id%3D%221999%22%7D"),
+                "{path}"
+            );
+            assert!(parse(r#"{tenant.id="1999"}"#, Dialect::Metricsql).is_ok());
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// metricsql_differential (timeout, MetricsQL): a 525-byte chain of `@` expressions with
+/// signs. The parser judged MetricsQL's one-range-one-offset-one-`@` rule while it
+/// folded the modifiers; a chain that broke the rule failed the parse there, after it
+/// had been read, and every enclosing `@` read it again: 3.7 s for this input, the
+/// doubling of a Wasm worker's time per added `@`. The rule is now judged after the
+/// parse (check.rs), so the parse never backtracks over a read chain. The input is
+/// refused in both dialects, as metricsql refuses it; `make bench` and the fuzz
+/// target's timeout watch the time.
+#[test]
+fn a_long_at_chain_is_read_once() {
+    let query = "f/anno @ +Inf @ +Inno @ pi @ +Inno @ +i @ +Inno @ +Inf @ +Gnno @ +Inf @ +Inno @ \
+        p@ +Inno @ pi @ +Inno @ +i @ +Inno @ +Inf @ +Gnno @ +Inf @ +Innonno @ +Inf @ +Gnno @ \
+        +Inf @ +Inno @ p@ +Inno @ pi @ +Inno @ +i @ +Inno @ +Inf @ +Gnno @ +Inf @ +Inno @ pi \
+        @ +Inno @ +m @ +Inno @ +Inf @ +Gnno @ +Infat@Inno @Inf @ +GInf@Inno @Inf @ +GInno @ \
+        +o@ +GInno @ +o @ +In@ +Inno @ +m @ +Inno @ +Inf @ +Gnno @ +Inf@Innono @ +o@ +GInno \
+        @ +o @ +In@ +Inno @ +m @ +Inno @ +Inf @ +Gnno @ +Inf@Inno @Inf @ +GInno @ +o @ +Inno \
+        @ +  @fnI+Inno @ +Inf@";
+    let tenant = TenantMatcher::new("client_id", &["1999"]).unwrap();
+    for dialect in [Dialect::Metricsql, Dialect::Promql] {
+        assert!(parse(query, dialect).is_err(), "{dialect:?}");
+        assert!(rewrite(query, &tenant, ConflictPolicy::And, dialect).is_err());
+    }
+    // The rule itself still holds, now judged after the parse.
+    for query in [
+        "x[1m][1m]",
+        "x @ 1 @ 2",
+        "x offset 1m offset 2m",
+        "x offset 1m [5m]",
+    ] {
+        assert_refused_in_metricsql(query, &tenant, "one range, then at most one offset");
+    }
+    for query in [
+        "x[1m] offset 1m @ 2",
+        "x[1m] @ 2 offset 1m",
+        "(x offset 1m) offset 1m",
+    ] {
+        assert!(parse(query, Dialect::Metricsql).is_ok(), "{query}");
+    }
+}
+
+/// request_decision, through the lifecycle: an identity arriving for a request that was
+/// not waiting for one (a verified JWT's, whose headers already settled it) threw the
+/// request's state away, and the request was neither answered nor let go.
+#[test]
+fn an_identity_for_a_request_not_waiting_changes_nothing() {
+    let c = Config::parse(
+        br#"{"tenant_label":"client_id","identity":{"source":"jwt_payload_header","claim":"client_id"}}"#,
+    )
+    .unwrap();
+    let head = RequestHead {
+        method: b"POST",
+        path: b"/api/v1/label/job/values",
+        content_type: Some(FORM),
+        credential: Some(b"eyJjbGllbnRfaWQiOiI5In0"), // {"client_id":"9"}
+        ..RequestHead::default()
+    };
+    let mut request = Request::new();
+    let mut trace = Trace::default();
+    trace.apply(request.on_headers(&head, &c, 0, |_| None));
+    trace.apply(request.on_identity(tenant("1999"), &c, 0));
+    let body = b"match[]=up";
+    trace.deliver(body, true);
+    trace.apply(request.on_body(body.len(), true, &c, 0, || Some(body.to_vec())));
+    assert!(
+        trace.headers_gone && trace.body_gone && trace.reply.is_none(),
+        "{trace:?}"
+    );
+    assert!(String::from_utf8_lossy(&trace.body).contains("client_id%3D%229%22"));
 }

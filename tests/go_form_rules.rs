@@ -22,6 +22,7 @@ use go_oracle::{compare, forwarded_request, GoOracle};
 use promql_tenant_filter::api;
 use promql_tenant_filter::config::Config;
 use promql_tenant_filter::decision::{decide, Decision, RequestHead};
+use promql_tenant_filter::identity::Identity;
 use std::path::Path;
 
 const FORM: &str = "application/x-www-form-urlencoded";
@@ -497,7 +498,12 @@ fn decide_as_alice(
         ..RequestHead::default()
     };
     let body = (!body.is_empty()).then_some(body);
-    decide(&head, body, Ok(vec![TENANT.to_string()]), config)
+    decide(
+        &head,
+        body,
+        Identity::Tenants(vec![TENANT.to_string()]),
+        config,
+    )
 }
 
 /// Whether every selector of `value` carries alice's tenant matcher (in each or-branch).

@@ -5,21 +5,26 @@
 //!   functions, aggregations with `by`/`without` before or after, binary operators with
 //!   `bool`/`on`/`ignoring`/`group_left`/`group_right`, unary operators, parentheses,
 //!   numbers, strings, comments), checked against `promql-parser` under all three
-//!   conflict policies, with hostile tenant values and label names; and MetricsQL
-//!   or-filters, which promql-parser reads too.
+//!   conflict policies, with hostile tenant values and label names, in dialect
+//!   `promql`, and in dialect `metricsql` too wherever VictoriaMetrics' parser (the
+//!   metricsql oracle) reads the query; and MetricsQL or-filters, which promql-parser
+//!   reads too.
 //! - `parse` and `rewrite` never panic on arbitrary strings, bytes, token soup, or
 //!   mutated queries, in both dialects.
 //! - Deep nesting (100k levels) returns an error instead of overflowing the stack.
 
 mod common;
 
+use common::metricsql::{is_confined, Oracle, Verdict};
 use common::{
     check_only_insertions, check_output, classify_user_matchers, drop_label_matchers,
     ExpectedMatcher, UserMatchers,
 };
+use promql_tenant_filter::promql::is_legacy_label_name;
 use promql_tenant_filter::{parse, rewrite, ConflictPolicy, Dialect, RewriteError, TenantMatcher};
 use proptest::prelude::*;
 use proptest::sample::select;
+use std::sync::{Mutex, OnceLock};
 
 type Gen = BoxedStrategy<String>;
 
@@ -67,6 +72,16 @@ fn label_name() -> Gen {
         4 => select(vec!["job", "instance", "le", "client_id", "offset", "by", "bool"])
             .prop_map(str::to_string),
         1 => select(vec!["\"tenant.id\"", "\"a.b\"", "\"ключ\"", "\"client_id\""])
+            .prop_map(str::to_string),
+        1 => "l_[a-z0-9_]{1,5}",
+    ]
+    .boxed()
+}
+
+/// Label names MetricsQL reads: no quoted ones (metricsql 0.49 has none).
+fn plain_label_name() -> Gen {
+    prop_oneof![
+        4 => select(vec!["job", "instance", "le", "client_id", "offset", "by", "bool"])
             .prop_map(str::to_string),
         1 => "l_[a-z0-9_]{1,5}",
     ]
@@ -164,10 +179,15 @@ fn modifiers() -> Gen {
 // ---------------------------------------------------------------- selectors
 
 fn matcher() -> Gen {
+    matcher_with(label_name())
+}
+
+/// A matcher on a label from `labels`: an equality or a regex, blanks and quoting varied.
+fn matcher_with(labels: Gen) -> Gen {
     prop_oneof![
-        3 => (label_name(), blank(), select(vec!["=", "!="]), blank(), string_literal(label_value()))
+        3 => (labels.clone(), blank(), select(vec!["=", "!="]), blank(), string_literal(label_value()))
             .prop_map(|(l, b1, op, b2, v)| format!("{l}{b1}{op}{b2}{v}")),
-        1 => (label_name(), select(vec!["=~", "!~"]), string_literal(regex_value()))
+        1 => (labels, select(vec!["=~", "!~"]), string_literal(regex_value()))
             .prop_map(|(l, op, v)| format!("{l}{op}{v}")),
     ]
     .boxed()
@@ -377,12 +397,21 @@ fn query() -> Gen {
         .boxed()
 }
 
+/// A matcher with an unquoted label name, as MetricsQL writes them.
+fn plain_matcher() -> Gen {
+    matcher_with(plain_label_name())
+}
+
 /// MetricsQL or-filters: `name{a="b" or c="d", e="f"}`; each branch starts with a matcher
 /// that does not match the empty string, and only the last may end with a comma.
 fn or_filter_selector() -> Gen {
-    let more = proptest::collection::vec((blank(), matcher()), 0..3);
-    let branch =
-        (label_name(), select(vec!["x", "a\"b", "é", "1999"]), more).prop_map(|(l, v, more)| {
+    let more = proptest::collection::vec((blank(), plain_matcher()), 0..3);
+    let branch = (
+        plain_label_name(),
+        select(vec!["x", "a\"b", "é", "1999"]),
+        more,
+    )
+        .prop_map(|(l, v, more)| {
             let rest: String = more.iter().map(|(b, m)| format!(",{b}{m}")).collect();
             format!("{l}={}{rest}", quote(v, '"'))
         });
@@ -417,7 +446,11 @@ fn or_filter_query() -> Gen {
     (
         select(FORMS.to_vec()),
         or_filter_selector(),
-        prop_oneof![or_filter_selector(), selector()],
+        prop_oneof![
+            or_filter_selector(),
+            metric_name(),
+            (metric_name(), plain_matcher()).prop_map(|(n, m)| format!("{n}{{{m}}}")),
+        ],
     )
         .prop_map(|(form, a, b)| form.replace("\u{1}A", &a).replace("\u{1}B", &b))
         .boxed()
@@ -464,6 +497,67 @@ fn policy() -> impl Strategy<Value = ConflictPolicy> {
     ]
 }
 
+/// What VictoriaMetrics' parser makes of `q` (one oracle process for the whole run).
+fn metricsql_verdict(q: &str) -> Verdict {
+    static ORACLE: OnceLock<Mutex<Oracle>> = OnceLock::new();
+    let oracle = ORACLE.get_or_init(|| Mutex::new(Oracle::start()));
+    let mut oracle = oracle
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    oracle.judge(q)
+}
+
+fn metricsql_reads(q: &str) -> bool {
+    metricsql_verdict(q).parses
+}
+
+/// Dialect `metricsql` with a tenant label PromQL would quote (`tenant.id`): MetricsQL
+/// has no quoted label names, so the matcher is written bare where it can be, and the
+/// query is refused where it cannot. The output is then the input plus the same
+/// insertions as in PromQL, and where metricsql reads it, every selector is confined.
+fn check_metricsql_bare_label(
+    q: &str,
+    tenant: &TenantMatcher,
+    expected: &ExpectedMatcher,
+    policy: ConflictPolicy,
+    promql: Option<&Result<String, RewriteError>>,
+) -> Result<(), String> {
+    let out = rewrite(q, tenant, policy, Dialect::Metricsql);
+    let Ok(text) = tenant.text_for(Dialect::Metricsql) else {
+        return match out {
+            Err(_) => Ok(()),
+            Ok(o) => Err(format!(
+                "an unspellable label was written in MetricsQL: {o:?}"
+            )),
+        };
+    };
+    let m = match (promql, &out) {
+        (_, Ok(m)) if promql.is_none_or(Result::is_ok) => m,
+        (None, Err(_)) => return Ok(()),
+        (Some(Err(RewriteError::Conflict(_))), Err(RewriteError::Conflict(_)))
+        | (Some(Err(RewriteError::Parse(_))), Err(RewriteError::Parse(_))) => return Ok(()),
+        _ => return Err(format!("dialects disagree: {promql:?} and {out:?}")),
+    };
+    if policy != ConflictPolicy::Replace {
+        let insertions = check_only_insertions(q, m, &text)?;
+        if let Some(Ok(p)) = promql {
+            let promql_insertions = check_only_insertions(q, p, tenant.matcher_text())?;
+            if insertions != promql_insertions {
+                return Err(format!(
+                    "{insertions} insertions in MetricsQL, {promql_insertions} in PromQL: {m:?}"
+                ));
+            }
+        }
+    }
+    let verdict = metricsql_verdict(m);
+    if verdict.parses {
+        if let Some(s) = verdict.selectors.iter().find(|s| !is_confined(s, expected)) {
+            return Err(format!("metricsql finds {} unconfined in {m:?}", s.printed));
+        }
+    }
+    Ok(())
+}
+
 /// Checks one generated case; `Err` carries a readable explanation.
 fn check_case(
     q: &str,
@@ -482,12 +576,27 @@ fn check_case(
     let tenant =
         TenantMatcher::new(label, &value_refs).map_err(|e| format!("TenantMatcher::new: {e}"))?;
     let expected = ExpectedMatcher::new(label, &value_refs);
-    let results: Vec<_> = dialects
+    // With a label PromQL quotes, MetricsQL writes the matcher differently.
+    let bare_in_metricsql = !is_legacy_label_name(label);
+    let same_text: Vec<Dialect> = dialects
+        .iter()
+        .copied()
+        .filter(|&d| !(bare_in_metricsql && d == Dialect::Metricsql))
+        .collect();
+    let results: Vec<_> = same_text
         .iter()
         .map(|&d| rewrite(q, &tenant, policy, d))
         .collect();
     if results.windows(2).any(|pair| pair[0] != pair[1]) {
         return Err(format!("dialects {dialects:?} disagree: {results:?}"));
+    }
+    if bare_in_metricsql && dialects.contains(&Dialect::Metricsql) {
+        let baseline = results.first();
+        check_metricsql_bare_label(q, &tenant, &expected, policy, baseline)?;
+        if baseline.is_none() {
+            // Only MetricsQL was asked for (or-filters): its checks are the ones above.
+            return Ok(());
+        }
     }
     let promql = results.into_iter().next().expect("at least one dialect");
     let want = match policy {
@@ -537,7 +646,12 @@ proptest! {
         // Generator slips (a type error promql-parser refuses) are skipped, not failed;
         // proptest fails the test if they become frequent.
         prop_assume!(promql_parser::parser::parse(&q).is_ok());
-        if let Err(e) = check_case(&q, &label, &values, policy, &[Dialect::Promql, Dialect::Metricsql]) {
+        let dialects: &[Dialect] = if metricsql_reads(&q) {
+            &[Dialect::Promql, Dialect::Metricsql]
+        } else {
+            &[Dialect::Promql]
+        };
+        if let Err(e) = check_case(&q, &label, &values, policy, dialects) {
             prop_assert!(false, "query {:?}\n tenant {:?} {:?} {:?}\n {}", q, label, values, policy, e);
         }
     }

@@ -1,5 +1,9 @@
-//! Fuzz target: the whole request decision (`decision::decide`), the code the filter
-//! runs in Envoy, from method, `:path`, headers, body and identity to a verdict.
+//! Fuzz target: the whole request decision, from method, `:path`, headers, body and
+//! identity to a verdict: `decision::decide`, and the request lifecycle that runs the
+//! same steps in Envoy (`lifecycle::Request`), fed the events in one of the orders
+//! Envoy produces (the input's length picks it): the identity at the headers, then a
+//! turn, then the body; the identity from a callout, then the body (Envoy without
+//! `allow_on_headers_stop_iteration`); the body, then the identity (with it).
 //!
 //! Input: a config flag byte (see `config_from_flags`), a request flag byte, then the
 //! fields method, path, content-type, content-encoding, content-length, credential,
@@ -8,6 +12,9 @@
 //! answered for the token.
 //!
 //! Invariants, besides no panic:
+//! - the lifecycle ends as `decide` says (a body over `max_body_bytes` may be refused
+//!   before the identity is judged), never touches the headers after they went on, and
+//!   never lets part of a body go on unjudged (`lifecycle::Trace` checks both);
 //! - a refusal is Prometheus' error JSON with a matching status;
 //! - the decision does not depend on the bearer token's text (so no refusal quotes it):
 //!   the same request with another token of the same shape gets the same decision;
@@ -25,9 +32,10 @@
 use libfuzzer_sys::fuzz_target;
 use promql_tenant_filter::api::{self, Action, Refusal};
 use promql_tenant_filter::config::{Config, IdentitySource};
-use promql_tenant_filter::decision::{decide, Decision, RequestHead};
+use promql_tenant_filter::decision::{decide, Decision, Forwarded, RequestHead};
 use promql_tenant_filter::form::Params;
-use promql_tenant_filter::identity::{self, IdentityError};
+use promql_tenant_filter::identity::{self, Identity};
+use promql_tenant_filter::lifecycle::{Reply, Request, Trace};
 use promql_tenant_filter::TenantMatcher;
 use promql_tenant_filter_fuzz::{
     check_confined, compare, config_from_flags, forwarded_request, with_go, ExpectedMatcher,
@@ -65,14 +73,24 @@ fuzz_target!(|data: &[u8]| {
         end_of_stream,
     };
     let looked_up = match (request_flags >> 5) & 0b11 {
-        0 => Ok(tenants.clone()),
-        1 => Err(IdentityError::Unauthorized("rejected".into())),
-        2 => Err(IdentityError::Forbidden("no claim".into())),
-        _ => Err(IdentityError::Unavailable("down".into())),
+        0 => Identity::Tenants(tenants.clone()),
+        1 => Identity::Unauthorized("rejected".into()),
+        2 => Identity::Forbidden("no claim".into()),
+        _ => Identity::Unavailable("down".into()),
     };
     let body = (!end_of_stream).then_some(body);
 
     let decision = decide(&head, body, looked_up.clone(), &config);
+    let lived = live(&head, body, &looked_up, &config, data.len() % 3);
+    match (&decision, &lived) {
+        (_, Decision::Refuse(r))
+            if r.status == 413 && body.is_some_and(|b| b.len() > config.max_body_bytes) => {}
+        (decided, lived) => assert_eq!(
+            sent(decided, body),
+            sent(lived, body),
+            "the lifecycle and decide disagree"
+        ),
+    }
 
     // The token's text must not matter beyond its validity: the same request with
     // another valid token of the same shape gets the same decision. A refusal that
@@ -95,7 +113,8 @@ fuzz_target!(|data: &[u8]| {
         Decision::Answer(_) | Decision::Forward(_) => {
             let plan = api::plan_request(method, path, config.backend, config.writes)
                 .unwrap_or_else(|r| panic!("let through a request planning refuses: {r:?}"));
-            let tenants = verified_tenants(&config, head.credential, looked_up)
+            let write = plan.action == Action::Write;
+            let tenants = verified_tenants(&config, head.credential, looked_up, write)
                 .expect("let through without a verified identity");
             let Decision::Forward(rewritten) = &decision else {
                 assert!(matches!(plan.action, Action::Answer(_)));
@@ -145,10 +164,13 @@ fuzz_target!(|data: &[u8]| {
 /// A write goes on with its body untouched and exactly one `extra_label`: the one
 /// tenant of its verified identity. The client's own `extra_label` / `extra_filters`
 /// are gone, and the query string reads as it will be read (the codec is Go's).
-fn check_write(config: &Config, rewritten: &api::Rewritten, tenants: &[String]) {
+fn check_write(config: &Config, rewritten: &Forwarded, tenants: &[String]) {
     assert!(rewritten.body.is_none(), "a write body was replaced");
     assert!(rewritten.response.is_none(), "a response filter on a write");
-    let path = rewritten.path.as_deref().expect("a write goes on with its :path set");
+    let path = rewritten
+        .path
+        .as_deref()
+        .expect("a write goes on with its :path set");
     let query = path.split_once('?').map_or("", |(_, q)| q);
     let params = Params::parse(query).expect("a forwarded query string parses");
     let matcher = TenantMatcher::new(&config.tenant_label, tenants).unwrap();
@@ -161,7 +183,11 @@ fn check_write(config: &Config, rewritten: &api::Rewritten, tenants: &[String]) 
         .filter(|p| p.name() == "extra_label")
         .map(|p| p.value())
         .collect();
-    assert_eq!(extra, [format!("{}={tenant}", config.tenant_label)], "{path}");
+    assert_eq!(
+        extra,
+        [format!("{}={tenant}", config.tenant_label)],
+        "{path}"
+    );
     assert!(
         !params
             .pairs()
@@ -172,6 +198,69 @@ fn check_write(config: &Config, rewritten: &api::Rewritten, tenants: &[String]) 
     assert!(
         promql_tenant_filter::form::go_param_count(query.as_bytes()) <= api::MAX_FORWARDED_PARAMS
     );
+}
+
+/// The request run through the lifecycle in one of three orders, as a `Decision`.
+fn live(
+    head: &RequestHead<'_>,
+    body: Option<&[u8]>,
+    identity: &Identity,
+    config: &Config,
+    order: usize,
+) -> Decision {
+    const NOW: u64 = 1_800_000_000;
+    let mut request = Request::new();
+    let mut trace = Trace::default();
+    let at_headers = order == 0;
+    trace.apply(request.on_headers(head, config, NOW, |_| at_headers.then(|| identity.clone())));
+    let send_body = |request: &mut Request, trace: &mut Trace| {
+        if let (Some(body), None) = (body, &trace.reply) {
+            trace.deliver(body, true);
+            let step = request.on_body(body.len(), true, config, NOW, || Some(body.to_vec()));
+            trace.apply(step);
+        }
+    };
+    match order {
+        0 => {
+            if trace.awaiting_turn {
+                trace.apply(request.on_turn(NOW));
+            }
+            send_body(&mut request, &mut trace);
+        }
+        1 => {
+            trace.apply(request.on_identity(identity.clone(), config, NOW));
+            send_body(&mut request, &mut trace);
+        }
+        _ => {
+            send_body(&mut request, &mut trace);
+            trace.apply(request.on_identity(identity.clone(), config, NOW));
+        }
+    }
+    match trace.reply {
+        Some(Reply::Refusal(refusal)) => Decision::Refuse(refusal),
+        Some(Reply::Answer(answer)) => Decision::Answer(answer),
+        None => {
+            assert!(trace.headers_gone, "neither answered nor let go");
+            assert!(body.is_none() || trace.body_gone, "the body never went on");
+            Decision::Forward(Forwarded {
+                path: trace.path,
+                body: body.map(|_| if trace.unread { trace.sent } else { trace.body }),
+                response: None,
+            })
+        }
+    }
+}
+
+/// A decision with the body the backend gets spelled out, changed or not.
+fn sent(decision: &Decision, body: Option<&[u8]>) -> Decision {
+    match decision {
+        Decision::Forward(f) => Decision::Forward(Forwarded {
+            path: f.path.clone(),
+            body: f.body.clone().or(body.map(<[u8]>::to_vec)),
+            response: None,
+        }),
+        other => other.clone(),
+    }
 }
 
 /// The credential with each letter and digit of its bearer token replaced by the next
@@ -212,6 +301,7 @@ fn check_refusal(refusal: &Refusal) {
         "unauthorized" => refusal.status == 401,
         "forbidden" => refusal.status == 403,
         "unavailable" => refusal.status == 503,
+        "timeout" => refusal.status == 408,
         _ => false,
     };
     assert!(fits, "status {} with errorType {kind}", refusal.status);
@@ -228,17 +318,26 @@ fn check_refusal(refusal: &Refusal) {
 fn verified_tenants(
     config: &Config,
     credential: Option<&[u8]>,
-    looked_up: Result<Vec<String>, IdentityError>,
+    looked_up: Identity,
+    write: bool,
 ) -> Option<Vec<String>> {
-    let tenants = match &config.identity.source {
+    let verified = match &config.identity.source {
         IdentitySource::Userinfo(_) => {
             identity::bearer_token(credential).ok()?;
-            looked_up.ok()?
+            looked_up
         }
         IdentitySource::JwtPayloadHeader { .. } => {
             let claims = identity::claims_from_payload_header(credential).ok()?;
-            identity::tenants_from_claims(&claims, &config.identity.claim).ok()?
+            if write {
+                // A write's tenant: narrowed by `identity.write_tenant_claim`.
+                promql_tenant_filter::writes::tenants_from_claims(&claims, &config.identity)
+            } else {
+                identity::tenants_from_claims(&claims, &config.identity.claim)
+            }
         }
+    };
+    let Identity::Tenants(tenants) = verified else {
+        return None;
     };
     TenantMatcher::new(&config.tenant_label, &tenants).ok()?;
     Some(tenants)
@@ -282,7 +381,10 @@ fn check_forwarded(
     };
     let own_extra = match matcher.values() {
         [one] => ("extra_label", format!("{}={one}", config.tenant_label)),
-        _ => ("extra_filters[]", format!("{{{}}}", matcher.matcher_text())),
+        _ => (
+            "extra_filters[]",
+            format!("{{{}}}", matcher.matcher_text_for(config.dialect)),
+        ),
     };
     let extra = config
         .victoriametrics_extra_label

@@ -53,7 +53,10 @@ fuzz_target!(|data: &[u8]| {
             return;
         }
     };
-    assert!(body.len() <= filter.max_bytes, "an answer over the bound passed");
+    assert!(
+        body.len() <= filter.max_bytes,
+        "an answer over the bound passed"
+    );
     let v: Value = serde_json::from_slice(&out).expect("the filtered answer is JSON");
     assert_eq!(v["status"], "success");
     fn carries<'v>(labels: &'v Value, tenants: &[String]) -> Option<&'v str> {
@@ -62,7 +65,10 @@ fuzz_target!(|data: &[u8]| {
             .filter(|t| tenants.iter().any(|mine| mine == t))
     }
     let check_alert = |alert: &Value| {
-        assert!(carries(&alert["labels"], &tenants).is_some(), "an alert of another tenant: {alert}");
+        assert!(
+            carries(&alert["labels"], &tenants).is_some(),
+            "an alert of another tenant: {alert}"
+        );
     };
     match filter.view {
         RuleView::Rules => {
@@ -70,7 +76,8 @@ fuzz_target!(|data: &[u8]| {
                 let rules = group["rules"].as_array().expect("rules");
                 assert!(!rules.is_empty(), "an empty group");
                 for rule in rules {
-                    let tenant = carries(&rule["labels"], &tenants).expect("a rule of another tenant");
+                    let tenant =
+                        carries(&rule["labels"], &tenants).expect("a rule of another tenant");
                     let query = rule["query"].as_str().expect("a query");
                     assert!(confined_to(query, "client_id", tenant, filter.dialect));
                     for alert in rule["alerts"].as_array().into_iter().flatten() {

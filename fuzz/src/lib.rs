@@ -42,7 +42,7 @@ pub fn oracle_parse(text: &str) -> Option<Expr> {
 // tests' own (tests/common), so the fuzzer and `make test` judge output the same way.
 #[path = "../../tests/common/mod.rs"]
 mod common;
-pub use common::{for_each_selector_mut, quote_meta, ExpectedMatcher};
+pub use common::{for_each_selector_mut, metricsql, quote_meta, ExpectedMatcher};
 
 // The Go form oracle's client is the integration tests' own (tests/go_form_oracle), so
 // that fuzzing and `make test` ask Go the same questions.

@@ -50,8 +50,10 @@ pub enum ExprKind<'s> {
     /// Duration-expression functions: `step()`, `range()`, `min_of(a, b)`, `max_of(a, b)`,
     /// and the `start()`/`end()` preprocessors.
     DurationFn { func: Kw, args: Vec<Expr<'s>> },
-    /// MetricsQL `expr keep_metric_names`.
+    /// MetricsQL `func(...) keep_metric_names`.
     KeepMetricNames(Box<Expr<'s>>),
+    /// MetricsQL `(a, b, ...)`: the union of its elements' series (also `()`).
+    Union(Vec<Expr<'s>>),
 }
 
 /// A series selector: the thing that must carry the tenant matcher.
@@ -200,7 +202,7 @@ pub struct Call<'s> {
     /// `by (...)` / `without (...)`, before or after the arguments.
     pub grouping: Option<Grouping<'s>>,
     /// MetricsQL `limit N` after an aggregation.
-    pub limit: Option<Box<Expr<'s>>>,
+    pub limit: bool,
 }
 
 /// `by (labels)` or `without (labels)`.
@@ -214,11 +216,57 @@ pub struct Grouping<'s> {
 #[derive(Debug, Clone, PartialEq)]
 pub struct RangeExpr<'s> {
     pub expr: Expr<'s>,
-    pub range: Expr<'s>,
+    /// The range; MetricsQL may leave it out (`x[:5m]`).
+    pub range: Option<Expr<'s>>,
     /// `None` for a matrix selector; `Some(step)` for a subquery, with an optional step.
     pub subquery_step: Option<Option<Expr<'s>>>,
     /// Prometheus 3 `anchored` / `smoothed` after a range.
     pub smoothing: Option<Kw>,
+}
+
+/// Calls `$visit` on each child of an expression kind, in source order: the one place
+/// that says what a node holds. `children!(&kind, f)` visits `&Expr`s;
+/// `children!(&mut kind, mut f)` visits `&mut Expr`s.
+macro_rules! children {
+    ($kind:expr, $($m:ident)? $visit:expr) => {{
+        let mut visit = $visit;
+        match $kind {
+            ExprKind::Number(_)
+            | ExprKind::Duration(_)
+            | ExprKind::String(_)
+            | ExprKind::Selector(_) => {}
+            ExprKind::Paren(inner)
+            | ExprKind::Unary { expr: inner, .. }
+            | ExprKind::KeepMetricNames(inner) => visit(& $($m)? **inner),
+            ExprKind::Binary(b) => {
+                visit(& $($m)? b.lhs);
+                visit(& $($m)? b.rhs);
+            }
+            ExprKind::Call(c) => {
+                for arg in & $($m)? c.args {
+                    visit(arg);
+                }
+            }
+            ExprKind::Union(items) | ExprKind::DurationFn { args: items, .. } => {
+                for item in items {
+                    visit(item);
+                }
+            }
+            ExprKind::Range(r) => {
+                visit(& $($m)? r.expr);
+                if let Some(range) = & $($m)? r.range {
+                    visit(range);
+                }
+                if let Some(Some(step)) = & $($m)? r.subquery_step {
+                    visit(step);
+                }
+            }
+            ExprKind::Offset { expr, offset: other } | ExprKind::At { expr, at: other } => {
+                visit(& $($m)? **expr);
+                visit(& $($m)? **other);
+            }
+        }
+    }};
 }
 
 impl<'s> Expr<'s> {
@@ -242,56 +290,75 @@ impl<'s> Expr<'s> {
         while let Some(e) = pending.pop() {
             visit(e);
             // Children are pushed in reverse so they pop in source order.
-            match &e.kind {
-                ExprKind::Number(_)
+            let first = pending.len();
+            children!(&e.kind, |child| pending.push(child));
+            pending[first..].reverse();
+        }
+    }
+
+    /// Whether this node holds other nodes.
+    fn holds_nodes(&self) -> bool {
+        !matches!(
+            self.kind,
+            ExprKind::Number(_)
                 | ExprKind::Duration(_)
                 | ExprKind::String(_)
-                | ExprKind::Selector(_) => {}
-                ExprKind::Paren(inner)
-                | ExprKind::Unary { expr: inner, .. }
-                | ExprKind::KeepMetricNames(inner) => pending.push(inner),
-                ExprKind::Binary(b) => {
-                    pending.push(&b.rhs);
-                    pending.push(&b.lhs);
-                }
-                ExprKind::Call(c) => {
-                    if let Some(l) = &c.limit {
-                        pending.push(l);
-                    }
-                    pending.extend(c.args.iter().rev());
-                }
-                ExprKind::Range(r) => {
-                    if let Some(Some(step)) = &r.subquery_step {
-                        pending.push(step);
-                    }
-                    pending.push(&r.range);
-                    pending.push(&r.expr);
-                }
-                ExprKind::Offset {
-                    expr,
-                    offset: other,
-                }
-                | ExprKind::At { expr, at: other } => {
-                    pending.push(other);
-                    pending.push(expr);
-                }
-                ExprKind::DurationFn { args, .. } => pending.extend(args.iter().rev()),
+                | ExprKind::Selector(_)
+        )
+    }
+}
+
+impl<'s> Expr<'s> {
+    /// How deep the recursive walks over this tree go, and where the deepest node
+    /// starts: one level per node that holds other nodes, except the left operand of a
+    /// binary operator that is itself one (chains are walked in a loop). Computed with a
+    /// heap stack, so it is safe on a tree of any depth.
+    pub fn nesting_depth<'a>(&'a self) -> (usize, usize) {
+        let mut deepest = (0, self.span.start);
+        let mut pending: Vec<(&'a Expr<'s>, usize)> = vec![(self, usize::from(self.holds_nodes()))];
+        while let Some((e, level)) = pending.pop() {
+            if level > deepest.0 {
+                deepest = (level, e.span.start);
             }
+            let binary_lhs = match &e.kind {
+                ExprKind::Binary(b) => Some(&b.lhs),
+                _ => None,
+            };
+            children!(&e.kind, |child: &'a Expr<'s>| {
+                let chained = binary_lhs.is_some_and(|lhs| std::ptr::eq(lhs, child))
+                    && matches!(child.kind, ExprKind::Binary(_));
+                let child_level = if child.holds_nodes() && !chained {
+                    level + 1
+                } else {
+                    level
+                };
+                pending.push((child, child_level));
+            });
         }
+        deepest
     }
 }
 
 impl Drop for Expr<'_> {
-    /// Dismantles binary chains in a loop; the derived drop would recurse once per operator.
+    /// Dismantles the tree with a heap stack instead of the call stack: the derived drop
+    /// recurses once per level, and a tree may be deeper than the wasm VM's stack allows
+    /// before the depth cap refuses it (operator chains, postfix chains, a tree
+    /// abandoned half-built by a failed parse).
     fn drop(&mut self) {
-        let mut chain = Vec::new();
-        if let ExprKind::Binary(b) = &mut self.kind {
-            chain.push(std::mem::replace(&mut b.lhs.kind, ExprKind::Number(0.0)));
-        }
-        while let Some(mut kind) = chain.pop() {
-            if let ExprKind::Binary(b) = &mut kind {
-                chain.push(std::mem::replace(&mut b.lhs.kind, ExprKind::Number(0.0)));
-            }
+        let mut pending = Vec::new();
+        take_children(&mut self.kind, &mut pending);
+        while let Some(mut kind) = pending.pop() {
+            take_children(&mut kind, &mut pending);
+            // `kind` drops here, its children already replaced by leaves.
         }
     }
+}
+
+/// Moves every child's kind that has children of its own into `out`, leaving a leaf.
+fn take_children<'s>(kind: &mut ExprKind<'s>, out: &mut Vec<ExprKind<'s>>) {
+    children!(&mut *kind, mut |child: &mut Expr<'s>| {
+        if child.holds_nodes() {
+            out.push(std::mem::replace(&mut child.kind, ExprKind::Number(0.0)));
+        }
+    });
 }

@@ -3,11 +3,13 @@
 //! The rules follow Prometheus' `checkAST`: what may be ranged or offset, operand
 //! types of operators, function arity and argument types, and the selector rules
 //! (at least one non-empty matcher, the metric name set once). MetricsQL converts
-//! types implicitly and accepts any function, so it gets only the selector rules.
+//! types implicitly and accepts any function, so it gets only what metricsql's parser
+//! itself refuses (`bool` off comparisons, grouping on set operators) and the bounds of
+//! a duration VictoriaMetrics can evaluate.
 
 use super::ast::*;
 use super::lexer::{AggOp, Kw};
-use super::{Dialect, ParseError};
+use super::{numbers, Dialect, ParseError};
 
 /// The type an expression evaluates to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -209,6 +211,12 @@ impl Checker<'_> {
             }
             ExprKind::Paren(inner) => self.check(inner),
             ExprKind::KeepMetricNames(inner) => self.check(inner),
+            ExprKind::Union(items) => {
+                for item in items {
+                    self.check(item)?;
+                }
+                Ok(V)
+            }
             ExprKind::Unary { expr: inner, .. } => {
                 let t = self.check(inner)?;
                 if self.promql() && !matches!(t, S | V) {
@@ -239,16 +247,26 @@ impl Checker<'_> {
                 Ok(lt)
             }
             ExprKind::Call(c) => self.check_call(c, &expr.span),
-            ExprKind::Range(r) => self.check_range(r, &expr.span),
+            ExprKind::Range(r) => {
+                self.check_metricsql_chain(expr)?;
+                self.check_range(r, &expr.span)
+            }
             ExprKind::Offset {
                 expr: inner,
                 offset,
             } => {
+                self.check_metricsql_chain(expr)?;
                 self.check_duration(offset, true)?;
                 self.check_modified(inner, &expr.span, true)
             }
             ExprKind::At { expr: inner, at } => {
-                self.check_at(at)?;
+                self.check_metricsql_chain(expr)?;
+                if self.promql() {
+                    self.check_at(at)?;
+                } else {
+                    // MetricsQL evaluates any expression after `@`.
+                    self.check(at)?;
+                }
                 self.check_modified(inner, &expr.span, false)
             }
             ExprKind::DurationFn { func, args } => {
@@ -267,6 +285,34 @@ impl Checker<'_> {
         }
     }
 
+    /// MetricsQL (metricsql's `parseRollupExpr`) takes, after an atom, one range, then at
+    /// most one `offset` and one `@` in either order; parentheses start a new chain.
+    /// `node` is a range, offset or `@`: what its chain holds below it must fit.
+    fn check_metricsql_chain(&self, node: &Expr<'_>) -> Result<(), ParseError> {
+        if self.promql() {
+            return Ok(());
+        }
+        let same_kind = |a: &ExprKind<'_>, b: &ExprKind<'_>| {
+            std::mem::discriminant(a) == std::mem::discriminant(b)
+        };
+        let mut below = modified(node);
+        while let Some(e) = below {
+            let fits = match (&node.kind, &e.kind) {
+                (_, ExprKind::Range(_)) => !matches!(node.kind, ExprKind::Range(_)),
+                (ExprKind::Range(_), ExprKind::Offset { .. } | ExprKind::At { .. }) => false,
+                (kind, other) => !same_kind(kind, other),
+            };
+            if !fits {
+                return Err(self.err(
+                    &node.span,
+                    "MetricsQL takes one range, then at most one offset and one @, per expression: put the expression in parentheses first",
+                ));
+            }
+            below = modified(e);
+        }
+        Ok(())
+    }
+
     fn check_selector(
         &self,
         sel: &Selector<'_>,
@@ -274,7 +320,8 @@ impl Checker<'_> {
         bypass_empty_check: bool,
     ) -> Result<(), ParseError> {
         let matchers = sel.groups.iter().flat_map(|g| g.matchers.iter());
-        if let Some((name, _)) = &sel.name {
+        // MetricsQL takes a second `__name__` matcher and ANDs it with the name.
+        if let (Some((name, _)), true) = (&sel.name, self.promql()) {
             if let Some(m) = matchers
                 .clone()
                 .find(|m| m.label == "__name__" && !m.name_only)
@@ -307,9 +354,6 @@ impl Checker<'_> {
         rt: ValueType,
         span: &Span,
     ) -> Result<ValueType, ParseError> {
-        if !self.promql() {
-            return Ok(if lt == S && rt == S { S } else { V });
-        }
         let op = b.op.symbol();
         if b.return_bool && !b.op.is_comparison() {
             return Err(self.err(
@@ -317,12 +361,14 @@ impl Checker<'_> {
                 "bool modifier can only be used on comparison operators",
             ));
         }
-        // Prometheus also refuses range vectors as operands ("binary expression must
-        // contain only scalar and instant vector types"). We let them through: the
-        // product's reference example (`... and x[50h]`) has one, VictoriaMetrics
-        // answers it, and every selector in it is still confined, so accepting it
-        // loosens no isolation; a Prometheus backend refuses it on its own.
-        if lt == Str || rt == Str {
+        let grouped = b.matching.as_ref().is_some_and(|m| m.group.is_some());
+        if grouped && b.op.is_set() {
+            return Err(self.err(span, format!("no grouping allowed for {op:?} operation")));
+        }
+        if !self.promql() {
+            return Ok(if lt == S && rt == S { S } else { V });
+        }
+        if matches!(lt, Str | M) || matches!(rt, Str | M) {
             return Err(self.err(
                 span,
                 "binary expression must contain only scalar and instant vector types",
@@ -333,9 +379,6 @@ impl Checker<'_> {
                 return Err(self.err(span, "vector matching only allowed between instant vectors"));
             }
             if let Some(group) = &m.group {
-                if b.op.is_set() {
-                    return Err(self.err(span, format!("no grouping allowed for {op:?} operation")));
-                }
                 if m.on {
                     if let Some(l) = group.labels.iter().find(|l| m.labels.contains(l)) {
                         return Err(self.err(
@@ -523,14 +566,19 @@ impl Checker<'_> {
 
     fn check_range(&self, r: &RangeExpr<'_>, span: &Span) -> Result<ValueType, ParseError> {
         let inner = self.check(&r.expr)?;
-        let range = self.check_duration(&r.range, true)?;
+        let range = match &r.range {
+            Some(range) => self.check_duration(range, true)?,
+            None => None,
+        };
         if let Some(Some(step)) = &r.subquery_step {
             if self.check_duration(step, true)?.is_some_and(|s| s < 0.0) {
                 return Err(self.err(&step.span, "step must be positive"));
             }
         }
-        if range.is_some_and(|d| d <= 0.0) && self.promql() {
-            return Err(self.err(&r.range.span, "duration must be greater than 0"));
+        if let (Some(d), Some(range)) = (range, &r.range) {
+            if d <= 0.0 && self.promql() {
+                return Err(self.err(&range.span, "duration must be greater than 0"));
+            }
         }
         if !self.promql() {
             return Ok(M);
@@ -635,17 +683,69 @@ impl Checker<'_> {
 
     /// Evaluates a duration expression, in seconds, or `None` when it depends on
     /// `step()`/`range()`. Division by a constant zero is an error either way.
-    fn check_duration(&self, e: &Expr<'_>, enforce_limit: bool) -> Result<Option<f64>, ParseError> {
+    ///
+    /// `is_duration` is set for ranges, steps and offsets (not `@`): there a number must
+    /// be plain decimal seconds, the only spelling VictoriaMetrics evaluates as a
+    /// duration (`x[0x10]` and `x[1Ki]` parse, then panic the process when run), and
+    /// Prometheus bounds the value. The left spine of `a + b + c ...` is walked in a
+    /// loop, as in `check`.
+    fn check_duration(&self, e: &Expr<'_>, is_duration: bool) -> Result<Option<f64>, ParseError> {
+        let mut spine = Vec::new();
+        let mut leftmost = e;
+        while let ExprKind::Binary(b) = &leftmost.kind {
+            spine.push((b, leftmost));
+            leftmost = &b.lhs;
+        }
+        let mut value = self.duration_term(leftmost, is_duration)?;
+        for (b, node) in spine.into_iter().rev() {
+            let r = self.check_duration(&b.rhs, is_duration)?;
+            if r == Some(0.0) && matches!(b.op, BinOp::Div | BinOp::Mod) {
+                let what = if b.op == BinOp::Div {
+                    "division by zero"
+                } else {
+                    "modulo by zero"
+                };
+                return Err(self.err(&node.span, what));
+            }
+            value = match (value, r) {
+                (Some(l), Some(r)) => Some(match b.op {
+                    BinOp::Add => l + r,
+                    BinOp::Sub => l - r,
+                    BinOp::Mul => l * r,
+                    BinOp::Div => l / r,
+                    BinOp::Mod => l % r,
+                    _ => l.powf(r),
+                }),
+                _ => None,
+            };
+            self.duration_in_range(node, value, is_duration)?;
+        }
+        Ok(value)
+    }
+
+    fn duration_term(&self, e: &Expr<'_>, is_duration: bool) -> Result<Option<f64>, ParseError> {
         let value = match &e.kind {
-            ExprKind::Number(v) | ExprKind::Duration(v) => Some(*v),
-            ExprKind::Paren(inner) => self.check_duration(inner, enforce_limit)?,
+            ExprKind::Number(v) => {
+                let text = &self.src[e.span.clone()];
+                if is_duration && !numbers::is_plain_decimal(text) {
+                    return Err(self.err(
+                        &e.span,
+                        format!(
+                            "a duration given as a number must be decimal seconds, not {text:?}: VictoriaMetrics cannot evaluate it"
+                        ),
+                    ));
+                }
+                Some(*v)
+            }
+            ExprKind::Duration(v) => Some(*v),
+            ExprKind::Paren(inner) => self.check_duration(inner, is_duration)?,
             ExprKind::Unary { negative, expr } => self
-                .check_duration(expr, enforce_limit)?
+                .check_duration(expr, is_duration)?
                 .map(|v| if *negative { -v } else { v }),
             ExprKind::DurationFn { func, args } => {
                 let mut values = Vec::with_capacity(args.len());
                 for a in args {
-                    values.push(self.check_duration(a, enforce_limit)?);
+                    values.push(self.check_duration(a, is_duration)?);
                 }
                 match (func, values.as_slice()) {
                     (Kw::MinOf, [Some(a), Some(b)]) => Some(a.min(*b)),
@@ -653,37 +753,39 @@ impl Checker<'_> {
                     _ => None,
                 }
             }
-            ExprKind::Binary(b) => {
-                let l = self.check_duration(&b.lhs, enforce_limit)?;
-                let r = self.check_duration(&b.rhs, enforce_limit)?;
-                if r == Some(0.0) && matches!(b.op, BinOp::Div | BinOp::Mod) {
-                    let what = if b.op == BinOp::Div {
-                        "division by zero"
-                    } else {
-                        "modulo by zero"
-                    };
-                    return Err(self.err(&e.span, what));
-                }
-                match (l, r) {
-                    (Some(l), Some(r)) => Some(match b.op {
-                        BinOp::Add => l + r,
-                        BinOp::Sub => l - r,
-                        BinOp::Mul => l * r,
-                        BinOp::Div => l / r,
-                        BinOp::Mod => l % r,
-                        _ => l.powf(r),
-                    }),
-                    _ => None,
-                }
-            }
             _ => return Err(self.err(&e.span, "expected a number, duration, step(), or range()")),
         };
+        self.duration_in_range(e, value, is_duration)?;
+        Ok(value)
+    }
+
+    fn duration_in_range(
+        &self,
+        e: &Expr<'_>,
+        value: Option<f64>,
+        is_duration: bool,
+    ) -> Result<(), ParseError> {
+        // Prometheus holds durations as int64 nanoseconds; metricsql as int64
+        // milliseconds, and panics evaluating a longer one (`x[99999999999999999m]`).
+        let max = match self.dialect {
+            Dialect::Promql => MAX_DURATION_SECONDS,
+            Dialect::Metricsql => i64::MAX as f64 / 1e3,
+        };
         if let Some(v) = value {
-            if self.promql() && (v.abs() > MAX_DURATION_SECONDS || v.is_nan()) && enforce_limit {
+            if (v.abs() > max || v.is_nan()) && is_duration {
                 return Err(self.err(&e.span, "duration out of range"));
             }
         }
-        Ok(value)
+        Ok(())
+    }
+}
+
+/// What a range, offset or `@` applies to.
+fn modified<'e, 's>(e: &'e Expr<'s>) -> Option<&'e Expr<'s>> {
+    match &e.kind {
+        ExprKind::Range(r) => Some(&r.expr),
+        ExprKind::Offset { expr, .. } | ExprKind::At { expr, .. } => Some(expr),
+        _ => None,
     }
 }
 

@@ -242,6 +242,8 @@ where
     fn merge(mut self, other: Self) -> Self {
         self.tokens |= other.tokens;
         self.labels |= other.labels;
+        // A grammar rule's own message says more than the expectations around it.
+        self.custom = self.custom.or(other.custom);
         self
     }
 }

@@ -3,6 +3,7 @@
 use super::ast::{MatchOp, Selector};
 use super::strings::{is_legacy_label_name, quote_meta, write_quoted};
 use super::{lexer, parse_lexed, Dialect, ParseError};
+use std::borrow::Cow;
 use std::fmt;
 
 /// What to do with a selector that already has matchers on the tenant label.
@@ -38,6 +39,8 @@ pub struct TenantMatcher {
     label: String,
     values: Vec<String>,
     text: String,
+    /// Where the operator starts in `text`, after the label.
+    op_at: usize,
 }
 
 /// A tenant that cannot be expressed as a matcher (no values, empty label...).
@@ -77,6 +80,7 @@ impl TenantMatcher {
         if unique.is_empty() {
             return Err(InvalidTenant("no tenant value".into()));
         }
+        // The label is written as PromQL writes it; `text_for` rewrites it for MetricsQL.
         let mut text = String::with_capacity(
             label.len() + 8 + unique.iter().map(|v| v.len() + 1).sum::<usize>(),
         );
@@ -85,6 +89,7 @@ impl TenantMatcher {
         } else {
             write_quoted(&mut text, label);
         }
+        let op_at = text.len();
         if let [only] = unique.as_slice() {
             text.push('=');
             write_quoted(&mut text, only);
@@ -96,6 +101,7 @@ impl TenantMatcher {
             label: label.to_string(),
             values: unique,
             text,
+            op_at,
         })
     }
     /// The tenant label name.
@@ -109,6 +115,45 @@ impl TenantMatcher {
     /// The matcher as PromQL text, e.g. `client_id="1999"` or `"tenant.id"=~"a|b"`.
     pub fn matcher_text(&self) -> &str {
         &self.text
+    }
+
+    /// The matcher as the dialect writes it. MetricsQL (VictoriaMetrics 1.79) has no
+    /// quoted label names but takes `.` and `:` in bare ones (`tenant.id="1999"`); a
+    /// label it cannot spell makes every query fail to rewrite, loudly.
+    pub fn text_for(&self, dialect: Dialect) -> Result<Cow<'_, str>, RewriteError> {
+        if dialect == Dialect::Metricsql && !self.metricsql_spells_label() {
+            return Err(RewriteError::Parse(ParseError::at(
+                "",
+                0,
+                format!(
+                    "the tenant label {:?} cannot be written in MetricsQL, which has no quoted label names",
+                    self.label
+                ),
+            )));
+        }
+        Ok(self.matcher_text_for(dialect))
+    }
+
+    /// The matcher for selectors the filter adds itself (`match[]`, `extra_filters[]`):
+    /// as [`TenantMatcher::text_for`], but a label MetricsQL cannot spell stays quoted
+    /// (VictoriaMetrics then refuses the request: it fails closed).
+    pub fn matcher_text_for(&self, dialect: Dialect) -> Cow<'_, str> {
+        if dialect == Dialect::Promql
+            || is_legacy_label_name(&self.label)
+            || !self.metricsql_spells_label()
+        {
+            return Cow::Borrowed(&self.text);
+        }
+        Cow::Owned(format!("{}{}", self.label, &self.text[self.op_at..]))
+    }
+
+    /// Whether metricsql reads the label as a bare name: `[a-zA-Z_][a-zA-Z0-9_.:]*`.
+    fn metricsql_spells_label(&self) -> bool {
+        let mut chars = self.label.chars();
+        chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':'))
     }
 
     /// The regular expression matching exactly the tenant values (`a|b`, metacharacters escaped).
@@ -177,11 +222,12 @@ pub fn rewrite(
              cannot be confined: name the data labels, e.g. info(v, {k8s_cluster_name=~\".+\"})",
         )));
     }
+    let matcher = tenant.text_for(dialect)?;
     let mut edits: Vec<Edit> = Vec::new();
     let mut conflict = None;
     expr.for_each_selector(&mut |sel| {
         if conflict.is_none() {
-            if let Err(e) = plan_selector(sel, tenant, policy, &mut edits) {
+            if let Err(e) = plan_selector(sel, tenant, &matcher, policy, &mut edits) {
                 conflict = Some(e);
             }
         }
@@ -224,15 +270,16 @@ struct Edit {
 fn plan_selector(
     sel: &Selector<'_>,
     tenant: &TenantMatcher,
+    matcher: &str,
     policy: ConflictPolicy,
     edits: &mut Vec<Edit>,
 ) -> Result<(), RewriteError> {
     let Some(_) = &sel.braces else {
         // A bare metric name: `foo` becomes `foo{label="v"}`.
         if let Some((_, name_span)) = &sel.name {
-            let mut text = String::with_capacity(tenant.text.len() + 2);
+            let mut text = String::with_capacity(matcher.len() + 2);
             text.push('{');
-            text.push_str(&tenant.text);
+            text.push_str(matcher);
             text.push('}');
             edits.push(Edit {
                 start: name_span.end,
@@ -286,11 +333,11 @@ fn plan_selector(
                 }
             }
         }
-        let mut text = String::with_capacity(tenant.text.len() + 1);
+        let mut text = String::with_capacity(matcher.len() + 1);
         if remaining > 0 && !last_remaining_has_comma {
             text.push(',');
         }
-        text.push_str(&tenant.text);
+        text.push_str(matcher);
         edits.push(Edit {
             start: group.insert_at,
             end: group.insert_at,
@@ -345,12 +392,14 @@ mod tests {
             ok(r#"{__name__="foo"}[5m]"#),
             r#"{__name__="foo",client_id="1999"}[5m]"#
         );
+        // A range vector on the right of `and`: VictoriaMetrics answers it, Prometheus
+        // refuses it, and so do the dialects.
+        let long = r#"max_over_time(deriv(rate(distance_covered_total[5s])[30s:5s])[10m:])and http_requests_total{status_code=~"2.*"}[50h]"#;
         assert_eq!(
-            ok(
-                r#"max_over_time(deriv(rate(distance_covered_total[5s])[30s:5s])[10m:])and http_requests_total{status_code=~"2.*"}[50h]"#
-            ),
+            rw(long, &["1999"], ConflictPolicy::And, Dialect::Metricsql).unwrap(),
             r#"max_over_time(deriv(rate(distance_covered_total{client_id="1999"}[5s])[30s:5s])[10m:])and http_requests_total{status_code=~"2.*",client_id="1999"}[50h]"#
         );
+        assert!(rw(long, &["1999"], ConflictPolicy::And, Dialect::Promql).is_err());
     }
 
     #[test]
@@ -389,6 +438,21 @@ mod tests {
         );
         let quoted = TenantMatcher::new("tenant.id", &["x"]).unwrap();
         assert_eq!(quoted.matcher_text(), r#""tenant.id"="x""#);
+        // MetricsQL has no quoted label names, but reads dotted ones bare.
+        assert_eq!(
+            quoted.text_for(Dialect::Metricsql).unwrap(),
+            r#"tenant.id="x""#
+        );
+        assert_eq!(
+            rewrite("foo", &quoted, ConflictPolicy::And, Dialect::Metricsql).unwrap(),
+            r#"foo{tenant.id="x"}"#
+        );
+        let unspellable = TenantMatcher::new("a-b", &["x"]).unwrap();
+        assert!(rewrite("foo", &unspellable, ConflictPolicy::And, Dialect::Metricsql).is_err());
+        assert_eq!(
+            rewrite("foo", &unspellable, ConflictPolicy::And, Dialect::Promql).unwrap(),
+            r#"foo{"a-b"="x"}"#
+        );
         assert!(TenantMatcher::new("client_id", &[""]).is_err());
         assert!(TenantMatcher::new("client_id", &[] as &[&str]).is_err());
     }

@@ -7,6 +7,7 @@
 //! parser after it can never exhaust the stack.
 
 use super::error::ParseError;
+use super::numbers::{self, Literal};
 use super::Dialect;
 
 /// Deepest nesting accepted: brackets, unary operators and `^` chains all count.
@@ -327,15 +328,8 @@ impl<'a> Lexer<'a> {
                     self.push(tok, start);
                 }
                 _ if is_ident_start(b) => {
-                    let colon_allowed =
-                        self.innermost() != Some(Group::Brace) && !self.in_brackets();
-                    while let Some(c) = self.peek() {
-                        if is_ident_char(c) || (c == b':' && colon_allowed) {
-                            self.pos += 1;
-                        } else {
-                            break;
-                        }
-                    }
+                    self.word();
+                    self.dot_after_word(start)?;
                     // A colon may also start a metric name (`:foo:rate5m`), handled below.
                     let kw = if self.innermost() == Some(Group::Brace) {
                         // Inside braces every word is a label name, except MetricsQL's `or`.
@@ -369,13 +363,8 @@ impl<'a> Lexer<'a> {
                         .peek_at(1)
                         .is_some_and(|c| is_ident_start(c) || c == b':') =>
                 {
-                    while let Some(c) = self.peek() {
-                        if is_ident_char(c) || c == b':' {
-                            self.pos += 1;
-                        } else {
-                            break;
-                        }
-                    }
+                    self.word();
+                    self.dot_after_word(start)?;
                     self.push(Tok::Ident(Kw::None), start);
                 }
                 _ => {
@@ -426,6 +415,39 @@ impl<'a> Lexer<'a> {
             return Err(self.err(self.src.len(), message.to_string()));
         }
         Ok(self.out)
+    }
+
+    /// Reads the rest of a word, as the dialect's backend does. Prometheus: letters,
+    /// digits and `_`, and `:` in metric names (outside braces and brackets).
+    /// VictoriaMetrics: `.` and `:` too, inside braces as well (`host.name`, `a:b`),
+    /// so `bool.5` is one name to it; in brackets a `:` still separates range and step.
+    fn word(&mut self) {
+        let metricsql = self.dialect == Dialect::Metricsql;
+        let in_braces = self.innermost() == Some(Group::Brace);
+        let colon_allowed = !self.in_brackets() && (metricsql || !in_braces);
+        while let Some(c) = self.peek() {
+            if is_ident_char(c) || (c == b':' && colon_allowed) || (c == b'.' && metricsql) {
+                self.pos += 1;
+            } else {
+                break;
+            }
+        }
+    }
+
+    /// In dialect `promql`, a word followed directly by `.` is refused: Prometheus
+    /// reads `bool.5` as the keyword and a number, VictoriaMetrics as one metric name,
+    /// which would reach it without the tenant matcher. A space between them is fine.
+    fn dot_after_word(&self, start: usize) -> Result<(), ParseError> {
+        if self.dialect == Dialect::Promql && self.peek() == Some(b'.') {
+            return Err(self.err(
+                start,
+                format!(
+                    "{:?} is followed by \".\": Prometheus reads a name and a number there, VictoriaMetrics one dotted name; put a space between them",
+                    &self.src[start..self.pos]
+                ),
+            ));
+        }
+        Ok(())
     }
 
     fn too_deep(&self, at: usize) -> ParseError {
@@ -596,117 +618,40 @@ impl<'a> Lexer<'a> {
         Ok(())
     }
 
-    /// Numbers (`1`, `.5`, `5.`, `1e3`, `0x1F`, MetricsQL `2Ki`) and durations (`1h30m`).
+    /// A number or a duration, ended where the dialect's backend ends it
+    /// (`numbers.rs`). Whatever follows must not continue a word or a number: both
+    /// backends would split there and read two things we would not.
     fn number_or_duration(&mut self) -> Result<Tok, ParseError> {
         let start = self.pos;
-        let bytes = self.bytes;
-        let digits = |mut i: usize| {
-            while i < bytes.len() && bytes[i].is_ascii_digit() {
-                i += 1;
-            }
-            i
-        };
-        if bytes[start] == b'0' && matches!(self.peek_at(1), Some(b'x' | b'X')) {
-            let mut i = start + 2;
-            while i < bytes.len() && bytes[i].is_ascii_hexdigit() {
-                i += 1;
-            }
-            if i == start + 2 {
-                return Err(self.bad_number(start, i + 1));
-            }
-            self.pos = i;
-            return self.finish_number(start);
-        }
-        let int_end = digits(start);
-        // MetricsQL size suffixes (`2Ki`, `5M`) come before durations, whose `m` they resemble.
-        if self.dialect == Dialect::Metricsql {
-            if let Some(len) = metricsql_suffix(&bytes[int_end..]) {
-                self.pos = int_end + len;
-                return self.finish_number(start);
-            }
-        }
-        // A duration: digits followed by unit letters, repeated (`1h30m`, `5m`, `1.5h` in MetricsQL).
-        if int_end < bytes.len()
-            && bytes[int_end].is_ascii_alphabetic()
-            && !is_exponent(bytes, int_end)
-        {
-            return self.duration(start);
-        }
-        let mut i = int_end;
-        if i < bytes.len() && bytes[i] == b'.' {
-            i = digits(i + 1);
-        }
-        if is_exponent(bytes, i) {
-            i += 1;
-            if i < bytes.len() && (bytes[i] == b'+' || bytes[i] == b'-') {
-                i += 1;
-            }
-            i = digits(i);
-        }
-        self.pos = i;
-        if self.dialect == Dialect::Metricsql
-            && self.peek().is_some_and(|c| c.is_ascii_alphabetic())
-        {
-            // MetricsQL: fractional durations (`1.5h`) and size suffixes (`2Ki`, `5M`).
-            if let Some(len) = metricsql_suffix(&bytes[i..]) {
-                self.pos = i + len;
-                return self.finish_number(start);
-            }
-            return self.duration(start);
-        }
-        self.finish_number(start)
-    }
-
-    fn finish_number(&mut self, start: usize) -> Result<Tok, ParseError> {
+        let (kind, end) = numbers::scan(self.bytes, start, self.dialect).map_err(|m: String| {
+            self.bad_number_because(start, end_of_word(self.bytes, start), &m)
+        })?;
+        self.pos = end;
         if self.peek().is_some_and(|c| is_ident_char(c) || c == b'.') {
-            let mut end = self.pos + 1;
-            while end < self.bytes.len()
-                && (is_ident_char(self.bytes[end]) || self.bytes[end] == b'.')
-            {
-                end += 1;
+            return Err(self.bad_number(start, end_of_word(self.bytes, end)));
+        }
+        let text = &self.src[start..end];
+        match kind {
+            Literal::Number => {
+                if numbers::number_value(text, self.dialect).is_none() {
+                    return Err(self.err(
+                        start,
+                        format!("error parsing number: {text:?}: invalid or out of range"),
+                    ));
+                }
+                Ok(Tok::Number)
             }
-            return Err(self.bad_number(start, end));
+            Literal::Duration => {
+                numbers::duration_seconds(text, self.dialect).map_err(|m| self.err(start, m))?;
+                Ok(Tok::Duration)
+            }
         }
-        let text = &self.src[start..self.pos];
-        if super::parser::number_value(text).is_infinite() {
-            return Err(self.err(
-                start,
-                format!("error parsing number: {text:?}: value out of range"),
-            ));
-        }
-        Ok(Tok::Number)
     }
 
-    fn duration(&mut self, start: usize) -> Result<Tok, ParseError> {
-        let bytes = self.bytes;
-        let mut i = start;
-        loop {
-            let num_start = i;
-            while i < bytes.len()
-                && (bytes[i].is_ascii_digit()
-                    || (bytes[i] == b'.' && self.dialect == Dialect::Metricsql))
-            {
-                i += 1;
-            }
-            if i == num_start {
-                break;
-            }
-            let unit_start = i;
-            while i < bytes.len() && bytes[i].is_ascii_alphabetic() {
-                i += 1;
-            }
-            if i == unit_start {
-                // Digits without a unit after a unit: `5m1`.
-                return Err(self.bad_number(start, i));
-            }
-        }
-        if i < bytes.len() && (is_ident_char(bytes[i]) || bytes[i] == b'.') {
-            return Err(self.bad_number(start, i + 1));
-        }
-        self.pos = i;
-        super::duration::parse_duration_literal(&self.src[start..i], self.dialect)
-            .map_err(|m| self.err(start, m))?;
-        Ok(Tok::Duration)
+    fn bad_number_because(&self, start: usize, end: usize, why: &str) -> ParseError {
+        let mut e = self.bad_number(start, end);
+        e.message = format!("{} ({why})", e.message);
+        e
     }
 
     fn bad_number(&self, start: usize, end: usize) -> ParseError {
@@ -721,24 +666,13 @@ impl<'a> Lexer<'a> {
     }
 }
 
-fn is_exponent(bytes: &[u8], i: usize) -> bool {
-    if i >= bytes.len() || (bytes[i] != b'e' && bytes[i] != b'E') {
-        return false;
+/// Where the run of word and number characters from `start` ends (for messages).
+fn end_of_word(bytes: &[u8], start: usize) -> usize {
+    let mut i = start;
+    while i < bytes.len() && (is_ident_char(bytes[i]) || bytes[i] == b'.') {
+        i += 1;
     }
-    let mut j = i + 1;
-    if j < bytes.len() && (bytes[j] == b'+' || bytes[j] == b'-') {
-        j += 1;
-    }
-    j < bytes.len() && bytes[j].is_ascii_digit()
-}
-
-/// Length of a MetricsQL size suffix at the start of `rest`, if one stands there alone.
-fn metricsql_suffix(rest: &[u8]) -> Option<usize> {
-    const SUFFIXES: [&[u8]; 8] = [b"Ki", b"Mi", b"Gi", b"Ti", b"K", b"M", b"G", b"T"];
-    SUFFIXES
-        .iter()
-        .find(|s| rest.starts_with(s) && !rest.get(s.len()).is_some_and(|&c| is_ident_char(c)))
-        .map(|s| s.len())
+    i
 }
 
 /// Classifies a word outside braces. Keywords are case-insensitive, as in Prometheus.

@@ -7,6 +7,7 @@
 use super::ast::*;
 use super::error::SyntaxError;
 use super::lexer::{Kw, Tok, Token};
+use super::numbers::{duration_seconds, number_value};
 use super::strings::decode;
 use super::Dialect;
 use chumsky::input::MappedInput;
@@ -37,29 +38,106 @@ pub fn parse_tokens<'a>(
 /// A postfix modifier, folded onto the expression before it.
 enum Postfix<'a> {
     Range {
-        range: Expr<'a>,
+        range: Option<Expr<'a>>,
         step: Option<Option<Expr<'a>>>,
         smoothing: Option<Kw>,
         end: usize,
     },
     Offset(Expr<'a>, usize),
     At(Expr<'a>, usize),
-    KeepMetricNames(usize),
 }
 
 /// What follows a word at the start of an atom.
 #[derive(Clone)]
 enum AfterWord<'a> {
-    Call(Vec<Expr<'a>>, Option<Grouping<'a>>, Option<Expr<'a>>),
+    Call(Box<CallTail<'a>>),
     Braces(Vec<MatcherGroup<'a>>, Span),
     Bare,
 }
+
+/// A call's arguments and what may follow them.
+#[derive(Clone)]
+struct CallTail<'a> {
+    args: Vec<Expr<'a>>,
+    grouping: Option<Grouping<'a>>,
+    /// MetricsQL `limit N`.
+    limit: bool,
+    /// MetricsQL `keep_metric_names`: where it ends.
+    keep_metric_names: Option<usize>,
+}
+
+/// What a bracket holds: range, step (absent, empty or given), the `]`, and a smoothing
+/// modifier after it.
+type BracketParts<'a> = (
+    ((Option<Expr<'a>>, Option<Option<Expr<'a>>>), SimpleSpan),
+    Option<Kw>,
+);
 
 /// Binary operator with its `bool` and vector-matching modifiers.
 type BinOpWithModifiers<'a> = (BinOp, bool, Option<VectorMatching<'a>>);
 
 fn span_of(s: SimpleSpan) -> Span {
     s.start..s.end
+}
+
+/// MetricsQL's aggregate functions (metricsql 0.49, `aggrFuncs`): only these take
+/// `by`/`without` and `limit`, matched case-insensitively.
+const METRICSQL_AGGREGATIONS: [&str; 35] = [
+    "any",
+    "avg",
+    "bottomk",
+    "bottomk_avg",
+    "bottomk_max",
+    "bottomk_median",
+    "bottomk_last",
+    "bottomk_min",
+    "count",
+    "count_values",
+    "distinct",
+    "geomean",
+    "group",
+    "histogram",
+    "limitk",
+    "mad",
+    "max",
+    "median",
+    "min",
+    "mode",
+    "outliers_mad",
+    "outliersk",
+    "quantile",
+    "quantiles",
+    "stddev",
+    "stdvar",
+    "sum",
+    "sum2",
+    "topk",
+    "topk_avg",
+    "topk_max",
+    "topk_median",
+    "topk_last",
+    "topk_min",
+    "zscore",
+];
+
+/// Whether `name` is an aggregation in the dialect: a PromQL aggregation operator, or
+/// one of MetricsQL's aggregate functions.
+fn is_aggregation(name: &str, k: Kw, dialect: Dialect) -> bool {
+    match dialect {
+        Dialect::Promql => matches!(k, Kw::Aggregation(_)),
+        Dialect::Metricsql => METRICSQL_AGGREGATIONS
+            .iter()
+            .any(|a| a.eq_ignore_ascii_case(name)),
+    }
+}
+
+/// Words Prometheus' grammar does not take as a metric name (`metric_identifier`):
+/// they are read as a modifier or an operator wherever a name could stand.
+fn promql_reserved(k: Kw) -> bool {
+    matches!(
+        k,
+        Kw::Bool | Kw::On | Kw::Ignoring | Kw::GroupLeft | Kw::GroupRight | Kw::Atan2
+    )
 }
 
 #[allow(clippy::result_large_err)] // try_map closures return SyntaxError by value
@@ -71,10 +149,10 @@ fn expr_parser<'s, 'a: 's>(
     let text = move |s: SimpleSpan| &src[s.start..s.end];
     let kw = |k: Kw| just(Tok::Ident(k));
 
-    // A label name: any word (keywords included), or a quoted string.
+    // A label name: any word (keywords included); Prometheus also takes a quoted string.
     let label_name = select! {
         Tok::Ident(_) = e => Cow::Borrowed(text(e.span())),
-        Tok::Str = e => decode(text(e.span())),
+        Tok::Str = e if !metricsql => decode(text(e.span())),
     }
     .labelled("label name");
 
@@ -111,11 +189,12 @@ fn expr_parser<'s, 'a: 's>(
             comma: None,
             name_only: false,
         });
-    let name_only = string.map(|(value, span)| Matcher {
+    // Prometheus 3: a metric name as a lone quoted string (`{"metric.name"}`).
+    let name_only = select! { Tok::Str = e if !metricsql => e.span() }.map(move |s| Matcher {
         label: Cow::Borrowed("__name__"),
         op: MatchOp::Equal,
-        value,
-        span,
+        value: decode(text(s)),
+        span: span_of(s),
         comma: None,
         name_only: true,
     });
@@ -182,7 +261,7 @@ fn expr_parser<'s, 'a: 's>(
 
     // ---- Literals --------------------------------------------------------------------
     let number = select! {
-        Tok::Number = e => number_value(text(e.span())),
+        Tok::Number = e => number_value(text(e.span()), dialect).unwrap_or(f64::NAN),
         Tok::Ident(Kw::Inf) => f64::INFINITY,
         Tok::Ident(Kw::Nan) => f64::NAN,
     }
@@ -190,7 +269,7 @@ fn expr_parser<'s, 'a: 's>(
         kind: ExprKind::Number(v),
         span: span_of(e.span()),
     });
-    let duration = select! { Tok::Duration = e => duration_value(text(e.span()), dialect) }
+    let duration = select! { Tok::Duration = e => duration_seconds(text(e.span()), dialect).unwrap_or(f64::NAN) }
         .map_with(|v, e| Expr {
             kind: ExprKind::Duration(v),
             span: span_of(e.span()),
@@ -201,94 +280,137 @@ fn expr_parser<'s, 'a: 's>(
         span,
     });
 
-    // ---- Duration expressions (inside `[...]` and after `offset`) ---------------------
-    let duration_expr = recursive(|dexpr| {
-        let term = duration_term(number, duration.clone(), dexpr)
-            .labelled("number, duration, step(), or range()");
-        term.pratt((
-            prefix(5, select! { Tok::Add => false, Tok::Sub => true }, unary),
-            infix(right(4), just(Tok::Pow).to(BinOp::Pow), plain_binary),
-            infix(
-                left(3),
-                select! { Tok::Mul => BinOp::Mul, Tok::Div => BinOp::Div, Tok::Mod => BinOp::Mod },
-                plain_binary,
-            ),
-            infix(
-                left(2),
-                select! { Tok::Add => BinOp::Add, Tok::Sub => BinOp::Sub },
-                plain_binary,
-            ),
-        ))
-        .boxed()
-    });
-
-    // `offset` takes one signed term; `foo offset 5s - 8` subtracts 8 from the selector.
-    let offset_term = duration_term(number, duration.clone(), duration_expr.clone());
-    let offset_value = signed(offset_term.boxed())
-        .labelled("number, duration, step(), or range()")
-        .boxed();
-    let at_value = signed(choice((number, duration.clone())))
+    // ---- Ranges, offsets and `@` -------------------------------------------------------
+    let smoothing = select! { Tok::Ident(Kw::Anchored) => Kw::Anchored, Tok::Ident(Kw::Smoothed) => Kw::Smoothed };
+    let range_end =
+        |(((range, step), close), smoothing): BracketParts<'a>,
+         e: &mut chumsky::input::MapExtra<'s, '_, TokenInput<'s>, Extra>| {
+            let end = smoothing.map_or(close.end, |_| {
+                let s: SimpleSpan = e.span();
+                s.end
+            });
+            Postfix::Range {
+                range,
+                step,
+                smoothing,
+                end,
+            }
+        };
+    let (bracket, offset_value) = if metricsql {
+        // metricsql's `parsePositiveDuration`: one duration or number token, no
+        // arithmetic; the range may be left out (`[:5m]`, `[:]`), the step too.
+        let literal =
+            duration.clone().or(
+                select! { Tok::Number = e => e.span() }.map_with(move |s, _| Expr {
+                    kind: ExprKind::Number(number_value(text(s), dialect).unwrap_or(f64::NAN)),
+                    span: span_of(s),
+                }),
+            );
+        let bracket = literal
+            .clone()
+            .or_not()
+            .then(
+                just(Tok::Colon)
+                    .ignore_then(literal.clone().or_not())
+                    .or_not(),
+            )
+            .labelled("number, duration, step(), or range()")
+            .then(just(Tok::RBracket).to_span())
+            .delimited_by(just(Tok::LBracket), empty())
+            .try_map(|((range, step), close), s| {
+                if range.is_none() && step.is_none() {
+                    return Err(SyntaxError::custom(s, "expected a duration in brackets"));
+                }
+                Ok(((range, step), close))
+            })
+            .then(empty().to(None))
+            .map_with(range_end)
+            .boxed();
+        let offset_value = select! { Tok::Sub => () }
+            .or_not()
+            .then(literal)
+            .map_with(|(minus, expr), e| match minus {
+                None => expr,
+                Some(()) => unary(true, expr, e),
+            })
+            .labelled("number, duration, step(), or range()")
+            .boxed();
+        (bracket, offset_value)
+    } else {
+        // Prometheus: duration expressions (`[5m+1m]`, `step()`, `min_of(...)`).
+        let duration_expr = recursive(|dexpr| {
+            let term = duration_term(number, duration.clone(), dexpr)
+                .labelled("number, duration, step(), or range()");
+            term.pratt((
+                prefix(5, select! { Tok::Add => false, Tok::Sub => true }, unary),
+                infix(right(4), just(Tok::Pow).to(BinOp::Pow), plain_binary),
+                infix(
+                    left(3),
+                    select! { Tok::Mul => BinOp::Mul, Tok::Div => BinOp::Div, Tok::Mod => BinOp::Mod },
+                    plain_binary,
+                ),
+                infix(
+                    left(2),
+                    select! { Tok::Add => BinOp::Add, Tok::Sub => BinOp::Sub },
+                    plain_binary,
+                ),
+            ))
+            .boxed()
+        });
+        let bracket = duration_expr
+            .clone()
+            .labelled("number, duration, step(), or range()")
+            .map(Some)
+            .then(
+                just(Tok::Colon)
+                    .ignore_then(duration_expr.clone().or_not())
+                    .or_not(),
+            )
+            .then(just(Tok::RBracket).to_span())
+            .delimited_by(just(Tok::LBracket), empty())
+            .then(smoothing.or_not())
+            .map_with(range_end)
+            .boxed();
+        // `offset` takes one signed term; `foo offset 5s - 8` subtracts 8 from the selector.
+        let offset_term = duration_term(number, duration.clone(), duration_expr);
+        let offset_value = signed(offset_term.boxed())
+            .labelled("number, duration, step(), or range()")
+            .boxed();
+        (bracket, offset_value)
+    };
+    let promql_at_value = signed(choice((number, duration.clone())))
         .or(empty_call(Kw::Start))
         .or(empty_call(Kw::End))
         .labelled("timestamp")
         .boxed();
 
-    let smoothing = select! { Tok::Ident(Kw::Anchored) => Kw::Anchored, Tok::Ident(Kw::Smoothed) => Kw::Smoothed };
-    let bracket = duration_expr
-        .clone()
-        .labelled("number, duration, step(), or range()")
-        .then(
-            just(Tok::Colon)
-                .ignore_then(duration_expr.clone().or_not())
-                .or_not(),
-        )
-        .then(just(Tok::RBracket).to_span())
-        .delimited_by(just(Tok::LBracket), empty())
-        .then(smoothing.or_not())
-        .map_with(|(((range, step), _), smoothing), e| {
-            let end: SimpleSpan = e.span();
-            Postfix::Range {
-                range,
-                step,
-                smoothing,
-                end: end.end,
-            }
-        });
-    // Most atoms have no modifier after them: one look at the next token rules out all
-    // four before any of them is tried (each failed attempt costs error bookkeeping).
-    let postfix_start = any().filter(move |t: &Tok| {
-        matches!(t, Tok::LBracket | Tok::At | Tok::Ident(Kw::Offset))
-            || (metricsql && *t == Tok::Ident(Kw::KeepMetricNames))
-    });
-    let postfix = postfix_start.rewind().ignore_then(choice((
-        bracket,
-        kw(Kw::Offset).ignore_then(offset_value).map_with(|v, e| {
-            let s: SimpleSpan = e.span();
-            Postfix::Offset(v, s.end)
-        }),
-        just(Tok::At).ignore_then(at_value).map_with(|v, e| {
-            let s: SimpleSpan = e.span();
-            Postfix::At(v, s.end)
-        }),
-        select! { Tok::Ident(Kw::KeepMetricNames) = e if metricsql => { let s: SimpleSpan = e.span(); Postfix::KeepMetricNames(s.end) } },
-    )))
-    .boxed();
-
     // ---- Expressions -----------------------------------------------------------------
     recursive(move |expr| {
+        // metricsql takes a comma after the last argument; Prometheus does not.
+        let trailing_comma = select! { Tok::Comma if metricsql => () }.or_not();
         let args = expr
             .clone()
             .separated_by(just(Tok::Comma))
             .collect::<Vec<_>>()
+            .then_ignore(trailing_comma)
             .delimited_by(just(Tok::LParen), just(Tok::RParen));
 
         // Everything that starts with a word: a call (an aggregation may put `by`/`without`
-        // before its arguments; in MetricsQL any function may, since its aggregations are
-        // ordinary functions), a preprocessor, or a selector. The word is read once and the
-        // next token decides, so a selector costs no failed attempts at being a call.
+        // before its arguments), a preprocessor, or a selector. The word is read once and
+        // the next token decides, so a selector costs no failed attempts at being a call.
+        // metricsql reads the limit with `strconv.Atoi`: decimal digits only.
         let limit = select! { Tok::Ident(Kw::Limit) if metricsql => () }
-            .ignore_then(number)
-            .or_not();
+            .ignore_then(
+                select! { Tok::Number = e => e.span() }
+                    .filter(move |s: &SimpleSpan| text(*s).bytes().all(|b| b.is_ascii_digit())),
+            )
+            .or_not()
+            .map(|l| l.is_some());
+        let keep_metric_names = select! { Tok::Ident(Kw::KeepMetricNames) = e if metricsql => {
+            let s: SimpleSpan = e.span();
+            s.end
+        } }
+        .or_not();
         // Likewise, a bare name (the commonest atom) is ruled out of being a call or a
         // braced selector by one look at the next token.
         let after_word_start = any().filter(|t: &Tok| {
@@ -297,18 +419,32 @@ fn expr_parser<'s, 'a: 's>(
                 Tok::LParen | Tok::LBrace | Tok::Ident(Kw::By) | Tok::Ident(Kw::Without)
             )
         });
+        let call_tail = |args, grouping, limit, keep_metric_names| {
+            AfterWord::Call(Box::new(CallTail {
+                args,
+                grouping,
+                limit,
+                keep_metric_names,
+            }))
+        };
         let after_word = after_word_start
             .rewind()
             .ignore_then(choice((
                 args.clone()
                     .then(grouping.clone().or_not())
                     .then(limit)
-                    .map(|((args, grouping), limit)| AfterWord::Call(args, grouping, limit)),
+                    .then(keep_metric_names)
+                    .map(move |(((args, grouping), limit), keep)| {
+                        call_tail(args, grouping, limit, keep)
+                    }),
                 grouping
                     .clone()
                     .then(args)
                     .then(limit)
-                    .map(|((grouping, args), limit)| AfterWord::Call(args, Some(grouping), limit)),
+                    .then(keep_metric_names)
+                    .map(move |(((grouping, args), limit), keep)| {
+                        call_tail(args, Some(grouping), limit, keep)
+                    }),
                 braces
                     .clone()
                     .map(|(groups, span)| AfterWord::Braces(groups, span)),
@@ -320,67 +456,42 @@ fn expr_parser<'s, 'a: 's>(
             .then(after_word)
             .try_map(
                 move |((k, word_span), after): ((Kw, SimpleSpan), AfterWord<'a>), span| {
-                    let name = text(word_span);
-                    let kind = match after {
-                        AfterWord::Call(args, grouping, limit) => {
-                            let aggregation = match k {
-                                Kw::Aggregation(op) => Some(op),
-                                _ => None,
-                            };
-                            if matches!(k, Kw::Start | Kw::End)
-                                && args.is_empty()
-                                && grouping.is_none()
-                                && limit.is_none()
-                            {
-                                ExprKind::DurationFn { func: k, args }
-                            } else {
-                                ExprKind::Call(Box::new(Call {
-                                    name,
-                                    aggregation,
-                                    args,
-                                    grouping,
-                                    limit: limit.map(Box::new),
-                                }))
-                            }
-                        }
-                        AfterWord::Braces(groups, braces) => {
-                            ExprKind::Selector(Box::new(Selector {
-                                name: Some((Cow::Borrowed(name), span_of(word_span))),
-                                braces: Some(braces),
-                                groups,
-                            }))
-                        }
-                        AfterWord::Bare => ExprKind::Selector(Box::new(Selector {
-                            name: Some((Cow::Borrowed(name), span_of(word_span))),
-                            braces: None,
-                            groups: Vec::new(),
-                        })),
-                    };
-                    if let ExprKind::Call(call) = &kind {
-                        if call.aggregation.is_none() && call.grouping.is_some() && !metricsql {
-                            return Err(SyntaxError::custom(
-                                span,
-                                "only aggregations take by/without",
-                            ));
-                        }
-                    }
-                    Ok(Expr {
-                        kind,
-                        span: span_of(span),
-                    })
+                    word_expr(text(word_span), k, span_of(word_span), after, span, dialect)
                 },
             )
             .boxed();
 
-        let paren = expr
-            .clone()
-            .delimited_by(just(Tok::LParen), just(Tok::RParen))
-            .map_with(|inner, e| Expr {
-                kind: ExprKind::Paren(Box::new(inner)),
-                span: span_of(e.span()),
-            });
+        let paren = if metricsql {
+            // `(a, b)` is a union in MetricsQL; `(a)` and `(a,)` are `a`; `()` is empty.
+            expr.clone()
+                .separated_by(just(Tok::Comma))
+                .allow_trailing()
+                .collect::<Vec<_>>()
+                .then(just(Tok::Comma).or_not())
+                .delimited_by(just(Tok::LParen), just(Tok::RParen))
+                .map_with(|(mut items, _), e| {
+                    let kind = if items.len() == 1 {
+                        ExprKind::Paren(Box::new(items.swap_remove(0)))
+                    } else {
+                        ExprKind::Union(items)
+                    };
+                    Expr {
+                        kind,
+                        span: span_of(e.span()),
+                    }
+                })
+                .boxed()
+        } else {
+            expr.clone()
+                .delimited_by(just(Tok::LParen), just(Tok::RParen))
+                .map_with(|inner, e| Expr {
+                    kind: ExprKind::Paren(Box::new(inner)),
+                    span: span_of(e.span()),
+                })
+                .boxed()
+        };
 
-        let atom = choice((
+        let atom_plain = choice((
             word_led,
             number,
             paren,
@@ -389,44 +500,57 @@ fn expr_parser<'s, 'a: 's>(
             duration.clone(),
         ))
         .labelled("expression")
-        .foldl(postfix.clone().repeated(), |lhs: Expr<'a>, post| {
-            let start = lhs.span.start;
-            match post {
-                Postfix::Range {
-                    range,
-                    step,
-                    smoothing,
-                    end,
-                } => Expr {
-                    kind: ExprKind::Range(Box::new(RangeExpr {
-                        expr: lhs,
-                        range,
-                        subquery_step: step,
-                        smoothing,
-                    })),
-                    span: start..end,
-                },
-                Postfix::Offset(offset, end) => Expr {
-                    kind: ExprKind::Offset {
-                        expr: Box::new(lhs),
-                        offset: Box::new(offset),
-                    },
-                    span: start..end,
-                },
-                Postfix::At(at, end) => Expr {
-                    kind: ExprKind::At {
-                        expr: Box::new(lhs),
-                        at: Box::new(at),
-                    },
-                    span: start..end,
-                },
-                Postfix::KeepMetricNames(end) => Expr {
-                    kind: ExprKind::KeepMetricNames(Box::new(lhs)),
-                    span: start..end,
-                },
-            }
-        })
         .boxed();
+
+        // An atom with its postfix modifiers. In MetricsQL the expression after `@` is
+        // itself an atom, and after a sign one with modifiers (`x @ -y offset 5m`), so
+        // the atom refers to itself (through a weak reference: `recursive` leaks nothing).
+        let atom = recursive(move |atom| {
+            let signs1 = select! { Tok::Add => false, Tok::Sub => true }
+                .map_with(|negative, e| {
+                    let s: SimpleSpan = e.span();
+                    (negative, s.start)
+                })
+                .repeated()
+                .at_least(1)
+                .collect::<Vec<_>>();
+            let at_value = if metricsql {
+                signs1
+                    .then(atom)
+                    .map(|(signs, expr)| apply_signs(signs, expr))
+                    .or(atom_plain.clone())
+                    .labelled("timestamp")
+                    .boxed()
+            } else {
+                promql_at_value.clone()
+            };
+            // Most atoms have no modifier after them: one look at the next token rules
+            // out all three before any is tried (each failed attempt costs bookkeeping).
+            let postfix_start = any().filter(move |t: &Tok| {
+                matches!(t, Tok::LBracket | Tok::At | Tok::Ident(Kw::Offset))
+            });
+            let postfix = postfix_start
+                .rewind()
+                .ignore_then(choice((
+                    bracket.clone(),
+                    kw(Kw::Offset)
+                        .ignore_then(offset_value.clone())
+                        .map_with(|v, e| {
+                            let s: SimpleSpan = e.span();
+                            Postfix::Offset(v, s.end)
+                        }),
+                    just(Tok::At).ignore_then(at_value).map_with(|v, e| {
+                        let s: SimpleSpan = e.span();
+                        Postfix::At(v, s.end)
+                    }),
+                )))
+                .boxed();
+            atom_plain
+                .clone()
+                .then(postfix.repeated().collect::<Vec<_>>())
+                .map(|(lhs, posts)| fold_postfix(lhs, posts))
+                .boxed()
+        });
 
         // ---- Binary operators and their modifiers ----
         let on_or_ignoring =
@@ -493,6 +617,147 @@ fn expr_parser<'s, 'a: 's>(
     })
 }
 
+/// Builds what starts with a word: a call, a duration function, or a selector; refuses
+/// what the dialect's grammar does not take there.
+#[allow(clippy::result_large_err)]
+fn word_expr<'a>(
+    name: &'a str,
+    k: Kw,
+    word_span: Span,
+    after: AfterWord<'a>,
+    span: SimpleSpan,
+    dialect: Dialect,
+) -> Result<Expr<'a>, SyntaxError> {
+    let selector = |braces, groups| {
+        if dialect == Dialect::Promql && promql_reserved(k) {
+            return Err(SyntaxError::custom(
+                span,
+                "a keyword cannot be a metric name; select it with {__name__=\"...\"}",
+            ));
+        }
+        Ok(ExprKind::Selector(Box::new(Selector {
+            name: Some((Cow::Borrowed(name), word_span.clone())),
+            braces,
+            groups,
+        })))
+    };
+    let kind = match after {
+        AfterWord::Braces(groups, braces) => selector(Some(braces), groups)?,
+        AfterWord::Bare => selector(None, Vec::new())?,
+        AfterWord::Call(tail) => {
+            let CallTail {
+                args,
+                grouping,
+                limit,
+                keep_metric_names,
+            } = *tail;
+            let aggregate = is_aggregation(name, k, dialect);
+            if grouping.is_some() && !aggregate {
+                return Err(SyntaxError::custom(
+                    span,
+                    "only aggregations take by/without",
+                ));
+            }
+            if limit && !aggregate {
+                return Err(SyntaxError::custom(span, "only aggregations take a limit"));
+            }
+            let keep_metric_names = keep_metric_names.is_some();
+            if keep_metric_names && (aggregate || grouping.is_some()) {
+                return Err(SyntaxError::custom(
+                    span,
+                    "keep_metric_names follows a function call, not an aggregation",
+                ));
+            }
+            if matches!(k, Kw::Start | Kw::End)
+                && args.is_empty()
+                && grouping.is_none()
+                && !limit
+                && !keep_metric_names
+            {
+                ExprKind::DurationFn { func: k, args }
+            } else {
+                let call = ExprKind::Call(Box::new(Call {
+                    name,
+                    aggregation: match k {
+                        Kw::Aggregation(op) if dialect == Dialect::Promql => Some(op),
+                        _ => None,
+                    },
+                    args,
+                    grouping,
+                    limit,
+                }));
+                if keep_metric_names {
+                    ExprKind::KeepMetricNames(Box::new(Expr {
+                        kind: call,
+                        span: span_of(span),
+                    }))
+                } else {
+                    call
+                }
+            }
+        }
+    };
+    Ok(Expr {
+        kind,
+        span: span_of(span),
+    })
+}
+
+/// Wraps `expr` in its prefix signs, innermost last.
+fn apply_signs<'a>(signs: Vec<(bool, usize)>, mut expr: Expr<'a>) -> Expr<'a> {
+    for (negative, start) in signs.into_iter().rev() {
+        let end = expr.span.end;
+        expr = Expr {
+            kind: ExprKind::Unary {
+                negative,
+                expr: Box::new(expr),
+            },
+            span: start..end,
+        };
+    }
+    expr
+}
+
+/// Folds postfix modifiers onto their atom, in order. It never fails: a parse that
+/// failed here, after reading a long chain, made every enclosing `@` expression read
+/// that chain again (a 525-byte MetricsQL query took seconds). MetricsQL's limits on a
+/// chain are checked afterwards, in `check.rs`, like Prometheus' rules.
+fn fold_postfix<'a>(mut lhs: Expr<'a>, posts: Vec<Postfix<'a>>) -> Expr<'a> {
+    for post in posts {
+        let start = lhs.span.start;
+        lhs = match post {
+            Postfix::Range {
+                range,
+                step,
+                smoothing,
+                end,
+            } => Expr {
+                kind: ExprKind::Range(Box::new(RangeExpr {
+                    expr: lhs,
+                    range,
+                    subquery_step: step,
+                    smoothing,
+                })),
+                span: start..end,
+            },
+            Postfix::Offset(offset, end) => Expr {
+                kind: ExprKind::Offset {
+                    expr: Box::new(lhs),
+                    offset: Box::new(offset),
+                },
+                span: start..end,
+            },
+            Postfix::At(at, end) => Expr {
+                kind: ExprKind::At {
+                    expr: Box::new(lhs),
+                    at: Box::new(at),
+                },
+                span: start..end,
+            },
+        };
+    }
+    lhs
+}
 /// An operand as read: prefix signs (negative?, byte offset) and the atom.
 type Operand<'a> = (Vec<(bool, usize)>, Expr<'a>);
 
@@ -559,17 +824,7 @@ fn primary<'a>((signs, atom): Operand<'a>, items: &mut Items<'a>) -> Expr<'a> {
         let rhs = climb(operand, items, precedence(BinOp::Pow));
         expr = join(expr, op, rhs);
     }
-    for (negative, start) in signs.into_iter().rev() {
-        let end = expr.span.end;
-        expr = Expr {
-            kind: ExprKind::Unary {
-                negative,
-                expr: Box::new(expr),
-            },
-            span: start..end,
-        };
-    }
-    expr
+    apply_signs(signs, expr)
 }
 
 fn join<'a>(
@@ -694,55 +949,4 @@ fn plain_binary<'s, 'p, 'a>(
     _: &mut chumsky::input::MapExtra<'s, 'p, TokenInput<'s>, Extra>,
 ) -> Expr<'a> {
     join(lhs, (op, false, None), rhs)
-}
-
-/// The value of a number token. Hex and octal follow Go's `ParseInt(s, 0, 64)` first,
-/// as Prometheus does; MetricsQL size suffixes multiply.
-pub fn number_value(text: &str) -> f64 {
-    let (digits, multiplier) = split_size_suffix(text);
-    let value = if let Some(hex) = digits
-        .strip_prefix("0x")
-        .or_else(|| digits.strip_prefix("0X"))
-    {
-        u64::from_str_radix(hex, 16)
-            .map(|v| v as f64)
-            .unwrap_or(f64::INFINITY)
-    } else if digits.len() > 1
-        && digits.starts_with('0')
-        && digits.bytes().all(|b| b.is_ascii_digit())
-    {
-        u64::from_str_radix(&digits[1..], 8)
-            .map(|v| v as f64)
-            .or_else(|_| digits.parse::<f64>())
-            .unwrap_or(f64::INFINITY)
-    } else {
-        digits.parse::<f64>().unwrap_or(f64::NAN)
-    };
-    value * multiplier
-}
-
-fn split_size_suffix(text: &str) -> (&str, f64) {
-    const SUFFIXES: [(&str, f64); 8] = [
-        ("Ki", 1024.0),
-        ("Mi", 1024.0 * 1024.0),
-        ("Gi", 1024.0 * 1024.0 * 1024.0),
-        ("Ti", 1024.0 * 1024.0 * 1024.0 * 1024.0),
-        ("K", 1e3),
-        ("M", 1e6),
-        ("G", 1e9),
-        ("T", 1e12),
-    ];
-    if text.starts_with("0x") || text.starts_with("0X") {
-        return (text, 1.0);
-    }
-    for (suffix, mult) in SUFFIXES {
-        if let Some(digits) = text.strip_suffix(suffix) {
-            return (digits, mult);
-        }
-    }
-    (text, 1.0)
-}
-
-fn duration_value(text: &str, dialect: Dialect) -> f64 {
-    super::duration::parse_duration_literal(text, dialect).unwrap_or(f64::NAN)
 }

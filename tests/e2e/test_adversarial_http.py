@@ -16,8 +16,8 @@ import json
 
 import pytest
 from adversary import (ANY_ENCODED, FORM, VM_ONLY, Answer, assert_leaks_directly,
-                       assert_refused_or_confined, backend_requests, leaks_on, raw_exchange,
-                       raw_one, request_bytes)
+                       assert_not_served, assert_refused_or_confined, backend_requests,
+                       backend_snapshot, leaks_on, raw_exchange, raw_one, request_bytes)
 
 # Placeholders filled per run: {t} the evaluation time, {w} a window around the seed.
 T = "time={t}"
@@ -172,15 +172,15 @@ BODIES = [
 @pytest.mark.parametrize("method,headers_body,layers,status,leaks_directly",
                          [c[1:] for c in BODIES], ids=[c[0] for c in BODIES])
 def test_body_tricks(proxy, store, backend, tokens, method, headers_body, layers, status,
-                     leaks_directly):
+                     leaks_directly, envoy_mode):
     headers, body = headers_body
     target = fill(f"/api/v1/query?{T}", store)
-    before = backend_requests(proxy)
+    before = backend_snapshot(proxy)
     answer = raw_one(proxy.url, build(method, target, body, tokens["alice"], headers))
     assert answer.status == status, answer
     outcome = assert_refused_or_confined(answer, layers=layers)
     if outcome in ("filter", "envoy"):
-        assert backend_requests(proxy) == before, "a refused request reached the backend"
+        assert_not_served(proxy, before, envoy_mode)
     if leaks_on(backend, leaks_directly):
         assert_leaks_directly(raw_one(store.url, build(method, target, body, None, headers)))
 
@@ -200,15 +200,15 @@ def test_content_length_shorter_than_body_smuggles_nothing(proxy, store, tokens)
     assert assert_refused_or_confined(answers[1]) == "filter"
 
 
-def test_content_length_longer_than_body_is_never_forwarded(proxy, store, tokens):
+def test_content_length_longer_than_body_is_never_forwarded(proxy, store, tokens, envoy_mode):
     # The body never completes (the client half-closes): nothing may reach the backend.
-    before = backend_requests(proxy)
+    before = backend_snapshot(proxy)
     data = build("POST", fill(f"/api/v1/query?{T}", store), None, tokens["alice"],
                  [("Content-Type", FORM), ("Content-Length", "500")]) + ANY_FORM
     for answer in raw_exchange(proxy.url, data, expect=None, shut_write=True):
         assert answer.status >= 400, answer
         assert_refused_or_confined(answer)
-    assert backend_requests(proxy) == before
+    assert_not_served(proxy, before, envoy_mode)
 
 
 # ---------------------------------------------------------------------------- path tricks
@@ -243,12 +243,24 @@ PATHS = [
 ]
 
 
-@pytest.mark.parametrize("target,layers,status", [c[1:] for c in PATHS],
-                         ids=[c[0] for c in PATHS])
-def test_path_tricks(proxy, store, backend, tokens, target, layers, status):
+# Istio's default path normalization (meshConfig.pathNormalization BASE) resolves dot
+# segments but does not merge slashes: the filter refuses what is left of `//` itself.
+ISTIO_PATHS = {
+    "double-slash-prefix": ({"filter"}, 400),
+    "double-slash-inside": ({"filter"}, 400),
+    "prometheus-prefix-double-slash": ({"filter"}, 400),
+}
+
+
+@pytest.mark.parametrize("case", [c[0] for c in PATHS])
+def test_path_tricks(proxy, store, backend, tokens, case, envoy_mode):
+    _, target, layers, status = next(c for c in PATHS if c[0] == case)
     if backend == "prometheus" and target.startswith("/prometheus/"):
         # VictoriaMetrics' prefix: Prometheus serves no such path, the filter refuses it.
         layers, status = {"filter"}, 403
+    if envoy_mode == "istio":
+        # The `//` is refused first, whatever the path.
+        layers, status = ISTIO_PATHS.get(case, (layers, status))
     answer = raw_one(proxy.url, build("GET", fill(target, store), None, tokens["alice"]))
     assert answer.status == status, answer
     assert_refused_or_confined(answer, layers=layers)

@@ -27,12 +27,12 @@ def relay(oidc):
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
-def relayed_envoy(request, workdir, oidc, wasm, relay):
-    """An Envoy whose provider is the relay, in front of each backend in turn; its
-    `store` is that backend's server."""
+def relayed_envoy(request, workdir, oidc, wasm, relay, envoy_mode):
+    """An Envoy of the mode whose provider is the relay, in front of each backend in
+    turn; its `store` is that backend's server."""
     prometheus = request.param == "prometheus"
     store = request.getfixturevalue("prom" if prometheus else "vm")
-    factory = EnvoyFactory(workdir, store, oidc, wasm)
+    factory = EnvoyFactory(workdir, store, oidc, wasm, envoy_mode)
     config = factory.config(oidc_port=relay.port)
     if prometheus:
         config = with_plugin(config, backend="prometheus", victoriametrics_extra_label=False)

@@ -132,11 +132,11 @@ def test_promql_tricks(proxy, store, backend, tokens, text, layers, leaks_direct
 
 
 @pytest.fixture(scope="module")
-def metricsql_envoy(workdir, vm, oidc, wasm):
+def metricsql_envoy(workdir, vm, oidc, wasm, envoy_mode):
     """Dialect `metricsql`, without VictoriaMetrics' `extra_label`: the rewrite alone."""
     from conftest import EnvoyFactory
 
-    factory = EnvoyFactory(workdir, vm, oidc, wasm)
+    factory = EnvoyFactory(workdir, vm, oidc, wasm, envoy_mode)
     try:
         config = factory.config()
         plugin = envoy_config.plugin_config(config)

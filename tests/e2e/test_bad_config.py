@@ -13,6 +13,7 @@ import subprocess
 import envoy_config
 import jwt_keys
 import pytest
+from conftest import filter_config
 from services import envoy_binary
 
 
@@ -64,11 +65,13 @@ def test_envoy_refuses_a_plugin_config_that_is_not_a_json_object(envoy_factory, 
     assert proxy.wait_exit(timeout_s=60) != 0, proxy.proc.log_tail()
 
 
-@pytest.mark.parametrize("template", ["envoy.yaml", "envoy.jwt.yaml", "envoy.writes.yaml"])
-def test_committed_config_passes_envoy_validate(envoy_factory, tmp_path, template):
+@pytest.mark.parametrize("template", ["envoy.yaml", "envoy.jwt.yaml", "envoy.istio-shaped.yaml",
+                                      "envoy.writes.yaml"])
+def test_committed_config_passes_envoy_validate(vm, oidc, wasm, tmp_path, template):
+    # As committed, whatever the session's mode.
     (tmp_path / "jwks.json").write_text(jwt_keys.SigningKey("validate").jwks())
-    config = envoy_factory.config(template, JWT_ISSUER=jwt_keys.ISSUER,
-                                  JWKS_PATH=tmp_path / "jwks.json")
+    config = filter_config(vm, oidc.port, wasm, template, JWT_ISSUER=jwt_keys.ISSUER,
+                           JWKS_PATH=tmp_path / "jwks.json")
     config.pop("_ports")
     path = tmp_path / "envoy.json"
     path.write_text(json.dumps(config))

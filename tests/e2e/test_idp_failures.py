@@ -12,13 +12,10 @@ import time
 
 import envoy_config
 import pytest
+from adversary import backend_requests
 from conftest import assert_prometheus_error, call
 from procs import free_port
 from services import IdpRelay
-
-
-def backend_requests(proxy) -> int:
-    return proxy.counters().get("cluster.backend.upstream_rq_total", 0)
 
 
 def assert_unavailable_and_backend_untouched(proxy, vm, token, attempts=3) -> float:

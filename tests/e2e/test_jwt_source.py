@@ -23,12 +23,12 @@ def signing_key():
 
 
 @pytest.fixture(scope="module")
-def jwt_envoy(tmp_path_factory, workdir, vm, oidc, wasm, signing_key):
+def jwt_envoy(tmp_path_factory, workdir, vm, oidc, wasm, signing_key, envoy_mode):
     from conftest import EnvoyFactory
 
     jwks = tmp_path_factory.mktemp("jwks") / "jwks.json"
     jwks.write_text(signing_key.jwks())
-    factory = EnvoyFactory(workdir, vm, oidc, wasm)
+    factory = EnvoyFactory(workdir, vm, oidc, wasm, envoy_mode)
     try:
         config = factory.config("envoy.jwt.yaml", JWT_ISSUER=jwt_keys.ISSUER, JWKS_PATH=jwks)
         yield factory.start(config, "envoy-jwt").wait_ready()
@@ -86,10 +86,10 @@ def test_jwt_rejected_by_jwt_authn_never_reaches_the_backend(jwt_envoy, vm, sign
         token = signing_key.token(claims, iss="someone-else")
     else:
         token = signing_key.token(claims, aud="another-service")
-    before = jwt_envoy.counters().get("cluster.backend.upstream_rq_total", 0)
+    before = jwt_envoy.backend_stat("upstream_rq_total")
     # jwt_authn's own answer: 401, or 403 for an audience it does not accept.
     assert series(jwt_envoy, vm, token).status_code == (403 if case == "wrong-audience" else 401)
-    assert jwt_envoy.counters().get("cluster.backend.upstream_rq_total", 0) == before
+    assert jwt_envoy.backend_stat("upstream_rq_total") == before
 
 
 def test_jwt_without_the_claim_is_403(jwt_envoy, vm, signing_key):

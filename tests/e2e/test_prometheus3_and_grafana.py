@@ -38,7 +38,7 @@ ON_PROMETHEUS_2_42 = {"/api/v1/format_query": 200}
 
 
 @pytest.fixture
-def rewrite_only(request, backend):
+def rewrite_only(request, backend, envoy_mode):
     """The rewrite-only Envoy of `backend`."""
     name = "envoy_prometheus" if backend == "prometheus" else "envoy_without_vm_label"
     return request.getfixturevalue(name)

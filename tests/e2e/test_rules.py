@@ -76,19 +76,22 @@ def engines(workdir):
         sink.stop()
 
 
-def rules_config(store, backend: str, oidc_port: int, wasm: Path, **plugin: object) -> dict:
-    config = filter_config(store, oidc_port, wasm)
+def rules_config(store, backend: str, oidc_port: int, wasm: Path,
+                 mode: str = "stop_iteration", **plugin: object) -> dict:
+    config = filter_config(store, oidc_port, wasm, mode=mode)
     if backend == "prometheus":
         plugin = {"backend": "prometheus", "victoriametrics_extra_label": False, **plugin}
     return with_plugin(config, **plugin) if plugin else config
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
-def rules_proxy(request, workdir, engines, oidc, wasm):
-    """Envoy with the committed config in front of each backend's rules in turn."""
+def rules_proxy(request, workdir, engines, oidc, wasm, envoy_mode):
+    """Envoy with the committed config in front of each backend's rules in turn, in the
+    session's mode: the answer is filtered with and without
+    `allow_on_headers_stop_iteration` (docs/request-lifecycle.md)."""
     store = engines[request.param]
-    proxy = launch(workdir, f"envoy-rules-{request.param}",
-                   rules_config(store, request.param, oidc.port, wasm))
+    proxy = launch(workdir, f"envoy-rules-{request.param}-{envoy_mode}",
+                   rules_config(store, request.param, oidc.port, wasm, envoy_mode))
     try:
         proxy.wait_ready()
         proxy.backend, proxy.store = request.param, store
@@ -211,12 +214,13 @@ def test_callers_without_a_tenant_are_refused_before_the_engine(rules_proxy, tok
     assert backend_requests(rules_proxy) == before
 
 
-def test_an_answer_over_max_response_bytes_is_refused(workdir, engines, oidc, wasm, tokens):
+def test_an_answer_over_max_response_bytes_is_refused(workdir, engines, oidc, wasm, tokens,
+                                                      envoy_mode):
     for backend, store in engines.items():
-        factory = EnvoyFactory(workdir, store, oidc, wasm)
+        factory = EnvoyFactory(workdir, store, oidc, wasm, envoy_mode)
         try:
             proxy = factory.start(
-                rules_config(store, backend, oidc.port, wasm, max_response_bytes=1000),
+                rules_config(store, backend, oidc.port, wasm, envoy_mode, max_response_bytes=1000),
                 f"envoy-rules-small-{backend}").wait_ready()
             for path in ("/api/v1/rules", "/api/v1/alerts"):
                 response = call(proxy, "GET", path, tokens["alice"])
@@ -240,7 +244,8 @@ def test_what_the_rules_record_is_confined_too(rules_proxy, tokens, user):
         assert {s["metric"][seed.TENANT_LABEL] for s in result} == {tenant}, result
 
 
-def test_an_answer_over_envoys_default_buffer_is_filtered_whole(workdir, oidc, wasm, tokens):
+def test_an_answer_over_envoys_default_buffer_is_filtered_whole(workdir, oidc, wasm, tokens,
+                                                               envoy_mode):
     # 3 MB of rules: past Envoy's default stream buffer of 1 MiB, within the filter's
     # max_response_bytes (8 MiB). The committed config's listener buffer holds it, so the
     # filter gets the whole answer and filters it (Envoy alone would answer 500).
@@ -252,11 +257,11 @@ def test_an_answer_over_envoys_default_buffer_is_filtered_whole(workdir, oidc, w
         f"  - alert: Small\n    expr: vector(1) > 0\n    labels: {{client_id: '{seed.ALICE_TENANT}'}}\n")
     prom = Prometheus(workdir, seed.openmetrics(int(time.time() * 1000)), (big,),
                       label="prometheus-big-rules")
-    factory = EnvoyFactory(workdir, prom, oidc, wasm)
+    factory = EnvoyFactory(workdir, prom, oidc, wasm, envoy_mode)
     try:
         wait_until(lambda: firing(prom.url) == 2, "both big rules firing", proc=prom.proc)
         assert len(requests.get(f"{prom.url}/api/v1/rules", timeout=10).content) > 2_000_000
-        proxy = factory.start(rules_config(prom, "prometheus", oidc.port, wasm),
+        proxy = factory.start(rules_config(prom, "prometheus", oidc.port, wasm, envoy_mode),
                               "envoy-big-rules").wait_ready()
         answer = data(call(proxy, "GET", "/api/v1/rules", tokens["alice"]))
         assert rules_of(answer) == {("big", "Small")}

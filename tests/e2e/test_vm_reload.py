@@ -21,7 +21,7 @@ import time
 import envoy_config
 import pytest
 import seed
-from conftest import assert_prometheus_error, call
+from conftest import assert_envoys_own_answer, assert_prometheus_error, call
 from procs import wait_until
 from test_cache import connections_per_worker
 
@@ -42,7 +42,9 @@ RECOVERY_ROUNDS = 300
 TRAP_LOG = "Function: proxy_on_request_headers failed: Uncaught RuntimeError: unreachable"
 MARKER_LOG = "debug_trap_marker received, trapping this VM"
 CONFIGURED_LOG = "promql_tenant_filter: configured, tenant label"
-RELOAD_STATS = "wasm.promql_tenant_filter.vm_reload_"
+# Envoy's reload statistics are `wasm.<plugin name>.vm_reload_*` (Istio names the plugin
+# `<namespace>.<name>`).
+RELOAD_STATS = "wasm.{plugin}.vm_reload_"
 
 
 def start_trapping_envoy(envoy_factory, failure_policy: str, name: str, expect_traps=True):
@@ -51,10 +53,9 @@ def start_trapping_envoy(envoy_factory, failure_policy: str, name: str, expect_t
     plugin = envoy_config.plugin_config(config)
     plugin["debug_trap_marker"] = MARKER
     config = {**envoy_config.with_plugin_config(config, plugin), "_ports": config["_ports"]}
-    wasm = next(f for f in envoy_config.http_filters(config)
-                if f["name"] == envoy_config.WASM_FILTER)
-    wasm["typed_config"]["config"]["failure_policy"] = failure_policy
+    envoy_config.wasm_plugin(config)["failure_policy"] = failure_policy
     proxy = envoy_factory.start(config, name)
+    proxy.plugin_name = envoy_config.wasm_plugin(config)["name"]
     proxy.expect_traps = expect_traps
     return proxy.wait_ready()
 
@@ -87,12 +88,12 @@ def trap(proxy, token):
         proxy, "GET", "/api/v1/query", token, {"query": "up"}, headers={TRAP_HEADER: MARKER}))
 
 
-def assert_the_trap_request_is_refused(response):
+def assert_the_trap_request_is_refused(response, envoy_mode):
     # What the client gets: Envoy's own 503 for a failed stream ("wasm_fail_stream"), not
     # the filter's refusal (the VM is gone by then), which the configs' local_reply_config
-    # puts in Prometheus' JSON shape like every other refusal.
-    body = assert_prometheus_error(response, 503, "unavailable")
-    assert "reloaded" in body["error"], body
+    # puts in Prometheus' JSON shape like every other refusal (plain under Istio).
+    body = assert_envoys_own_answer(response, 503, "unavailable", envoy_mode)
+    assert body is None or "reloaded" in body["error"], body
 
 
 def log_lines(proxy) -> list[tuple[str, str]]:
@@ -106,11 +107,12 @@ def log_lines(proxy) -> list[tuple[str, str]]:
 
 
 def reload_stats(proxy) -> dict[str, int]:
-    return {name[len(RELOAD_STATS):]: value for name, value in proxy.counters().items()
-            if name.startswith(RELOAD_STATS)}
+    prefix = RELOAD_STATS.format(plugin=proxy.plugin_name)
+    return {name[len(prefix):]: value for name, value in proxy.counters().items()
+            if name.startswith(prefix)}
 
 
-def test_fail_reload_replaces_the_trapped_vm(envoy_factory, vm, oidc, tokens):
+def test_fail_reload_replaces_the_trapped_vm(envoy_factory, vm, oidc, tokens, envoy_mode):
     proxy = start_trapping_envoy(envoy_factory, "FAIL_RELOAD", "envoy-fail-reload")
     # Both tenants known before the trap: their identities sit in the shared level.
     for user in USER_TENANT:
@@ -119,7 +121,7 @@ def test_fail_reload_replaces_the_trapped_vm(envoy_factory, vm, oidc, tokens):
     hits_before = proxy.filter_counter("cache_hits")
 
     trapped, answer = trap(proxy, tokens["alice"])
-    assert_the_trap_request_is_refused(answer)
+    assert_the_trap_request_is_refused(answer, envoy_mode)
     wait_until(lambda: TRAP_LOG in proxy.proc.log(), "Envoy to log the trap", timeout_s=10)
 
     # Every tenant on every worker is served again, confined, within the bound. On the
@@ -135,7 +137,7 @@ def test_fail_reload_replaces_the_trapped_vm(envoy_factory, vm, oidc, tokens):
         for user in USER_TENANT:
             worker, r = on_one_connection(proxy, lambda: query_as(proxy, vm, tokens[user]))
             if r.status_code == 503 and worker == trapped and recovered_after_s is None:
-                assert_the_trap_request_is_refused(r)  # still Envoy's, not the filter's
+                assert_the_trap_request_is_refused(r, envoy_mode)  # still Envoy's, not the filter's
                 continue
             assert_confined(r, user)
             served.add((user, worker))
@@ -175,13 +177,14 @@ def test_fail_reload_replaces_the_trapped_vm(envoy_factory, vm, oidc, tokens):
     assert oidc.userinfo_calls() - calls_before == 1
 
 
-def test_fail_closed_leaves_the_trapped_worker_refusing_everyone(envoy_factory, vm, tokens):
+def test_fail_closed_leaves_the_trapped_worker_refusing_everyone(envoy_factory, vm, tokens,
+                                                               envoy_mode):
     """The contrast, and why the configs say FAIL_RELOAD."""
     proxy = start_trapping_envoy(envoy_factory, "FAIL_CLOSED", "envoy-fail-closed")
     for user in USER_TENANT:
         assert_confined(query_as(proxy, vm, tokens[user]), user)
     trapped, answer = trap(proxy, tokens["alice"])
-    assert_the_trap_request_is_refused(answer)
+    assert_the_trap_request_is_refused(answer, envoy_mode)
     wait_until(lambda: TRAP_LOG in proxy.proc.log(), "Envoy to log the trap", timeout_s=10)
 
     def round_until_both_workers_seen(label: str) -> None:
@@ -192,7 +195,7 @@ def test_fail_closed_leaves_the_trapped_worker_refusing_everyone(envoy_factory, 
                 seen.add(worker)
                 if worker == trapped:
                     # Every tenant, every time: the worker is lost until Envoy restarts.
-                    assert_the_trap_request_is_refused(r)
+                    assert_the_trap_request_is_refused(r, envoy_mode)
                 else:
                     assert_confined(r, user)
             if len(seen) == proxy.concurrency:

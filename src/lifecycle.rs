@@ -1,0 +1,572 @@
+//! One request's life in the filter, as a sans-IO state machine: Envoy's callbacks go
+//! in as events, and what to do with the request comes out as a [`Step`].
+//!
+//! The same machine serves Envoy with and without `allow_on_headers_stop_iteration`
+//! (docs/request-lifecycle.md says what Envoy does in each case). The setting only
+//! changes the order of the events:
+//! - with it, a body arrives while the headers are held, before or after the identity;
+//! - without it, Envoy holds the body itself while the headers are held, and hands it
+//!   over only once the filter lets the headers go.
+//!
+//! So everything that touches the headers happens while they are held: the identity,
+//! the `:path`, the stripped headers, the removed `Content-Length`. The body is then
+//! buffered whole, judged, and replaced; nothing of it goes on before that. When Envoy
+//! hands the body over while the headers are held, both go on together once the body is
+//! judged, so a refused body never opens a request to the backend. When it does not,
+//! the headers go on first, and a refused body is answered locally while Envoy resets
+//! the request it opened to the backend, which by then has seen headers but no body.
+//!
+//! A request whose identity is known at once (a cached token, a verified JWT) cannot
+//! tell which Envoy it runs in from inside its headers callback: it waits one turn of
+//! Envoy's event loop ([`Effect::AwaitTurn`]), in which Envoy delivers a body that came
+//! with the headers if it delivers bodies to held requests at all.
+
+use crate::api::Refusal;
+use crate::config::Config;
+use crate::decision::{self, Admitted, BodyRule, Caller, RequestHead, Verdict};
+use crate::identity::Identity;
+use crate::rules::{ResponseFilter, UPSTREAM_HEADERS_TO_REMOVE};
+
+/// How long a body may make no progress before the request is refused. A held body
+/// larger than Envoy's buffer limit stops the client's connection without an error:
+/// without this, such a request would hang until Envoy's stream idle timeout.
+pub const BODY_STALL_S: u64 = 10;
+/// How long a request may wait for its turn before it takes it anyway.
+const TURN_WAIT_S: u64 = 1;
+
+/// What the host must do to the request, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// Remove the headers of [`crate::api::STRIPPED_HEADERS`] that are present.
+    StripHeaders,
+    /// Remove this request header.
+    RemoveHeader(&'static str),
+    /// Set `:path`.
+    SetPath(String),
+    /// Replace the `len` bytes Envoy holds as the body with `body`.
+    ReplaceBody { len: usize, body: Vec<u8> },
+    /// Answer the request; it goes no further.
+    Respond(Reply),
+    /// Give the request a turn of Envoy's event loop, then call [`Request::on_turn`].
+    AwaitTurn,
+    /// Add to this counter.
+    Count(Counter),
+    /// Nothing for the host to do: a write's body goes on unread, whatever of it Envoy
+    /// holds (for [`Trace`], which checks that every other body is judged first).
+    PassBodyUnread,
+}
+
+/// A local answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    Refusal(Refusal),
+    /// 200 with this JSON body.
+    Answer(&'static str),
+}
+
+/// The filter's per-request counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counter {
+    Allowed,
+    Denied,
+    /// A refusal of the query or form itself (400), besides [`Counter::Denied`].
+    BadQuery,
+    /// A write let through, besides [`Counter::Allowed`].
+    WriteAllowed,
+    /// A request to an ingestion endpoint refused, besides [`Counter::Denied`].
+    WriteDenied,
+    /// Bytes of a write's body gone on.
+    WriteBytes(usize),
+}
+
+/// The outcome of one event.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Step {
+    /// Applied first, in order, while Envoy still holds what they touch.
+    pub effects: Vec<Effect>,
+    /// Let the request go on: `Continue` from a stream callback, a resume otherwise.
+    /// False means hold it (`Pause`).
+    pub release: bool,
+}
+
+impl Step {
+    fn hold(effects: Vec<Effect>) -> Step {
+        Step {
+            effects,
+            release: false,
+        }
+    }
+
+    fn release(effects: Vec<Effect>) -> Step {
+        Step {
+            effects,
+            release: true,
+        }
+    }
+}
+
+/// What has come of the body while the headers wait for the identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Body {
+    /// The headers ended the stream.
+    None,
+    /// Nothing of it yet.
+    Awaited,
+    /// Part of it, held by Envoy.
+    Arriving,
+    /// All of it, held by Envoy.
+    Complete(Vec<u8>),
+}
+
+/// Where a request is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum State {
+    /// Before the request headers.
+    Start,
+    /// Headers held while the identity is looked up.
+    Identifying { admitted: Admitted, body: Body },
+    /// Identity and `:path` settled at the headers, headers held: a turn of the event
+    /// loop shows whether Envoy hands the body over while they are.
+    Turning { rule: BodyRule, since: u64 },
+    /// Headers held, the body arriving meanwhile: both go on once it is judged.
+    Holding { rule: BodyRule, since: u64 },
+    /// Headers gone on; the body is buffered to its end, then judged.
+    Streaming { rule: BodyRule, since: u64 },
+    /// Judged and gone on: the backend has all of it, or, for a write (`write`), gets
+    /// the body as it streams. The answer passes through the response stage when it
+    /// must ([`crate::response`]).
+    Forwarded {
+        response: Option<ResponseFilter>,
+        write: bool,
+    },
+    /// Answered by the filter.
+    Answered,
+}
+
+/// One request, from its headers to its verdict.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    state: State,
+    /// The request is to an ingestion endpoint, allowed or not: counted as a write.
+    write: bool,
+    /// Bytes of a write's body Envoy handed over while the identity was looked up.
+    held: usize,
+}
+
+impl Default for Request {
+    fn default() -> Self {
+        Request::new()
+    }
+}
+
+impl Request {
+    pub fn new() -> Request {
+        Request {
+            state: State::Start,
+            write: false,
+            held: 0,
+        }
+    }
+
+    /// True once the filter has answered the request itself.
+    pub fn is_answered(&self) -> bool {
+        self.state == State::Answered
+    }
+
+    /// True once the request is judged and gone on to the backend.
+    pub fn is_forwarded(&self) -> bool {
+        matches!(self.state, State::Forwarded { .. })
+    }
+
+    /// The filter the backend's answer must pass, once the request is forwarded: taken
+    /// once, by the response's headers.
+    pub fn take_response_filter(&mut self) -> Option<ResponseFilter> {
+        match &mut self.state {
+            State::Forwarded { response, .. } => response.take(),
+            _ => None,
+        }
+    }
+
+    /// The bearer token whose identity the request waits for.
+    pub fn awaited_token(&self) -> Option<&str> {
+        match &self.state {
+            State::Identifying { admitted, .. } => match &admitted.caller {
+                Caller::Token(token) => Some(token),
+                Caller::Tenants(_) => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// The request headers. `look_up` asks for a bearer token's identity: `Some` when it
+    /// is known at once, `None` when [`Request::on_identity`] will bring it later.
+    pub fn on_headers(
+        &mut self,
+        head: &RequestHead<'_>,
+        config: &Config,
+        now: u64,
+        look_up: impl FnOnce(&str) -> Option<Identity>,
+    ) -> Step {
+        if self.state != State::Start {
+            return Step::hold(Vec::new());
+        }
+        self.write = crate::api::is_write_target(head.path);
+        let admitted = match decision::on_headers(head, config) {
+            Ok(admitted) => admitted,
+            Err(refusal) => return self.refuse(Vec::new(), refusal),
+        };
+        let body = if admitted.body_follows {
+            Body::Awaited
+        } else {
+            Body::None
+        };
+        let known = match &admitted.caller {
+            Caller::Tenants(tenants) => Some(Identity::Tenants(tenants.clone())),
+            Caller::Token(token) => look_up(token),
+        };
+        self.state = State::Identifying { admitted, body };
+        let mut step = match known {
+            Some(identity) => self.identified(identity, config, now, true),
+            None => Step::hold(Vec::new()),
+        };
+        step.effects.insert(0, Effect::StripHeaders);
+        step
+    }
+
+    /// The identity the request waited for, known after its headers callback.
+    pub fn on_identity(&mut self, identity: Identity, config: &Config, now: u64) -> Step {
+        self.identified(identity, config, now, false)
+    }
+
+    fn identified(
+        &mut self,
+        identity: Identity,
+        config: &Config,
+        now: u64,
+        at_headers: bool,
+    ) -> Step {
+        // Refused meanwhile (a body too large, say), or never waiting: nothing changes.
+        let Some((admitted, body)) = self.take_identifying() else {
+            return Step::hold(Vec::new());
+        };
+        let (path, rule, response) = match decision::on_identity(&admitted, identity, config) {
+            Verdict::Refuse(refusal) => return self.refuse(Vec::new(), refusal),
+            Verdict::Answer(answer) => {
+                return Step::hold(vec![
+                    Effect::Respond(Reply::Answer(answer)),
+                    Effect::Count(Counter::Allowed),
+                ])
+            }
+            Verdict::Forward {
+                path,
+                body,
+                response,
+            } => (path, body, response),
+        };
+        let mut effects: Vec<Effect> = path.map(Effect::SetPath).into_iter().collect();
+        if response.is_some() {
+            // The engines compress when asked to; the response stage reads plain JSON.
+            effects.extend(
+                UPSTREAM_HEADERS_TO_REMOVE
+                    .iter()
+                    .map(|h| Effect::RemoveHeader(h)),
+            );
+        }
+        let Some(rule) = rule else {
+            let write = admitted.streams_body();
+            if write {
+                effects.extend([Effect::PassBodyUnread, Effect::Count(Counter::WriteAllowed)]);
+                if self.held > 0 {
+                    effects.push(Effect::Count(Counter::WriteBytes(self.held)));
+                }
+            }
+            self.state = State::Forwarded { response, write };
+            effects.push(Effect::Count(Counter::Allowed));
+            return Step::release(effects);
+        };
+        // The body may change length, and the headers cannot change once they go on.
+        effects.push(Effect::RemoveHeader("content-length"));
+        match body {
+            Body::Complete(bytes) => self.judge(effects, &rule, &bytes, config),
+            Body::Arriving => {
+                self.state = State::Holding { rule, since: now };
+                Step::hold(effects)
+            }
+            Body::Awaited | Body::None if at_headers => {
+                effects.push(Effect::AwaitTurn);
+                self.state = State::Turning { rule, since: now };
+                Step::hold(effects)
+            }
+            Body::Awaited | Body::None => {
+                self.state = State::Streaming { rule, since: now };
+                Step::release(effects)
+            }
+        }
+    }
+
+    /// Takes the request out of [`State::Identifying`], if it is there.
+    fn take_identifying(&mut self) -> Option<(Admitted, Body)> {
+        if !matches!(self.state, State::Identifying { .. }) {
+            return None;
+        }
+        match std::mem::replace(&mut self.state, State::Answered) {
+            State::Identifying { admitted, body } => Some((admitted, body)),
+            _ => None,
+        }
+    }
+
+    /// The turn awaited after [`Effect::AwaitTurn`]: no body came while the headers
+    /// were held, so they go on, and the body is judged as it follows them.
+    pub fn on_turn(&mut self, now: u64) -> Step {
+        let State::Turning { rule, .. } = &self.state else {
+            return Step::hold(Vec::new());
+        };
+        self.state = State::Streaming {
+            rule: rule.clone(),
+            since: now,
+        };
+        Step::release(Vec::new())
+    }
+
+    /// Body data: `size` bytes buffered so far in all; `read` gives them all.
+    pub fn on_body(
+        &mut self,
+        size: usize,
+        end_of_stream: bool,
+        config: &Config,
+        now: u64,
+        read: impl FnOnce() -> Option<Vec<u8>>,
+    ) -> Step {
+        match &self.state {
+            // Each callback after the request went on brings new data only.
+            State::Forwarded { write: true, .. } if size > 0 => {
+                return Step::release(vec![Effect::Count(Counter::WriteBytes(size))])
+            }
+            State::Forwarded { .. } => return Step::release(Vec::new()),
+            State::Start | State::Answered => return Step::hold(Vec::new()),
+            // A write's body is never read nor bounded: Envoy holds it until the
+            // identity lets the request go (or refuses it).
+            State::Identifying { admitted, .. } if admitted.streams_body() => {
+                self.held = size;
+                return Step::hold(Vec::new());
+            }
+            _ => {}
+        }
+        if size > config.max_body_bytes {
+            return self.refuse(Vec::new(), Refusal::too_large(config.max_body_bytes));
+        }
+        let bytes = if end_of_stream {
+            match read() {
+                Some(bytes) if bytes.len() == size => Some(bytes),
+                // A body we cannot read is a body we cannot rewrite.
+                _ => {
+                    let refusal = Refusal::unavailable("the request body could not be read");
+                    return self.refuse(Vec::new(), refusal);
+                }
+            }
+        } else {
+            None
+        };
+        match std::mem::replace(&mut self.state, State::Answered) {
+            State::Identifying { admitted, .. } => {
+                let body = bytes.map_or(Body::Arriving, Body::Complete);
+                self.state = State::Identifying { admitted, body };
+                Step::hold(Vec::new())
+            }
+            State::Turning { rule, .. }
+            | State::Holding { rule, .. }
+            | State::Streaming { rule, .. }
+                if bytes.is_some() =>
+            {
+                let bytes = bytes.unwrap_or_default();
+                self.judge(Vec::new(), &rule, &bytes, config)
+            }
+            State::Turning { rule, .. } | State::Holding { rule, .. } => {
+                self.state = State::Holding { rule, since: now };
+                Step::hold(Vec::new())
+            }
+            State::Streaming { rule, .. } => {
+                self.state = State::Streaming { rule, since: now };
+                Step::hold(Vec::new())
+            }
+            other => {
+                self.state = other;
+                Step::hold(Vec::new())
+            }
+        }
+    }
+
+    /// Request trailers: the last body callback did not end the stream, and nothing in
+    /// the filter reads trailers, so a body is never judged complete.
+    pub fn on_trailers(&mut self) -> Step {
+        match &self.state {
+            State::Forwarded { .. } => Step::release(Vec::new()),
+            State::Start | State::Answered => Step::hold(Vec::new()),
+            // A write's trailers go on with its body, once the identity lets it go.
+            State::Identifying { admitted, .. } if admitted.streams_body() => {
+                Step::hold(Vec::new())
+            }
+            _ => self.refuse(
+                Vec::new(),
+                Refusal::bad_request("request trailers are not supported"),
+            ),
+        }
+    }
+
+    /// The root's tick: a request waiting for its turn or its body too long.
+    pub fn on_tick(&mut self, now: u64) -> Step {
+        match &self.state {
+            State::Turning { since, .. } if now.saturating_sub(*since) > TURN_WAIT_S => {
+                self.on_turn(now)
+            }
+            State::Holding { since, .. } | State::Streaming { since, .. }
+                if now.saturating_sub(*since) > BODY_STALL_S =>
+            {
+                let refusal = Refusal::timeout(format!(
+                    "the request body made no progress for {BODY_STALL_S} s: the client \
+                     stopped sending, or the body is larger than Envoy's buffer limit"
+                ));
+                self.refuse(Vec::new(), refusal)
+            }
+            _ => Step::hold(Vec::new()),
+        }
+    }
+
+    /// The host could not read or change the request as a step asked: it is refused
+    /// rather than let through as it was.
+    pub fn fail(&mut self, refusal: Refusal) -> Step {
+        self.refuse(Vec::new(), refusal)
+    }
+
+    /// Judges a complete body: the request goes on with it replaced, or is refused.
+    fn judge(
+        &mut self,
+        mut effects: Vec<Effect>,
+        rule: &BodyRule,
+        bytes: &[u8],
+        config: &Config,
+    ) -> Step {
+        match decision::on_body(rule, bytes, config) {
+            Ok(new_body) => {
+                if let Some(body) = new_body {
+                    effects.push(Effect::ReplaceBody {
+                        len: bytes.len(),
+                        body,
+                    });
+                }
+                effects.push(Effect::Count(Counter::Allowed));
+                self.state = State::Forwarded {
+                    response: rule.response.clone(),
+                    write: false,
+                };
+                Step::release(effects)
+            }
+            Err(refusal) => self.refuse(effects, refusal),
+        }
+    }
+
+    fn refuse(&mut self, mut effects: Vec<Effect>, refusal: Refusal) -> Step {
+        self.state = State::Answered;
+        effects.push(Effect::Count(Counter::Denied));
+        if self.write {
+            effects.push(Effect::Count(Counter::WriteDenied));
+        }
+        if refusal.status == 400 {
+            effects.push(Effect::Count(Counter::BadQuery));
+        }
+        effects.push(Effect::Respond(Reply::Refusal(refusal)));
+        Step::hold(effects)
+    }
+}
+
+/// What Envoy would have done with the request, had a host applied every step: for the
+/// tests and the fuzzer, which drive the machine the way Envoy's callbacks do, and check
+/// on the way that nothing is changed after it went on.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Trace {
+    /// `:path` as set, if it was.
+    pub path: Option<String>,
+    /// `Content-Length` was removed.
+    pub length_removed: bool,
+    /// The body Envoy holds at the filter (or sent on, once `body_gone`).
+    pub body: Vec<u8>,
+    /// Envoy has handed the filter the end of the body.
+    pub complete: bool,
+    /// The local answer, if any.
+    pub reply: Option<Reply>,
+    /// The headers went on to the backend.
+    pub headers_gone: bool,
+    /// The body went on to the backend.
+    pub body_gone: bool,
+    /// The body goes on unread, as it comes (a write).
+    pub unread: bool,
+    /// What of an unread body went on so far (`body` then holds only what came since).
+    pub sent: Vec<u8>,
+    /// A turn was asked for and not yet given.
+    pub awaiting_turn: bool,
+    /// Counters, in order.
+    pub counted: Vec<Counter>,
+}
+
+impl Trace {
+    /// Envoy hands the filter more of the body.
+    pub fn deliver(&mut self, chunk: &[u8], end_of_stream: bool) {
+        assert!(!self.body_gone, "body data after the body went on");
+        self.body.extend_from_slice(chunk);
+        self.complete |= end_of_stream;
+    }
+
+    /// Applies a step's effects, as a host would, then its release.
+    pub fn apply(&mut self, step: Step) {
+        for effect in step.effects {
+            let touches_headers = matches!(
+                effect,
+                Effect::StripHeaders | Effect::RemoveHeader(_) | Effect::SetPath(_)
+            );
+            assert!(
+                !(touches_headers && self.headers_gone),
+                "{effect:?} after the headers went on"
+            );
+            match effect {
+                Effect::StripHeaders => {}
+                Effect::RemoveHeader(name) => self.length_removed |= name == "content-length",
+                Effect::SetPath(path) => self.path = Some(path),
+                Effect::ReplaceBody { len, body } => {
+                    assert!(!self.body_gone, "a body replaced after it went on");
+                    assert_eq!(len, self.body.len(), "a replacement of another length");
+                    self.body = body;
+                }
+                Effect::Respond(reply) => {
+                    assert!(self.reply.is_none(), "two answers");
+                    self.reply = Some(reply);
+                }
+                Effect::AwaitTurn => self.awaiting_turn = true,
+                Effect::Count(counter) => self.counted.push(counter),
+                Effect::PassBodyUnread => self.unread = true,
+            }
+        }
+        if !step.release {
+            return;
+        }
+        assert!(self.reply.is_none(), "released after an answer");
+        if self.unread {
+            // Envoy sends on what it holds, and each later chunk as it comes.
+            self.headers_gone = true;
+            self.sent.append(&mut self.body);
+            self.body_gone = self.complete;
+        } else if self.headers_gone {
+            self.body_gone = true;
+        } else {
+            self.headers_gone = true;
+            // Envoy sends on whatever body it handed the filter and holds.
+            if !self.body.is_empty() || self.complete {
+                assert!(self.complete, "part of the body went on unjudged");
+                self.body_gone = true;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "lifecycle_tests.rs"]
+pub(crate) mod tests;
