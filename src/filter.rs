@@ -26,7 +26,7 @@ use crate::flight::{self, CasMismatch, Command, Flights, SharedData};
 use crate::header_map::HeaderMap;
 use crate::identity::{self, Identity};
 use crate::lifecycle::{Counter, Effect, Reply, Request, Step};
-use crate::response::{Response, ResponseEffect, ResponseStep};
+use crate::response::{ResponseEffect, ResponseStep};
 use crate::TenantMatcher;
 use log::{debug, info, warn};
 use proxy_wasm::hostcalls;
@@ -332,10 +332,7 @@ impl Worker {
         let mut go = step.release;
         for effect in step.effects {
             if effect == Effect::AwaitTurn {
-                let queued = self.turn_queue.map(|queue| {
-                    hostcalls::enqueue_shared_queue(queue, Some(&context.to_le_bytes()))
-                });
-                if !matches!(queued, Some(Ok(()))) {
+                if !self.enqueue_turn(context, false) {
                     // No queue: the turn is now, and a body refused later has had its
                     // headers sent on (Envoy resets that request).
                     go |= self.with_request(context, |r| r.on_turn(now_s()).release) == Some(true);
@@ -393,6 +390,82 @@ impl Worker {
             Effect::Count(counter) => self.metrics.request(counter),
         }
         Ok(())
+    }
+}
+
+/// A queue item: the request's context id, and this byte after it for the turn of its
+/// response ([`crate::response`]) rather than of its request.
+const RESPONSE_TURN: u8 = 1;
+
+impl Worker {
+    /// Puts a turn for `context` on this worker's queue; false when there is none.
+    fn enqueue_turn(&self, context: u32, response: bool) -> bool {
+        let mut item = context.to_le_bytes().to_vec();
+        if response {
+            item.push(RESPONSE_TURN);
+        }
+        let queued = self
+            .turn_queue
+            .map(|queue| hostcalls::enqueue_shared_queue(queue, Some(&item)));
+        matches!(queued, Some(Ok(())))
+    }
+
+    /// Applies a response step to request `context` from the callback `now_in`, as
+    /// [`Worker::apply`] does for the request. An edit the host does not take would let
+    /// the engine's answer through as it is: the response is answered with 503 instead
+    /// (Envoy resets the stream when its headers already went on). Returns whether the
+    /// response goes on.
+    fn apply_response(&self, context: u32, step: ResponseStep, now_in: Callback) -> bool {
+        let elsewhere = now_in.context() != context;
+        if elsewhere && hostcalls::set_effective_context(context).is_err() {
+            return false;
+        }
+        let mut go = step.release;
+        for effect in step.effects {
+            let written = match effect {
+                ResponseEffect::SetHeader(name, value) => hostcalls::set_map_value_bytes(
+                    MapType::HttpResponseHeaders,
+                    name,
+                    Some(value.as_bytes()),
+                ),
+                ResponseEffect::RemoveHeader(name) => {
+                    hostcalls::remove_map_value(MapType::HttpResponseHeaders, name)
+                }
+                ResponseEffect::ReplaceBody { len, body } => {
+                    hostcalls::set_buffer(BufferType::HttpResponseBody, 0, len, &body)
+                }
+                ResponseEffect::Refuse(refusal) => {
+                    respond(&Reply::Refusal(refusal));
+                    go = false;
+                    break;
+                }
+                ResponseEffect::AwaitTurn => {
+                    if !self.enqueue_turn(context, true) {
+                        // No queue: the turn is now.
+                        let turn = self
+                            .with_request(context, |r| r.answer().map(|a| a.on_turn()))
+                            .flatten()
+                            .unwrap_or_default();
+                        go |= self.apply_response(context, turn, Callback::Stream(context));
+                    }
+                    Ok(())
+                }
+            };
+            if written.is_err() {
+                let refusal =
+                    Refusal::unavailable("the rule engine's answer could not be filtered");
+                respond(&Reply::Refusal(refusal));
+                go = false;
+                break;
+            }
+        }
+        if go && now_in != Callback::Stream(context) {
+            let _ = hostcalls::resume_http_response();
+        }
+        if elsewhere {
+            let _ = hostcalls::set_effective_context(now_in.context());
+        }
+        go
     }
 }
 
@@ -555,9 +628,17 @@ impl RootContext for FilterRoot {
         };
         let here = Callback::Other(self.context_id);
         while let Ok(Some(item)) = hostcalls::dequeue_shared_queue(queue) {
-            let Ok(context) = <[u8; 4]>::try_from(item.as_slice()).map(u32::from_le_bytes) else {
+            let (id, kind) = item.split_at(item.len().min(4));
+            let Ok(context) = <[u8; 4]>::try_from(id).map(u32::from_le_bytes) else {
                 continue;
             };
+            if kind == [RESPONSE_TURN] {
+                let turn = worker.with_request(context, |r| r.answer().map(|a| a.on_turn()));
+                if let Some(Some(step)) = turn {
+                    worker.apply_response(context, step, here);
+                }
+                continue;
+            }
             let now = now_s();
             if let Some(step) = worker.with_request(context, |r| r.on_turn(now)) {
                 worker.apply(context, step, here);
@@ -577,7 +658,6 @@ impl RootContext for FilterRoot {
             context_id,
             worker: self.worker.clone(),
             request,
-            response: None,
         }))
     }
 
@@ -591,8 +671,6 @@ struct FilterHttp {
     context_id: u32,
     worker: Option<Rc<Worker>>,
     request: Shared<Request>,
-    /// The answer's stage, for rules and alerts.
-    response: Option<Response>,
 }
 
 impl FilterHttp {
@@ -619,6 +697,30 @@ impl FilterHttp {
             go = woken;
         }
         if go {
+            Action::Continue
+        } else {
+            Action::Pause
+        }
+    }
+}
+
+impl FilterHttp {
+    /// Runs one response event on the request's answer stage and applies its step. No
+    /// stage (any answer but rules and alerts, the filter's own replies): it passes.
+    fn response_event(&self, event: impl FnOnce(&mut Request) -> Option<ResponseStep>) -> Action {
+        let Some(worker) = &self.worker else {
+            return Action::Continue;
+        };
+        let step = match self.request.try_borrow_mut() {
+            Ok(mut request) => event(&mut request),
+            // Never expected; a held answer is safer than an unfiltered one.
+            Err(_) => return Action::Pause,
+        };
+        let Some(step) = step else {
+            return Action::Continue;
+        };
+        let here = Callback::Stream(self.context_id);
+        if worker.apply_response(self.context_id, step, here) {
             Action::Continue
         } else {
             Action::Pause
@@ -703,87 +805,34 @@ impl HttpContext for FilterHttp {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
-        // Only a forwarded request's answer: the filter's own replies pass unchanged.
-        let filter = self
-            .request
-            .try_borrow_mut()
-            .ok()
-            .and_then(|mut request| request.take_response_filter());
-        let Some(filter) = filter else {
-            return Action::Continue;
-        };
-        let header = |name| {
-            hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, name)
-                .ok()
-                .flatten()
-        };
-        let (status, encoding, length) = (
-            header(":status"),
-            header("content-encoding"),
-            header("content-length"),
-        );
-        let response = self.response.insert(Response::new(filter));
-        let step = response.on_headers(
-            status.as_deref(),
-            encoding.as_deref(),
-            length.as_deref(),
-            end_of_stream,
-        );
-        apply_response(step)
+        self.response_event(|request| {
+            let header = |name| {
+                hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, name)
+                    .ok()
+                    .flatten()
+            };
+            request.on_response_headers(
+                header(":status").as_deref(),
+                header("content-encoding").as_deref(),
+                header("content-length").as_deref(),
+                end_of_stream,
+            )
+        })
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        let Some(response) = self.response.as_mut() else {
-            return Action::Continue;
-        };
-        let step = response.on_body(body_size, end_of_stream, || {
-            hostcalls::get_buffer(BufferType::HttpResponseBody, 0, body_size)
-                .ok()
-                .map(Option::unwrap_or_default)
-        });
-        apply_response(step)
+        self.response_event(|request| {
+            let answer = request.answer()?;
+            Some(answer.on_body(body_size, end_of_stream, || {
+                hostcalls::get_buffer(BufferType::HttpResponseBody, 0, body_size)
+                    .ok()
+                    .map(Option::unwrap_or_default)
+            }))
+        })
     }
 
     fn on_http_response_trailers(&mut self, _num_trailers: usize) -> Action {
-        match self.response.as_mut() {
-            Some(response) => apply_response(response.on_trailers()),
-            None => Action::Continue,
-        }
-    }
-}
-
-/// Applies a response step. An edit the host does not take would let the engine's
-/// answer through as it is: the response is answered with 503 instead (Envoy resets
-/// the stream when its headers already went on).
-fn apply_response(step: ResponseStep) -> Action {
-    for effect in step.effects {
-        let written = match effect {
-            ResponseEffect::SetHeader(name, value) => hostcalls::set_map_value_bytes(
-                MapType::HttpResponseHeaders,
-                name,
-                Some(value.as_bytes()),
-            ),
-            ResponseEffect::RemoveHeader(name) => {
-                hostcalls::remove_map_value(MapType::HttpResponseHeaders, name)
-            }
-            ResponseEffect::ReplaceBody { len, body } => {
-                hostcalls::set_buffer(BufferType::HttpResponseBody, 0, len, &body)
-            }
-            ResponseEffect::Refuse(refusal) => {
-                respond(&Reply::Refusal(refusal));
-                return Action::Pause;
-            }
-        };
-        if written.is_err() {
-            let refusal = Refusal::unavailable("the rule engine's answer could not be filtered");
-            respond(&Reply::Refusal(refusal));
-            return Action::Pause;
-        }
-    }
-    if step.release {
-        Action::Continue
-    } else {
-        Action::Pause
+        self.response_event(|request| Some(request.answer()?.on_trailers()))
     }
 }
 

@@ -24,6 +24,8 @@ struct Stream {
     response_body: Vec<u8>,
     /// What of the answer Envoy passed on to the client.
     body_passed: Vec<u8>,
+    /// The filter resumed the answer it held.
+    response_resumed: bool,
     resumed: bool,
     reply: Option<Reply>,
 }
@@ -436,6 +438,10 @@ extern "C" fn proxy_continue_stream(stream: StreamType) -> Status {
                 s.resumed = true;
                 Status::Ok
             }
+            (StreamType::HttpResponse, Some(s)) => {
+                s.response_resumed = true;
+                Status::Ok
+            }
             _ => Status::BadArgument,
         }
     })
@@ -803,6 +809,14 @@ impl Vm {
         });
         let mut actions =
             vec![unsafe { proxy_on_response_headers(id, headers.len(), chunks.is_empty()) }];
+        actions.extend(self.upstream_body(id, chunks));
+        actions
+    }
+
+    /// More of the backend's answer to request `id`, chunk by chunk, the last one ending
+    /// it; the filter's action for each.
+    fn upstream_body(&self, id: u32, chunks: &[&str]) -> Vec<Action> {
+        let mut actions = Vec::new();
         for (i, chunk) in chunks.iter().enumerate() {
             let size = with_host(|h| {
                 h.effective = id;
@@ -1382,9 +1396,9 @@ fn a_rules_answer_is_held_whole_and_replaced_by_the_tenants_part() {
         ],
         &[first, second],
     );
-    // The headers go on decided (held, they would hold the body too under Istio); the
-    // body is held whole, then replaced.
-    assert_eq!(actions, [Action::Continue, Action::Pause, Action::Continue]);
+    // With the setting, the body comes while the headers wait for their turn: both go
+    // on together once the body is judged.
+    assert_eq!(actions, [Action::Pause, Action::Pause, Action::Continue]);
     let passed = String::from_utf8(vm.stream(2).body_passed).unwrap();
     assert!(
         passed.contains("mine") && !passed.contains("theirs"),
@@ -1392,6 +1406,46 @@ fn a_rules_answer_is_held_whole_and_replaced_by_the_tenants_part() {
     );
     assert_eq!(response_header(&vm, 2, ":status").as_deref(), Some("200"));
     assert_eq!(response_header(&vm, 2, "content-length"), None);
+    assert_eq!(vm.reply(2), None);
+}
+
+#[test]
+fn without_the_setting_the_answers_headers_go_on_after_one_turn() {
+    let vm = Vm::new();
+    assert!(vm.configure(1, JWT_CONFIG));
+    ask_rules(&vm, 2);
+    // Envoy hands over no body while the headers are held (Istio): the turn comes first.
+    let headers = [(":status", "200"), ("content-length", "999")];
+    with_host(|h| {
+        let stream = h.streams.get_mut(&2).unwrap();
+        stream.response_headers = headers
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+            .collect();
+        h.effective = 2;
+    });
+    assert_eq!(
+        unsafe { proxy_on_response_headers(2, headers.len(), false) },
+        Action::Pause
+    );
+    assert!(!vm.stream(2).response_resumed);
+    vm.turn();
+    assert!(
+        vm.stream(2).response_resumed,
+        "the turn lets the headers go"
+    );
+    assert_eq!(response_header(&vm, 2, "content-length"), None);
+    assert_eq!(response_header(&vm, 2, ":status").as_deref(), Some("200"));
+    // Then the body, as it follows them, is held whole and replaced.
+    let answer = rules_answer(&[("mine", "1999"), ("theirs", "2000")]);
+    let (first, second) = answer.split_at(answer.len() / 2);
+    let actions = vm.upstream_body(2, &[first, second]);
+    assert_eq!(actions, [Action::Pause, Action::Continue]);
+    let passed = String::from_utf8(vm.stream(2).body_passed).unwrap();
+    assert!(
+        passed.contains("mine") && !passed.contains("theirs"),
+        "{passed}"
+    );
     assert_eq!(vm.reply(2), None);
 }
 
@@ -1404,17 +1458,12 @@ fn an_answer_over_the_bound_is_replaced_at_once_and_the_rest_dropped() {
     assert!(big.len() > 2000);
     let (first, rest) = big.split_at(2100);
     let actions = vm.upstream_answers(2, &[(":status", "200")], &[first, rest]);
-    assert_eq!(
-        actions,
-        [Action::Continue, Action::Continue, Action::Continue]
-    );
+    assert_eq!(actions, [Action::Pause, Action::Continue, Action::Continue]);
     let passed = String::from_utf8(vm.stream(2).body_passed).unwrap();
     let body: serde_json::Value = serde_json::from_str(&passed).unwrap();
     assert_eq!(body["errorType"], "internal");
     assert!(!passed.contains("theirs"));
-    // Its headers went on before the body grew too large: the status stays, the body
-    // says what happened, in Prometheus' error shape.
-    assert_eq!(response_header(&vm, 2, ":status").as_deref(), Some("200"));
+    assert_eq!(response_header(&vm, 2, ":status").as_deref(), Some("502"));
     // Announced larger: refused without reading it.
     ask_rules(&vm, 3);
     let answer = rules_answer(&[("mine", "1999")]);

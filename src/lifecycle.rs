@@ -25,6 +25,7 @@ use crate::api::Refusal;
 use crate::config::Config;
 use crate::decision::{self, Admitted, BodyRule, Caller, RequestHead, Verdict};
 use crate::identity::Identity;
+use crate::response::{Response, ResponseStep};
 use crate::rules::{ResponseFilter, UPSTREAM_HEADERS_TO_REMOVE};
 
 /// How long a body may make no progress before the request is refused. A held body
@@ -151,6 +152,8 @@ pub struct Request {
     write: bool,
     /// Bytes of a write's body Envoy handed over while the identity was looked up.
     held: usize,
+    /// The answer's stage, once the response headers came (rules and alerts only).
+    answer: Option<Response>,
 }
 
 impl Default for Request {
@@ -165,6 +168,7 @@ impl Request {
             state: State::Start,
             write: false,
             held: 0,
+            answer: None,
         }
     }
 
@@ -178,13 +182,26 @@ impl Request {
         matches!(self.state, State::Forwarded { .. })
     }
 
-    /// The filter the backend's answer must pass, once the request is forwarded: taken
-    /// once, by the response's headers.
-    pub fn take_response_filter(&mut self) -> Option<ResponseFilter> {
-        match &mut self.state {
-            State::Forwarded { response, .. } => response.take(),
-            _ => None,
-        }
+    /// The response headers: the answer's stage starts when the request, forwarded,
+    /// has one ([`crate::response`]). `None`: the answer passes untouched (the filter's
+    /// own replies too).
+    pub fn on_response_headers(
+        &mut self,
+        status: Option<&[u8]>,
+        content_encoding: Option<&[u8]>,
+        content_length: Option<&[u8]>,
+        end_of_stream: bool,
+    ) -> Option<ResponseStep> {
+        let State::Forwarded { response, .. } = &mut self.state else {
+            return None;
+        };
+        let answer = self.answer.insert(Response::new(response.take()?));
+        Some(answer.on_headers(status, content_encoding, content_length, end_of_stream))
+    }
+
+    /// The answer's stage, once it started.
+    pub fn answer(&mut self) -> Option<&mut Response> {
+        self.answer.as_mut()
     }
 
     /// The bearer token whose identity the request waits for.

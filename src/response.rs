@@ -4,16 +4,20 @@
 //! Envoy with and without `allow_on_headers_stop_iteration` differ on the response as on
 //! the request (docs/request-lifecycle.md): without the setting, a `Pause` from the
 //! response headers holds the body too, and nothing comes until the filter resumes, so a
-//! stage that waited for the body with the headers held would hang under Istio. This
-//! stage therefore decides everything the headers can tell while it holds them (the
-//! status the caller gets, the JSON content type, no `Content-Length` since the body
-//! changes length, no `Content-Encoding`) and lets them go; then it buffers the body to
-//! its end and replaces it whole before any of it goes on.
+//! stage that waited for the body with the headers held would hang under Istio. The
+//! stage does what the request side does:
+//! - it holds the headers for one turn of Envoy's event loop ([`ResponseEffect::AwaitTurn`]);
+//! - a body Envoy hands over meanwhile (with the setting) is buffered whole with the
+//!   headers held, judged, and both go on together: the status says what became of it;
+//! - if none comes in that turn, the headers go on decided (the status the caller gets,
+//!   the JSON content type, no `Content-Length` since the body changes length, no
+//!   `Content-Encoding`), and the body is buffered whole as it follows them and replaced
+//!   before any of it goes on. A 200 whose body then turns out unreadable or too large
+//!   has no status left to change: its body becomes Prometheus' JSON error.
 //!
-//! A 200 whose body turns out unreadable or too large has no status left to change: its
-//! body becomes Prometheus' JSON error. Nothing of the engine's answer passes either way.
+//! Nothing of the engine's answer passes in any case.
 
-use crate::api::Refusal;
+use crate::api::{ErrorType, Refusal};
 use crate::rules::{self, ResponseFilter};
 
 /// What the host must do to the response, in order.
@@ -28,13 +32,16 @@ pub enum ResponseEffect {
     /// Answer with this refusal instead of the engine's answer, which has no body (the
     /// response headers are still held).
     Refuse(Refusal),
+    /// Give the response a turn of Envoy's event loop, then call [`Response::on_turn`].
+    AwaitTurn,
 }
 
 /// The outcome of one response event.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ResponseStep {
     pub effects: Vec<ResponseEffect>,
-    /// `Continue` (true) or `Pause` (false) from the stream callback.
+    /// Let the response go on: `Continue` from its own callback, a resume from any
+    /// other. False: hold it (`Pause`), or, outside its callbacks, nothing.
     pub release: bool,
 }
 
@@ -42,8 +49,14 @@ pub struct ResponseStep {
 enum State {
     /// Before the response headers.
     Headers,
-    /// Headers gone on; the body is buffered to its end.
-    Buffering { status: u16, buffered: usize },
+    /// Headers held for one turn: does Envoy hand the body over while they are?
+    Turning { status: u16 },
+    /// Buffering the body: with the headers held (`held`), or after they went on.
+    Body {
+        status: u16,
+        buffered: usize,
+        held: bool,
+    },
     /// Headers gone on with the status of this refusal, known from them: the body,
     /// whatever it is, becomes the refusal.
     Refused(Refusal),
@@ -99,28 +112,31 @@ impl Response {
                     Ok(_) => return release(Vec::new()),
                 },
             };
-            return ResponseStep {
-                effects: vec![ResponseEffect::Refuse(refusal)],
-                release: false,
-            };
+            return hold(vec![ResponseEffect::Refuse(refusal)]);
         }
-        let final_status = match &early {
-            Some(refusal) => refusal.status,
-            None => rules::answer_status(status),
+        if let Some(refusal) = early {
+            // Known from the headers: they go on saying so.
+            let effects = headers(refusal.status);
+            self.state = State::Refused(refusal);
+            return release(effects);
+        }
+        self.state = State::Turning { status };
+        hold(vec![ResponseEffect::AwaitTurn])
+    }
+
+    /// The turn awaited after [`ResponseEffect::AwaitTurn`]: no body came while the
+    /// headers were held, so they go on decided, and the body is judged as it follows.
+    /// Anywhere else, nothing.
+    pub fn on_turn(&mut self) -> ResponseStep {
+        let State::Turning { status } = self.state else {
+            return ResponseStep::default();
         };
-        self.state = match early {
-            Some(refusal) => State::Refused(refusal),
-            None => State::Buffering {
-                status,
-                buffered: 0,
-            },
+        self.state = State::Body {
+            status,
+            buffered: 0,
+            held: false,
         };
-        release(vec![
-            ResponseEffect::SetHeader(":status", final_status.to_string()),
-            ResponseEffect::SetHeader("content-type", "application/json".into()),
-            ResponseEffect::RemoveHeader("content-length"),
-            ResponseEffect::RemoveHeader("content-encoding"),
-        ])
+        release(headers(rules::answer_status(status)))
     }
 
     /// Response body data: `size` bytes buffered so far; `read` gives them all.
@@ -130,8 +146,10 @@ impl Response {
         end_of_stream: bool,
         read: impl FnOnce() -> Option<Vec<u8>>,
     ) -> ResponseStep {
-        let status = match &self.state {
-            State::Buffering { status, .. } => *status,
+        let (status, held) = match &self.state {
+            // With the setting: the body comes while the headers wait for their turn.
+            State::Turning { status } => (*status, true),
+            State::Body { status, held, .. } => (*status, *held),
             State::Refused(refusal) => {
                 let body = refusal.body();
                 self.state = if end_of_stream {
@@ -149,9 +167,10 @@ impl Response {
             }
             State::Headers | State::Done => return release(Vec::new()),
         };
-        self.state = State::Buffering {
+        self.state = State::Body {
             status,
             buffered: size,
+            held,
         };
         if size > self.filter.max_bytes {
             self.state = if end_of_stream {
@@ -159,7 +178,7 @@ impl Response {
             } else {
                 State::Dropping
             };
-            return replace(size, self.filter.too_large().body());
+            return self.answer(held, size, Err(self.filter.too_large()));
         }
         if !end_of_stream {
             return ResponseStep::default();
@@ -171,14 +190,15 @@ impl Response {
                 "the rule engine's answer could not be read",
             )),
         };
-        replace(size, answer.unwrap_or_else(|refusal| refusal.body()))
+        self.answer(held, size, answer)
     }
 
     /// Response trailers end the body. The engines send none over HTTP/1.1; an answer
     /// with them is refused rather than read in a way it was not sent.
     pub fn on_trailers(&mut self) -> ResponseStep {
-        let buffered = match &self.state {
-            State::Buffering { buffered, .. } => *buffered,
+        let (buffered, held) = match &self.state {
+            State::Turning { .. } => (0, true),
+            State::Body { buffered, held, .. } => (*buffered, *held),
             // Trailers without a body: the refusal is all the body there is.
             State::Refused(refusal) => {
                 let body = refusal.body();
@@ -190,10 +210,39 @@ impl Response {
         self.state = State::Done;
         let refusal = Refusal::upstream(
             502,
-            crate::api::ErrorType::Internal,
+            ErrorType::Internal,
             "the rule engine's answer had trailers",
         );
-        replace(buffered, refusal.body())
+        self.answer(held, buffered, Err(refusal))
+    }
+
+    /// Replaces the `len` bytes held with the caller's answer; with the headers still
+    /// held, they say what it is.
+    fn answer(&self, held: bool, len: usize, answer: Result<Vec<u8>, Refusal>) -> ResponseStep {
+        let (status, body) = match answer {
+            Ok(body) => (200, body),
+            Err(refusal) => (refusal.status, refusal.body()),
+        };
+        let mut effects = if held { headers(status) } else { Vec::new() };
+        effects.push(ResponseEffect::ReplaceBody { len, body });
+        release(effects)
+    }
+}
+
+/// The response headers of a replaced answer.
+fn headers(status: u16) -> Vec<ResponseEffect> {
+    vec![
+        ResponseEffect::SetHeader(":status", status.to_string()),
+        ResponseEffect::SetHeader("content-type", "application/json".into()),
+        ResponseEffect::RemoveHeader("content-length"),
+        ResponseEffect::RemoveHeader("content-encoding"),
+    ]
+}
+
+fn hold(effects: Vec<ResponseEffect>) -> ResponseStep {
+    ResponseStep {
+        effects,
+        release: false,
     }
 }
 
@@ -234,56 +283,50 @@ mod tests {
         .to_string()
     }
 
-    fn replaced(step: &ResponseStep) -> String {
-        match step.effects.as_slice() {
-            [ResponseEffect::ReplaceBody { body, .. }] => String::from_utf8(body.clone()).unwrap(),
-            other => panic!("{other:?}"),
+    /// The body a step puts in place, and the status it sets, if any.
+    fn replaced(step: &ResponseStep) -> (Option<String>, String) {
+        let mut status = None;
+        let mut body = None;
+        for effect in &step.effects {
+            match effect {
+                ResponseEffect::SetHeader(":status", s) => status = Some(s.clone()),
+                ResponseEffect::ReplaceBody { body: b, .. } => {
+                    body = Some(String::from_utf8(b.clone()).unwrap())
+                }
+                _ => {}
+            }
         }
+        (status, body.expect("a replaced body"))
+    }
+
+    fn turning(max_bytes: usize, status: &[u8]) -> Response {
+        let mut r = response(max_bytes);
+        let step = r.on_headers(Some(status), None, None, false);
+        assert_eq!(step, hold(vec![ResponseEffect::AwaitTurn]));
+        r
     }
 
     #[test]
-    fn the_headers_go_on_decided_and_the_body_is_replaced_whole() {
-        let mut r = response(10_000);
-        let step = r.on_headers(Some(b"200"), None, Some(b"999"), false);
+    fn a_body_that_comes_with_the_held_headers_goes_on_with_them_judged() {
+        // With allow_on_headers_stop_iteration: the body comes during the turn.
+        let body = answer();
+        let mut r = turning(10_000, b"200");
+        let step = r.on_body(body.len() / 2, false, || panic!("read before the end"));
+        assert_eq!(step, ResponseStep::default());
+        let step = r.on_body(body.len(), true, || Some(body.clone().into_bytes()));
         assert!(step.release);
         assert!(step
             .effects
             .contains(&ResponseEffect::RemoveHeader("content-length")));
-        assert!(step
-            .effects
-            .contains(&ResponseEffect::SetHeader(":status", "200".into())));
-        let body = answer();
-        let half = body.len() / 2;
-        let step = r.on_body(half, false, || panic!("read before the end"));
-        assert!(!step.release && step.effects.is_empty());
-        let step = r.on_body(body.len(), true, || Some(body.clone().into_bytes()));
-        let out = replaced(&step);
-        assert!(step.release);
+        let (status, out) = replaced(&step);
+        assert_eq!(status.as_deref(), Some("200"));
         assert!(out.contains("mine") && !out.contains("theirs"), "{out}");
-    }
-
-    #[test]
-    fn an_engine_error_keeps_its_status_and_nothing_else_passes() {
-        let mut r = response(10_000);
-        let step = r.on_headers(Some(b"503"), None, None, false);
-        assert!(step
-            .effects
-            .contains(&ResponseEffect::SetHeader(":status", "503".into())));
-        let body = answer();
-        let out = replaced(&r.on_body(body.len(), true, || Some(body.clone().into_bytes())));
-        assert!(!out.contains("mine"), "{out}");
-        let mut r = response(10_000);
-        r.on_headers(Some(b"302"), None, None, false);
-        let step = r.on_headers(Some(b"200"), None, None, false);
-        assert!(step.effects.is_empty(), "headers twice: {step:?}");
-    }
-
-    #[test]
-    fn too_large_compressed_bodiless_and_trailed_answers_are_refused() {
-        // Over the bound: replaced at once, the rest dropped.
-        let mut r = response(100);
-        r.on_headers(Some(b"200"), None, None, false);
-        let out = replaced(&r.on_body(150, false, || None));
+        // The turn that comes later changes nothing.
+        assert_eq!(r.on_turn(), ResponseStep::default());
+        // Too large while held: the status says so.
+        let mut r = turning(100, b"200");
+        let (status, out) = replaced(&r.on_body(150, false, || None));
+        assert_eq!(status.as_deref(), Some("502"));
         assert!(out.contains("max_response_bytes"), "{out}");
         let step = r.on_body(300, true, || None);
         assert_eq!(
@@ -293,8 +336,52 @@ mod tests {
                 body: Vec::new()
             }]
         );
-        // Announced too large, or compressed: refused at the headers, whose status says
-        // so, and the body becomes the refusal.
+        // Unreadable while held: 502 too.
+        let mut r = turning(10_000, b"200");
+        let (status, out) = replaced(&r.on_body(5, true, || Some(b"{\"a\":".to_vec())));
+        assert_eq!(status.as_deref(), Some("502"));
+        assert!(out.contains("could not be read"), "{out}");
+    }
+
+    #[test]
+    fn without_a_body_in_the_turn_the_headers_go_on_decided() {
+        // Without the setting (Istio): nothing comes while the headers are held.
+        let body = answer();
+        let mut r = turning(10_000, b"200");
+        let step = r.on_turn();
+        assert!(step.release);
+        assert!(step
+            .effects
+            .contains(&ResponseEffect::SetHeader(":status", "200".into())));
+        assert!(step
+            .effects
+            .contains(&ResponseEffect::RemoveHeader("content-length")));
+        assert_eq!(r.on_turn(), ResponseStep::default(), "one turn only");
+        assert_eq!(r.on_body(5, false, || None), ResponseStep::default());
+        let step = r.on_body(body.len(), true, || Some(body.clone().into_bytes()));
+        let (status, out) = replaced(&step);
+        assert_eq!(status, None, "the headers went on already");
+        assert!(out.contains("mine") && !out.contains("theirs"), "{out}");
+        // An engine error keeps its status; nothing else of it passes.
+        let mut r = turning(10_000, b"503");
+        assert!(r
+            .on_turn()
+            .effects
+            .contains(&ResponseEffect::SetHeader(":status", "503".into())));
+        let (_, out) = replaced(&r.on_body(body.len(), true, || Some(body.clone().into_bytes())));
+        assert!(!out.contains("mine"), "{out}");
+        // Grown past the bound after the headers went on: the body says so.
+        let mut r = turning(100, b"200");
+        r.on_turn();
+        let (status, out) = replaced(&r.on_body(150, false, || None));
+        assert_eq!(status, None);
+        assert!(out.contains("\"status\":\"error\""), "{out}");
+    }
+
+    #[test]
+    fn compressed_bodiless_and_trailed_answers_are_refused() {
+        // Announced too large, or compressed: refused at the headers, which go on at
+        // once saying so, and the body becomes the refusal.
         for (encoding, length) in [(None, Some(&b"101"[..])), (Some(&b"gzip"[..]), None)] {
             let mut r = response(100);
             let step = r.on_headers(Some(b"200"), encoding, length, false);
@@ -302,7 +389,7 @@ mod tests {
             assert!(step
                 .effects
                 .contains(&ResponseEffect::SetHeader(":status", "502".into())));
-            let out = replaced(&r.on_body(50, false, || panic!("no need to read it")));
+            let (_, out) = replaced(&r.on_body(50, false, || panic!("no need to read it")));
             assert!(out.contains("\"status\":\"error\""), "{out}");
             let step = r.on_body(80, true, || panic!("no need to read it"));
             assert_eq!(
@@ -313,28 +400,29 @@ mod tests {
                 }]
             );
         }
-        // No body at all.
+        // No body at all: answered locally, the headers still held.
         let mut r = response(100);
         let step = r.on_headers(Some(b"200"), None, None, true);
+        assert!(!step.release);
         assert!(matches!(
             step.effects.as_slice(),
             [ResponseEffect::Refuse(Refusal { status: 502, .. })]
         ));
-        // Unreadable, then trailers.
-        let mut r = response(10_000);
-        r.on_headers(Some(b"200"), None, None, false);
-        let out = replaced(&r.on_body(10, true, || None));
-        assert!(out.contains("could not be read"), "{out}");
-        let mut r = response(10_000);
-        r.on_headers(Some(b"200"), None, None, false);
-        r.on_body(10, false, || None);
-        let step = r.on_trailers();
-        assert_eq!(
-            step.effects,
-            [ResponseEffect::ReplaceBody {
-                len: 10,
-                body: br#"{"error":"the rule engine's answer had trailers","errorType":"internal","status":"error"}"#.to_vec()
-            }]
-        );
+        // Trailers, held or not.
+        for turned in [false, true] {
+            let mut r = turning(10_000, b"200");
+            if turned {
+                r.on_turn();
+            }
+            r.on_body(10, false, || None);
+            let step = r.on_trailers();
+            let (status, out) = replaced(&step);
+            assert_eq!(status.is_some(), !turned);
+            assert!(out.contains("had trailers"), "{out}");
+            assert!(matches!(
+                step.effects.last(),
+                Some(ResponseEffect::ReplaceBody { len: 10, .. })
+            ));
+        }
     }
 }
