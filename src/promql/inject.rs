@@ -213,7 +213,7 @@ pub fn rewrite(
     dialect: Dialect,
 ) -> Result<String, RewriteError> {
     let tokens = lexer::lex(query, dialect).map_err(RewriteError::Parse)?;
-    let expr = parse_lexed(query, &tokens, dialect).map_err(RewriteError::Parse)?;
+    let expr = parse_lexed(query, tokens, dialect).map_err(RewriteError::Parse)?;
     if let Some(at) = unconfinable_call(&expr) {
         return Err(RewriteError::Parse(ParseError::at(
             query,

@@ -98,12 +98,31 @@ impl AggOp {
     }
 }
 
-/// Token kinds. Text and values are read from the source through the span.
+/// A literal's value, read once by the lexer. Kept as bits so tokens stay `Eq`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Value(u64);
+
+impl Value {
+    pub const ZERO: Value = Value(0);
+
+    fn new(v: f64) -> Self {
+        Value(v.to_bits())
+    }
+
+    pub fn get(self) -> f64 {
+        f64::from_bits(self.0)
+    }
+}
+
+/// Token kinds. Numbers and durations carry their value; text is read from the source
+/// through the span.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Tok {
     Ident(Kw),
-    Number,
-    Duration,
+    /// A number, its value.
+    Number(Value),
+    /// A duration, in seconds.
+    Duration(Value),
     /// A quoted string: `"..."`, `'...'` or `` `...` ``.
     Str,
     LParen,
@@ -142,8 +161,8 @@ impl Tok {
     pub fn describe(self) -> &'static str {
         match self {
             Tok::Ident(_) => "identifier",
-            Tok::Number => "number",
-            Tok::Duration => "duration",
+            Tok::Number(_) => "number",
+            Tok::Duration(_) => "duration",
             Tok::Str => "string",
             Tok::LParen => "\"(\"",
             Tok::RParen => "\")\"",
@@ -177,8 +196,8 @@ impl Tok {
         matches!(
             self,
             Tok::Ident(_)
-                | Tok::Number
-                | Tok::Duration
+                | Tok::Number(_)
+                | Tok::Duration(_)
                 | Tok::Str
                 | Tok::RParen
                 | Tok::RBracket
@@ -632,19 +651,16 @@ impl<'a> Lexer<'a> {
         }
         let text = &self.src[start..end];
         match kind {
-            Literal::Number => {
-                if numbers::number_value(text, self.dialect).is_none() {
-                    return Err(self.err(
-                        start,
-                        format!("error parsing number: {text:?}: invalid or out of range"),
-                    ));
-                }
-                Ok(Tok::Number)
-            }
-            Literal::Duration => {
-                numbers::duration_seconds(text, self.dialect).map_err(|m| self.err(start, m))?;
-                Ok(Tok::Duration)
-            }
+            Literal::Number => match numbers::number_value(text, self.dialect) {
+                Some(v) => Ok(Tok::Number(Value::new(v))),
+                None => Err(self.err(
+                    start,
+                    format!("error parsing number: {text:?}: invalid or out of range"),
+                )),
+            },
+            Literal::Duration => numbers::duration_seconds(text, self.dialect)
+                .map(|v| Tok::Duration(Value::new(v)))
+                .map_err(|m| self.err(start, m)),
         }
     }
 
