@@ -279,7 +279,15 @@ impl<'a> Lexer<'a> {
         while let Some(b) = self.peek() {
             let start = self.pos;
             match b {
-                b' ' | b'\t' | b'\n' | b'\r' => self.pos += 1,
+                b' ' | b'\t' | b'\n' | b'\r' => {
+                    // Indented queries are mostly blanks: skip a run in one tight loop.
+                    self.pos = start
+                        + 1
+                        + self.bytes[start + 1..]
+                            .iter()
+                            .position(|c| !matches!(c, b' ' | b'\t' | b'\n' | b'\r'))
+                            .unwrap_or(self.bytes.len() - start - 1);
+                }
                 b'#' => {
                     // Prometheus ends a comment at `\r` or `\n`, VictoriaMetrics only at
                     // `\n`: after a lone `\r` one backend reads code where the other reads
@@ -444,13 +452,13 @@ impl<'a> Lexer<'a> {
         let metricsql = self.dialect == Dialect::Metricsql;
         let in_braces = self.innermost() == Some(Group::Brace);
         let colon_allowed = !self.in_brackets() && (metricsql || !in_braces);
-        while let Some(c) = self.peek() {
-            if is_ident_char(c) || (c == b':' && colon_allowed) || (c == b'.' && metricsql) {
-                self.pos += 1;
-            } else {
-                break;
-            }
-        }
+        let word_char = |c: &u8| {
+            is_ident_char(*c) || (*c == b':' && colon_allowed) || (*c == b'.' && metricsql)
+        };
+        self.pos += self.bytes[self.pos..]
+            .iter()
+            .position(|c| !word_char(c))
+            .unwrap_or(self.bytes.len() - self.pos);
     }
 
     /// In dialect `promql`, a word followed directly by `.` is refused: Prometheus
@@ -564,6 +572,11 @@ impl<'a> Lexer<'a> {
             }
         }
         loop {
+            // Plain characters are most of a string: skip them in one tight loop.
+            self.pos += self.bytes[self.pos..]
+                .iter()
+                .position(|&c| c == b'\\' || c == b'\n' || c == quote)
+                .unwrap_or(self.bytes.len() - self.pos);
             let Some(c) = self.peek() else {
                 return Err(self.err(start, "unterminated quoted string".into()));
             };

@@ -389,15 +389,23 @@ fn expr_parser<'a>(dialect: Dialect) -> impl Parser<'a, Tokens, Expr<'a>, Extra<
             ))
             .boxed()
         });
-        let bracket = duration_expr
+        // Nearly every bracket holds one duration (`[5m]`, `[1h:1m]`): read that directly
+        // when the next token ends it, and only otherwise the full expression (its
+        // precedence climbing tries every operator level at every position).
+        let range_value = duration
+            .clone()
+            .then_ignore(
+                any()
+                    .filter(|t: &Tok| matches!(t, Tok::RBracket | Tok::Colon))
+                    .rewind(),
+            )
+            .or(duration_expr.clone())
+            .boxed();
+        let bracket = range_value
             .clone()
             .labelled("number, duration, step(), or range()")
             .map(Some)
-            .then(
-                just(Tok::Colon)
-                    .ignore_then(duration_expr.clone().or_not())
-                    .or_not(),
-            )
+            .then(just(Tok::Colon).ignore_then(range_value.or_not()).or_not())
             .then(just(Tok::RBracket).to_span())
             .delimited_by(just(Tok::LBracket), empty())
             .then(smoothing.or_not())
