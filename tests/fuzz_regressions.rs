@@ -304,10 +304,19 @@ fn a_long_at_chain_is_read_once() {
         assert!(rewrite(query, &tenant, ConflictPolicy::And, dialect).is_err());
     }
     // The rule itself still holds, now judged after the parse.
-    for query in ["x[1m][1m]", "x @ 1 @ 2", "x offset 1m offset 2m", "x offset 1m [5m]"] {
+    for query in [
+        "x[1m][1m]",
+        "x @ 1 @ 2",
+        "x offset 1m offset 2m",
+        "x offset 1m [5m]",
+    ] {
         assert_refused_in_metricsql(query, &tenant, "one range, then at most one offset");
     }
-    for query in ["x[1m] offset 1m @ 2", "x[1m] @ 2 offset 1m", "(x offset 1m) offset 1m"] {
+    for query in [
+        "x[1m] offset 1m @ 2",
+        "x[1m] @ 2 offset 1m",
+        "(x offset 1m) offset 1m",
+    ] {
         assert!(parse(query, Dialect::Metricsql).is_ok(), "{query}");
     }
 }

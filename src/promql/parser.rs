@@ -235,20 +235,28 @@ fn expr_parser<'a>(dialect: Dialect) -> impl Parser<'a, Tokens, Expr<'a>, Extra<
         });
     let matcher = full_matcher.or(name_only).labelled("label matcher").boxed();
 
-    // `m, m, m` or `m, m,`: every matcher but the last is followed by a comma.
+    // `m, m, m` or `m, m,`: every matcher but the last is followed by a comma. Read as
+    // `m (, m)* ,?` so that no matcher is read twice; each takes the comma after it.
+    let comma = just(Tok::Comma).to_span();
     let matcher_group = matcher
         .clone()
-        .then(just(Tok::Comma).to_span())
-        .map(|(mut m, comma): (Matcher<'a>, SimpleSpan)| {
-            m.comma = Some(span_of(comma));
-            m
-        })
-        .repeated()
-        .collect::<Vec<_>>()
-        .then(matcher.or_not())
-        .map_with(|(mut matchers, last), e| {
-            let ends_with_comma = last.is_none() && !matchers.is_empty();
-            matchers.extend(last);
+        .then(comma.then(matcher).repeated().collect::<Vec<_>>())
+        .then(comma.or_not())
+        .or_not()
+        .map_with(|group, e| {
+            let mut matchers = Vec::new();
+            let mut ends_with_comma = false;
+            if let Some(((first, rest), trailing)) = group {
+                matchers.reserve_exact(rest.len() + 1);
+                let mut last: Matcher<'a> = first;
+                for (comma, next) in rest {
+                    last.comma = Some(span_of(comma));
+                    matchers.push(std::mem::replace(&mut last, next));
+                }
+                last.comma = trailing.map(span_of);
+                ends_with_comma = trailing.is_some();
+                matchers.push(last);
+            }
             let span: SimpleSpan = e.span();
             MatcherGroup {
                 matchers,
