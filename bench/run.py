@@ -285,6 +285,38 @@ def rotations(kinds: str, i: int) -> str:
     return kinds[i % len(kinds):] + kinds[:i % len(kinds)]
 
 
+def race(url: dict, kinds, rounds: int, script: Path, paced: Path, method: str, token: str,
+         params: dict, path: str, rate: int) -> tuple[dict, dict]:
+    """Each setup at saturation (wrk) and at a fixed `rate` (oha, open loop; else wrk
+    paced by `paced`), `rounds` times, the order rotating so drifts in load hit all alike."""
+    sat = {k: [] for k in kinds}
+    fixed = {k: [] for k in kinds}
+    oha = oha_binary()
+    for i in range(rounds):
+        for k in rotations(kinds, i):
+            sat[k].append(run_wrk(url[k], script, SATURATION_S, WRK_CONNECTIONS))
+        for k in rotations(kinds, i):
+            if oha:
+                fixed[k].append(run_oha(oha, url[k], method, token, params, path,
+                                        FIXED_RATE_S, rate, FIXED_CONNECTIONS))
+            else:
+                fixed[k].append(run_wrk(url[k], paced, FIXED_RATE_S, FIXED_CONNECTIONS))
+    return sat, fixed
+
+
+def summary(kinds, sat: dict, fixed: dict) -> dict:
+    """Medians per setup: throughput at saturation; rate, p50 and p99 at the fixed rate."""
+    row = {"errors": sum(r["errors"] for k in kinds for r in sat[k] + fixed[k]),
+           "fixed_tool": "oha -q (open loop)" if oha_binary() else "wrk + delay() (closed loop)"}
+    for k in kinds:
+        row[f"rps_{k}"] = median([r["rps"] for r in sat[k]])
+        row[f"fixed_rps_{k}"] = median([r["rps"] for r in fixed[k]])
+        row[f"p50_{k}"] = median([r["p50"] for r in fixed[k]])
+        row[f"p99_{k}"] = median([r["p99"] for r in fixed[k]])
+        row[f"raw_{k}"] = {"saturation": sat[k], "fixed": fixed[k]}
+    return row
+
+
 def measure_overhead(workdir: Path, oidc: OidcProvider, token: str) -> list[dict]:
     """Measurement 3: A (filter) against B (no filter), and C (a do-nothing proxy-wasm
     filter) as the floor under any filter on the same SDK; rotated, medians."""
@@ -320,28 +352,11 @@ def measure_overhead(workdir: Path, oidc: OidcProvider, token: str) -> list[dict
                            params=params, path=path)
         for k in kinds:  # a short warm-up of each
             run_wrk(url[k], script, 1, WRK_CONNECTIONS)
-        sat = {k: [] for k in kinds}
-        fixed = {k: [] for k in kinds}
-        oha = oha_binary()
-        for i in range(ROUNDS):
-            for k in rotations(kinds, i):
-                sat[k].append(run_wrk(url[k], script, SATURATION_S, WRK_CONNECTIONS))
-            for k in rotations(kinds, i):
-                if oha:
-                    fixed[k].append(run_oha(oha, url[k], method, token, params, path,
-                                            FIXED_RATE_S, FIXED_RATE, FIXED_CONNECTIONS))
-                else:
-                    fixed[k].append(run_wrk(url[k], paced, FIXED_RATE_S, FIXED_CONNECTIONS))
-        errors = sum(r["errors"] for k in kinds for r in sat[k] + fixed[k])
-        row = {"method": label, "errors": errors,
-               "fixed_tool": "oha -q (open loop)" if oha else "wrk + delay() (closed loop)"}
+        sat, fixed = race(url, kinds, ROUNDS, script, paced, method, token, params, path,
+                          FIXED_RATE)
+        row = {"method": label, **summary(kinds, sat, fixed)}
         for k in kinds:
-            row[f"rps_{k}"] = median([r["rps"] for r in sat[k]])
-            row[f"fixed_rps_{k}"] = median([r["rps"] for r in fixed[k]])
-            row[f"p50_{k}"] = median([r["p50"] for r in fixed[k]])
-            row[f"p99_{k}"] = median([r["p99"] for r in fixed[k]])
             row[f"sat_p50_{k}"] = median([r["p50"] for r in sat[k]])
-            row[f"raw_{k}"] = {"saturation": sat[k], "fixed": fixed[k]}
         row["throughput_ratio"] = row["rps_A"] / row["rps_B"]
         row["null_ratio"] = row["rps_C"] / row["rps_B"]
         row["a_over_null"] = row["rps_A"] / row["rps_C"]
@@ -486,7 +501,6 @@ def measure_peer(workdir: Path, oidc: OidcProvider, token: str) -> list[dict]:
             raise RuntimeError(f"{k} answered {answers[k]}, not tenant {TENANT}'s 9600: {answers}")
 
     rows = []
-    oha = oha_binary()
     for method in ("GET", "POST"):
         script = wrk_script(workdir, f"peer-{method}", method, token, params=params)
         paced = wrk_script(workdir, f"peer-{method}-paced", method, token, params=params,
@@ -495,26 +509,10 @@ def measure_peer(workdir: Path, oidc: OidcProvider, token: str) -> list[dict]:
             r = run_wrk(url[k], script, 1, WRK_CONNECTIONS)
             if r["errors"] or r["socket_errors"]:
                 raise RuntimeError(f"{k} {method}: {r}")
-        sat = {k: [] for k in kinds}
-        fixed = {k: [] for k in kinds}
-        for i in range(PEER_ROUNDS):
-            for k in kinds[i % len(kinds):] + kinds[:i % len(kinds)]:
-                sat[k].append(run_wrk(url[k], script, SATURATION_S, WRK_CONNECTIONS))
-            for k in kinds[i % len(kinds):] + kinds[:i % len(kinds)]:
-                if oha:
-                    fixed[k].append(run_oha(oha, url[k], method, token, params, QUERY_PATH,
-                                            FIXED_RATE_S, PEER_FIXED_RATE, FIXED_CONNECTIONS))
-                else:
-                    fixed[k].append(run_wrk(url[k], paced, FIXED_RATE_S, FIXED_CONNECTIONS))
+        sat, fixed = race(url, kinds, PEER_ROUNDS, script, paced, method, token, params,
+                          QUERY_PATH, PEER_FIXED_RATE)
         row = {"method": method, "answers": answers, "fixed_rate": PEER_FIXED_RATE,
-               "fixed_tool": "oha -q (open loop)" if oha else "wrk + delay() (closed loop)",
-               "errors": sum(r["errors"] for k in kinds for r in sat[k] + fixed[k])}
-        for k in kinds:
-            row[f"rps_{k}"] = median([r["rps"] for r in sat[k]])
-            row[f"fixed_rps_{k}"] = median([r["rps"] for r in fixed[k]])
-            row[f"p50_{k}"] = median([r["p50"] for r in fixed[k]])
-            row[f"p99_{k}"] = median([r["p99"] for r in fixed[k]])
-            row[f"raw_{k}"] = {"saturation": sat[k], "fixed": fixed[k]}
+               **summary(kinds, sat, fixed)}
         row["a_over_v"] = row["rps_A"] / row["rps_V"]
         row["a_over_b"] = row["rps_A"] / row["rps_B"]
         row["v_over_b"] = row["rps_V"] / row["rps_B"]
