@@ -378,15 +378,7 @@ def measure_real_backend(workdir: Path, oidc: OidcProvider, token: str) -> dict:
     query over an hour of samples (GET, saturation), where the backend's own cost counts."""
     vm = VictoriaMetrics(workdir)
     end_s = int(time.time())
-    lines = []
-    for tenant in (TENANT, "2000"):
-        for service in ("checkout", "search"):
-            for code in ("200", "500"):
-                labels = f'client_id="{tenant}",job="api",service="{service}",code="{code}"'
-                lines += [f"http_requests_total{{{labels}}} {i * 10} {(end_s - 3600 + i * 15) * 1000}"
-                          for i in range(241)]
-    vm.import_prometheus("\n".join(lines) + "\n")
-    vm.force_flush()
+    seed_two_tenants(vm, end_s)
     params = {**GRAFANA_PARAMS, "start": str(end_s - 3600), "end": str(end_s)}
     ports = {k: (free_port(), free_port()) for k in "AB"}
     config = {k: base_config(*ports[k], oidc.port, backend_port=vm.port) for k in "AB"}
