@@ -230,6 +230,12 @@ impl Checker<'_> {
                 }
                 Ok(t)
             }
+            // One operator, the commonest case: no spine to keep.
+            ExprKind::Binary(b) if !matches!(b.lhs.kind, ExprKind::Binary(_)) => {
+                let lt = self.check(&b.lhs)?;
+                let rt = self.check(&b.rhs)?;
+                self.check_binary(b, lt, rt, &expr.span)
+            }
             ExprKind::Binary(_) => {
                 // Walk the left spine of `a + b + c ...` in a loop: a long chain makes a
                 // tree as deep as it is long, and recursing down it could exhaust the stack.

@@ -1,7 +1,7 @@
 //! Parse errors: a position and a human message, plus the allocation-free error type
 //! the chumsky parser accumulates while it tries alternatives.
 
-use super::lexer::Tok;
+use super::lexer::{Tok, Value};
 use chumsky::error::LabelError;
 use chumsky::input::Input;
 use chumsky::span::SimpleSpan;
@@ -73,8 +73,8 @@ const OTHER_LABEL: u32 = 1 << 9;
 /// Every token kind, in bit order (identifiers share one bit).
 const TOKENS: [Tok; 28] = [
     Tok::Ident(super::lexer::Kw::None),
-    Tok::Number,
-    Tok::Duration,
+    Tok::Number(Value::ZERO),
+    Tok::Duration(Value::ZERO),
     Tok::Str,
     Tok::LParen,
     Tok::RParen,
@@ -102,14 +102,14 @@ const TOKENS: [Tok; 28] = [
     Tok::NeqRegex,
 ];
 
+/// The token's kind bit; identifiers, numbers and durations are one kind whatever
+/// they carry.
 fn token_bit(t: Tok) -> u32 {
-    match t {
-        Tok::Ident(_) => 1,
-        other => TOKENS
-            .iter()
-            .position(|k| *k == other)
-            .map_or(0, |i| 1 << i),
-    }
+    let kind = std::mem::discriminant(&t);
+    TOKENS
+        .iter()
+        .position(|k| std::mem::discriminant(k) == kind)
+        .map_or(0, |i| 1 << i)
 }
 
 fn label_bit(label: &str) -> u32 {
@@ -165,8 +165,8 @@ impl SyntaxError {
                 match tok {
                     Tok::Ident(_) => format!("unexpected identifier {text:?}"),
                     Tok::Str => format!("unexpected string {text}"),
-                    Tok::Number => format!("unexpected number {text:?}"),
-                    Tok::Duration => format!("unexpected duration {text:?}"),
+                    Tok::Number(_) => format!("unexpected number {text:?}"),
+                    Tok::Duration(_) => format!("unexpected duration {text:?}"),
                     _ => format!("unexpected {text:?}"),
                 }
             }

@@ -1,6 +1,6 @@
 //! Tenant injection: add the tenant matcher to every series selector of a query.
 
-use super::ast::{MatchOp, Selector};
+use super::ast::{ExprKind, MatchOp, Selector};
 use super::strings::{is_legacy_label_name, quote_meta, write_quoted};
 use super::{lexer, parse_lexed, Dialect, ParseError};
 use std::borrow::Cow;
@@ -213,8 +213,26 @@ pub fn rewrite(
     dialect: Dialect,
 ) -> Result<String, RewriteError> {
     let tokens = lexer::lex(query, dialect).map_err(RewriteError::Parse)?;
-    let expr = parse_lexed(query, &tokens, dialect).map_err(RewriteError::Parse)?;
-    if let Some(at) = unconfinable_call(&expr) {
+    let expr = parse_lexed(query, tokens, dialect).map_err(RewriteError::Parse)?;
+    // One walk finds an unconfinable call and plans every selector's edit.
+    let matcher = tenant.text_for(dialect);
+    let mut info_at = None;
+    let mut edits: Vec<Edit> = Vec::new();
+    let mut conflict = None;
+    expr.for_each_node(&mut |node| match &node.kind {
+        ExprKind::Call(call) if info_at.is_none() && is_unconfinable(call) => {
+            info_at = Some(node.span.start);
+        }
+        ExprKind::Selector(sel) => {
+            if let (Ok(matcher), None) = (&matcher, &conflict) {
+                if let Err(e) = plan_selector(sel, tenant, matcher, policy, &mut edits) {
+                    conflict = Some(e);
+                }
+            }
+        }
+        _ => {}
+    });
+    if let Some(at) = info_at {
         return Err(RewriteError::Parse(ParseError::at(
             query,
             at,
@@ -222,16 +240,7 @@ pub fn rewrite(
              cannot be confined: name the data labels, e.g. info(v, {k8s_cluster_name=~\".+\"})",
         )));
     }
-    let matcher = tenant.text_for(dialect)?;
-    let mut edits: Vec<Edit> = Vec::new();
-    let mut conflict = None;
-    expr.for_each_selector(&mut |sel| {
-        if conflict.is_none() {
-            if let Err(e) = plan_selector(sel, tenant, &matcher, policy, &mut edits) {
-                conflict = Some(e);
-            }
-        }
-    });
+    matcher?;
     if let Some(e) = conflict {
         return Err(e);
     }
@@ -247,17 +256,18 @@ pub fn rewrite(
 pub(crate) fn unconfinable_call(expr: &super::ast::Expr<'_>) -> Option<usize> {
     let mut found = None;
     expr.for_each_node(&mut |node| {
-        if let super::ast::ExprKind::Call(call) = &node.kind {
-            if found.is_none()
-                && call.aggregation.is_none()
-                && call.name == "info"
-                && call.args.len() < 2
-            {
+        if let ExprKind::Call(call) = &node.kind {
+            if found.is_none() && is_unconfinable(call) {
                 found = Some(node.span.start);
             }
         }
     });
     found
+}
+
+/// `info()` with no data-label selector (see [`unconfinable_call`]).
+fn is_unconfinable(call: &super::ast::Call<'_>) -> bool {
+    call.aggregation.is_none() && call.name == "info" && call.args.len() < 2
 }
 
 /// Replace `start..end` of the input with `text` (an insertion when empty, a deletion when `text` is).

@@ -98,12 +98,31 @@ impl AggOp {
     }
 }
 
-/// Token kinds. Text and values are read from the source through the span.
+/// A literal's value, read once by the lexer. Kept as bits so tokens stay `Eq`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Value(u64);
+
+impl Value {
+    pub const ZERO: Value = Value(0);
+
+    fn new(v: f64) -> Self {
+        Value(v.to_bits())
+    }
+
+    pub fn get(self) -> f64 {
+        f64::from_bits(self.0)
+    }
+}
+
+/// Token kinds. Numbers and durations carry their value; text is read from the source
+/// through the span.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Tok {
     Ident(Kw),
-    Number,
-    Duration,
+    /// A number, its value.
+    Number(Value),
+    /// A duration, in seconds.
+    Duration(Value),
     /// A quoted string: `"..."`, `'...'` or `` `...` ``.
     Str,
     LParen,
@@ -142,8 +161,8 @@ impl Tok {
     pub fn describe(self) -> &'static str {
         match self {
             Tok::Ident(_) => "identifier",
-            Tok::Number => "number",
-            Tok::Duration => "duration",
+            Tok::Number(_) => "number",
+            Tok::Duration(_) => "duration",
             Tok::Str => "string",
             Tok::LParen => "\"(\"",
             Tok::RParen => "\")\"",
@@ -177,8 +196,8 @@ impl Tok {
         matches!(
             self,
             Tok::Ident(_)
-                | Tok::Number
-                | Tok::Duration
+                | Tok::Number(_)
+                | Tok::Duration(_)
                 | Tok::Str
                 | Tok::RParen
                 | Tok::RBracket
@@ -197,6 +216,39 @@ enum Group {
     Bracket,
 }
 
+/// The open groups, innermost last, on the stack: the nesting cap refuses a query before
+/// it opens more than `MAX_NESTING + 1` parentheses and brackets, and a brace holds no
+/// group, so the array never fills.
+struct Groups {
+    open: [Group; MAX_NESTING + 2],
+    len: usize,
+    brackets: usize,
+}
+
+impl Groups {
+    fn last(&self) -> Option<Group> {
+        self.len.checked_sub(1).map(|i| self.open[i])
+    }
+
+    /// Opens `group`; false when the array is full (the caller refuses the query).
+    fn push(&mut self, group: Group) -> bool {
+        let Some(slot) = self.open.get_mut(self.len) else {
+            return false;
+        };
+        *slot = group;
+        self.len += 1;
+        self.brackets += usize::from(group == Group::Bracket);
+        true
+    }
+
+    fn pop(&mut self) {
+        if let Some(group) = self.last() {
+            self.len -= 1;
+            self.brackets -= usize::from(group == Group::Bracket);
+        }
+    }
+}
+
 /// Splits `src` into tokens; comments and blanks are dropped.
 pub fn lex(src: &str, dialect: Dialect) -> Result<Vec<Token>, ParseError> {
     Lexer {
@@ -204,7 +256,12 @@ pub fn lex(src: &str, dialect: Dialect) -> Result<Vec<Token>, ParseError> {
         bytes: src.as_bytes(),
         pos: 0,
         dialect,
-        groups: Vec::new(),
+        groups: Groups {
+            open: [Group::Paren; MAX_NESTING + 2],
+            len: 0,
+            brackets: 0,
+        },
+        // Queries hold about one token per 5 bytes (the corpus' mean).
         out: Vec::with_capacity(src.len() / 4 + 4),
     }
     .run()
@@ -215,7 +272,7 @@ struct Lexer<'a> {
     bytes: &'a [u8],
     pos: usize,
     dialect: Dialect,
-    groups: Vec<Group>,
+    groups: Groups,
     out: Vec<Token>,
 }
 
@@ -245,11 +302,11 @@ impl<'a> Lexer<'a> {
     }
 
     fn innermost(&self) -> Option<Group> {
-        self.groups.last().copied()
+        self.groups.last()
     }
 
     fn in_brackets(&self) -> bool {
-        self.groups.contains(&Group::Bracket)
+        self.groups.brackets > 0
     }
 
     fn run(mut self) -> Result<Vec<Token>, ParseError> {
@@ -260,7 +317,15 @@ impl<'a> Lexer<'a> {
         while let Some(b) = self.peek() {
             let start = self.pos;
             match b {
-                b' ' | b'\t' | b'\n' | b'\r' => self.pos += 1,
+                b' ' | b'\t' | b'\n' | b'\r' => {
+                    // Indented queries are mostly blanks: skip a run in one tight loop.
+                    self.pos = start
+                        + 1
+                        + self.bytes[start + 1..]
+                            .iter()
+                            .position(|c| !matches!(c, b' ' | b'\t' | b'\n' | b'\r'))
+                            .unwrap_or(self.bytes.len() - start - 1);
+                }
                 b'#' => {
                     // Prometheus ends a comment at `\r` or `\n`, VictoriaMetrics only at
                     // `\n`: after a lone `\r` one backend reads code where the other reads
@@ -292,11 +357,12 @@ impl<'a> Lexer<'a> {
                             format!("unexpected character inside braces: {:?}", b as char),
                         ));
                     }
-                    self.groups.push(group);
                     // A brace group holds only a flat matcher list, never a nested
                     // expression, so it adds no recursion. Counting it also made the
                     // rewrite's own output (which adds braces) too deep to read back.
-                    if group != Group::Brace && self.groups.len() + unary_and_pow > MAX_NESTING {
+                    if !self.groups.push(group)
+                        || (group != Group::Brace && self.groups.len + unary_and_pow > MAX_NESTING)
+                    {
                         return Err(self.too_deep(start));
                     }
                     self.pos += 1;
@@ -373,7 +439,7 @@ impl<'a> Lexer<'a> {
                         && !self.out.last().is_some_and(|t| t.0.ends_operand());
                     if is_unary || tok == Tok::Pow {
                         unary_and_pow += 1;
-                        if self.groups.len() + unary_and_pow > MAX_NESTING {
+                        if self.groups.len + unary_and_pow > MAX_NESTING {
                             return Err(self.too_deep(start));
                         }
                     }
@@ -425,13 +491,13 @@ impl<'a> Lexer<'a> {
         let metricsql = self.dialect == Dialect::Metricsql;
         let in_braces = self.innermost() == Some(Group::Brace);
         let colon_allowed = !self.in_brackets() && (metricsql || !in_braces);
-        while let Some(c) = self.peek() {
-            if is_ident_char(c) || (c == b':' && colon_allowed) || (c == b'.' && metricsql) {
-                self.pos += 1;
-            } else {
-                break;
-            }
-        }
+        let word_char = |c: &u8| {
+            is_ident_char(*c) || (*c == b':' && colon_allowed) || (*c == b'.' && metricsql)
+        };
+        self.pos += self.bytes[self.pos..]
+            .iter()
+            .position(|c| !word_char(c))
+            .unwrap_or(self.bytes.len() - self.pos);
     }
 
     /// In dialect `promql`, a word followed directly by `.` is refused: Prometheus
@@ -545,6 +611,11 @@ impl<'a> Lexer<'a> {
             }
         }
         loop {
+            // Plain characters are most of a string: skip them in one tight loop.
+            self.pos += self.bytes[self.pos..]
+                .iter()
+                .position(|&c| c == b'\\' || c == b'\n' || c == quote)
+                .unwrap_or(self.bytes.len() - self.pos);
             let Some(c) = self.peek() else {
                 return Err(self.err(start, "unterminated quoted string".into()));
             };
@@ -632,19 +703,16 @@ impl<'a> Lexer<'a> {
         }
         let text = &self.src[start..end];
         match kind {
-            Literal::Number => {
-                if numbers::number_value(text, self.dialect).is_none() {
-                    return Err(self.err(
-                        start,
-                        format!("error parsing number: {text:?}: invalid or out of range"),
-                    ));
-                }
-                Ok(Tok::Number)
-            }
-            Literal::Duration => {
-                numbers::duration_seconds(text, self.dialect).map_err(|m| self.err(start, m))?;
-                Ok(Tok::Duration)
-            }
+            Literal::Number => match numbers::number_value(text, self.dialect) {
+                Some(v) => Ok(Tok::Number(Value::new(v))),
+                None => Err(self.err(
+                    start,
+                    format!("error parsing number: {text:?}: invalid or out of range"),
+                )),
+            },
+            Literal::Duration => numbers::duration_seconds(text, self.dialect)
+                .map(|v| Tok::Duration(Value::new(v)))
+                .map_err(|m| self.err(start, m)),
         }
     }
 

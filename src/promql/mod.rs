@@ -11,6 +11,7 @@ mod numbers;
 mod parser;
 mod reprint;
 mod strings;
+mod tokens;
 
 pub use error::ParseError;
 pub use strings::{is_legacy_label_name, quote_meta, write_quoted};
@@ -45,13 +46,13 @@ impl std::str::FromStr for Dialect {
 /// backend would accept too.
 pub fn parse(input: &str, dialect: Dialect) -> Result<ast::Expr<'_>, ParseError> {
     let tokens = lexer::lex(input, dialect)?;
-    parse_lexed(input, &tokens, dialect)
+    parse_lexed(input, tokens, dialect)
 }
 
 /// Parses and checks already-lexed tokens of `input`.
 pub(crate) fn parse_lexed<'a>(
     input: &'a str,
-    tokens: &[lexer::Token],
+    tokens: Vec<lexer::Token>,
     dialect: Dialect,
 ) -> Result<ast::Expr<'a>, ParseError> {
     if tokens.is_empty() {

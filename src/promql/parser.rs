@@ -7,32 +7,70 @@
 use super::ast::*;
 use super::error::SyntaxError;
 use super::lexer::{Kw, Tok, Token};
-use super::numbers::{duration_seconds, number_value};
 use super::strings::decode;
+use super::tokens::Tokens;
 use super::Dialect;
-use chumsky::input::MappedInput;
+use chumsky::cache::{Cache, Cached};
+use chumsky::input::MapExtra;
+use chumsky::inspector::SimpleState;
 use chumsky::pratt::{infix, left, prefix, right};
 use chumsky::prelude::*;
 use std::borrow::Cow;
 
-type TokenInput<'s> = MappedInput<'s, Tok, SimpleSpan, &'s [Token]>;
-type Extra = extra::Err<SyntaxError>;
+/// The query text rides in the parser state, so the grammar's type does not depend on
+/// it and one grammar serves every query.
+type Extra<'a> = extra::Full<SyntaxError, SimpleState<&'a str>, ()>;
+
+/// One dialect's grammar, built once per thread by chumsky's parser cache.
+struct Grammar(Dialect);
+
+impl Cached for Grammar {
+    type Parser<'a> = Boxed<'a, 'a, Tokens, Expr<'a>, Extra<'a>>;
+
+    fn make_parser<'a>(self) -> Self::Parser<'a> {
+        expr_parser(self.0).then_ignore(end()).boxed()
+    }
+}
+
+// Building the grammar cost about as much as parsing a short query. A parser is an
+// `Rc` graph (not `Send`), so each thread keeps its own: in the filter that is one per
+// Wasm VM, whose host calls run on one thread, so each Envoy worker builds it once.
+thread_local! {
+    static PROMQL: Cache<Grammar> = Cache::new(Grammar(Dialect::Promql));
+    static METRICSQL: Cache<Grammar> = Cache::new(Grammar(Dialect::Metricsql));
+}
 
 /// Parses lexed tokens into an expression. `src` is the text the tokens point into.
 // The error is fixed-size so trying alternatives never allocates; it is returned once per parse.
 #[allow(clippy::result_large_err)]
-pub fn parse_tokens<'a>(
-    src: &'a str,
-    tokens: &[Token],
+pub fn parse_tokens(
+    src: &str,
+    tokens: Vec<Token>,
     dialect: Dialect,
-) -> Result<Expr<'a>, SyntaxError> {
-    let eoi = SimpleSpan::from(src.len()..src.len());
-    let input = tokens.split_token_span(eoi);
-    let result = expr_parser(src, dialect).then_ignore(end()).parse(input);
-    match result.into_result() {
+) -> Result<Expr<'_>, SyntaxError> {
+    let input = Tokens::new(tokens, src.len());
+    let mut state = SimpleState(src);
+    let grammar = match dialect {
+        Dialect::Promql => &PROMQL,
+        Dialect::Metricsql => &METRICSQL,
+    };
+    let result = grammar.with(|cache| {
+        cache
+            .get()
+            .parse_with_state(input, &mut state)
+            .into_result()
+    });
+    match result {
         Ok(expr) => Ok(expr),
         Err(mut errors) => Err(errors.swap_remove(0)),
     }
+}
+
+/// The text of the token(s) a parser just read.
+fn text<'a>(e: &mut MapExtra<'a, '_, Tokens, Extra<'a>>) -> &'a str {
+    let span: SimpleSpan = e.span();
+    let src: &'a str = e.state().0;
+    src.get(span.start..span.end).unwrap_or("")
 }
 
 /// A postfix modifier, folded onto the expression before it.
@@ -141,18 +179,14 @@ fn promql_reserved(k: Kw) -> bool {
 }
 
 #[allow(clippy::result_large_err)] // try_map closures return SyntaxError by value
-fn expr_parser<'s, 'a: 's>(
-    src: &'a str,
-    dialect: Dialect,
-) -> impl Parser<'s, TokenInput<'s>, Expr<'a>, Extra> + Clone {
+fn expr_parser<'a>(dialect: Dialect) -> impl Parser<'a, Tokens, Expr<'a>, Extra<'a>> + Clone {
     let metricsql = dialect == Dialect::Metricsql;
-    let text = move |s: SimpleSpan| &src[s.start..s.end];
     let kw = |k: Kw| just(Tok::Ident(k));
 
     // A label name: any word (keywords included); Prometheus also takes a quoted string.
     let label_name = select! {
-        Tok::Ident(_) = e => Cow::Borrowed(text(e.span())),
-        Tok::Str = e if !metricsql => decode(text(e.span())),
+        Tok::Ident(_) = e => Cow::Borrowed(text(e)),
+        Tok::Str = e if !metricsql => decode(text(e)),
     }
     .labelled("label name");
 
@@ -167,7 +201,7 @@ fn expr_parser<'s, 'a: 's>(
         .map(|(without, labels)| Grouping { without, labels })
         .boxed();
 
-    let string = select! { Tok::Str = e => (decode(text(e.span())), span_of(e.span())) };
+    let string = select! { Tok::Str = e => (decode(text(e)), span_of(e.span())) };
 
     // ---- Selectors -------------------------------------------------------------------
     let match_op = select! {
@@ -190,30 +224,39 @@ fn expr_parser<'s, 'a: 's>(
             name_only: false,
         });
     // Prometheus 3: a metric name as a lone quoted string (`{"metric.name"}`).
-    let name_only = select! { Tok::Str = e if !metricsql => e.span() }.map(move |s| Matcher {
-        label: Cow::Borrowed("__name__"),
-        op: MatchOp::Equal,
-        value: decode(text(s)),
-        span: span_of(s),
-        comma: None,
-        name_only: true,
-    });
+    let name_only =
+        select! { Tok::Str = e if !metricsql => (e.span(), text(e)) }.map(|(s, t)| Matcher {
+            label: Cow::Borrowed("__name__"),
+            op: MatchOp::Equal,
+            value: decode(t),
+            span: span_of(s),
+            comma: None,
+            name_only: true,
+        });
     let matcher = full_matcher.or(name_only).labelled("label matcher").boxed();
 
-    // `m, m, m` or `m, m,`: every matcher but the last is followed by a comma.
+    // `m, m, m` or `m, m,`: every matcher but the last is followed by a comma. Read as
+    // `m (, m)* ,?` so that no matcher is read twice; each takes the comma after it.
+    let comma = just(Tok::Comma).to_span();
     let matcher_group = matcher
         .clone()
-        .then(just(Tok::Comma).to_span())
-        .map(|(mut m, comma): (Matcher<'a>, SimpleSpan)| {
-            m.comma = Some(span_of(comma));
-            m
-        })
-        .repeated()
-        .collect::<Vec<_>>()
-        .then(matcher.or_not())
-        .map_with(|(mut matchers, last), e| {
-            let ends_with_comma = last.is_none() && !matchers.is_empty();
-            matchers.extend(last);
+        .then(comma.then(matcher).repeated().collect::<Vec<_>>())
+        .then(comma.or_not())
+        .or_not()
+        .map_with(|group, e| {
+            let mut matchers = Vec::new();
+            let mut ends_with_comma = false;
+            if let Some(((first, rest), trailing)) = group {
+                matchers.reserve_exact(rest.len() + 1);
+                let mut last: Matcher<'a> = first;
+                for (comma, next) in rest {
+                    last.comma = Some(span_of(comma));
+                    matchers.push(std::mem::replace(&mut last, next));
+                }
+                last.comma = trailing.map(span_of);
+                ends_with_comma = trailing.is_some();
+                matchers.push(last);
+            }
             let span: SimpleSpan = e.span();
             MatcherGroup {
                 matchers,
@@ -261,7 +304,7 @@ fn expr_parser<'s, 'a: 's>(
 
     // ---- Literals --------------------------------------------------------------------
     let number = select! {
-        Tok::Number = e => number_value(text(e.span()), dialect).unwrap_or(f64::NAN),
+        Tok::Number(v) => v.get(),
         Tok::Ident(Kw::Inf) => f64::INFINITY,
         Tok::Ident(Kw::Nan) => f64::NAN,
     }
@@ -269,7 +312,7 @@ fn expr_parser<'s, 'a: 's>(
         kind: ExprKind::Number(v),
         span: span_of(e.span()),
     });
-    let duration = select! { Tok::Duration = e => duration_seconds(text(e.span()), dialect).unwrap_or(f64::NAN) }
+    let duration = select! { Tok::Duration(v) => v.get() }
         .map_with(|v, e| Expr {
             kind: ExprKind::Duration(v),
             span: span_of(e.span()),
@@ -284,7 +327,7 @@ fn expr_parser<'s, 'a: 's>(
     let smoothing = select! { Tok::Ident(Kw::Anchored) => Kw::Anchored, Tok::Ident(Kw::Smoothed) => Kw::Smoothed };
     let range_end =
         |(((range, step), close), smoothing): BracketParts<'a>,
-         e: &mut chumsky::input::MapExtra<'s, '_, TokenInput<'s>, Extra>| {
+         e: &mut chumsky::input::MapExtra<'a, '_, Tokens, Extra<'a>>| {
             let end = smoothing.map_or(close.end, |_| {
                 let s: SimpleSpan = e.span();
                 s.end
@@ -299,13 +342,10 @@ fn expr_parser<'s, 'a: 's>(
     let (bracket, offset_value) = if metricsql {
         // metricsql's `parsePositiveDuration`: one duration or number token, no
         // arithmetic; the range may be left out (`[:5m]`, `[:]`), the step too.
-        let literal =
-            duration.clone().or(
-                select! { Tok::Number = e => e.span() }.map_with(move |s, _| Expr {
-                    kind: ExprKind::Number(number_value(text(s), dialect).unwrap_or(f64::NAN)),
-                    span: span_of(s),
-                }),
-            );
+        let literal = duration.clone().or(select! { Tok::Number(v) = e => Expr {
+            kind: ExprKind::Number(v.get()),
+            span: span_of(e.span()),
+        } });
         let bracket = literal
             .clone()
             .or_not()
@@ -357,15 +397,23 @@ fn expr_parser<'s, 'a: 's>(
             ))
             .boxed()
         });
-        let bracket = duration_expr
+        // Nearly every bracket holds one duration (`[5m]`, `[1h:1m]`): read that directly
+        // when the next token ends it, and only otherwise the full expression (its
+        // precedence climbing tries every operator level at every position).
+        let range_value = duration
+            .clone()
+            .then_ignore(
+                any()
+                    .filter(|t: &Tok| matches!(t, Tok::RBracket | Tok::Colon))
+                    .rewind(),
+            )
+            .or(duration_expr.clone())
+            .boxed();
+        let bracket = range_value
             .clone()
             .labelled("number, duration, step(), or range()")
             .map(Some)
-            .then(
-                just(Tok::Colon)
-                    .ignore_then(duration_expr.clone().or_not())
-                    .or_not(),
-            )
+            .then(just(Tok::Colon).ignore_then(range_value.or_not()).or_not())
             .then(just(Tok::RBracket).to_span())
             .delimited_by(just(Tok::LBracket), empty())
             .then(smoothing.or_not())
@@ -401,8 +449,8 @@ fn expr_parser<'s, 'a: 's>(
         // metricsql reads the limit with `strconv.Atoi`: decimal digits only.
         let limit = select! { Tok::Ident(Kw::Limit) if metricsql => () }
             .ignore_then(
-                select! { Tok::Number = e => e.span() }
-                    .filter(move |s: &SimpleSpan| text(*s).bytes().all(|b| b.is_ascii_digit())),
+                select! { Tok::Number(_) = e => text(e).bytes().all(|b| b.is_ascii_digit()) }
+                    .filter(|digits: &bool| *digits),
             )
             .or_not()
             .map(|l| l.is_some());
@@ -450,13 +498,13 @@ fn expr_parser<'s, 'a: 's>(
                     .map(|(groups, span)| AfterWord::Braces(groups, span)),
             )))
             .or(empty().to(AfterWord::Bare));
-        let word =
-            select! { Tok::Ident(k) = e if !matches!(k, Kw::Inf | Kw::Nan) => (k, e.span()) };
+        let word = select! { Tok::Ident(k) = e if !matches!(k, Kw::Inf | Kw::Nan) => (k, e.span(), text(e)) };
         let word_led = word
             .then(after_word)
             .try_map(
-                move |((k, word_span), after): ((Kw, SimpleSpan), AfterWord<'a>), span| {
-                    word_expr(text(word_span), k, span_of(word_span), after, span, dialect)
+                move |((k, word_span, name), after): ((Kw, SimpleSpan, &'a str), AfterWord<'a>),
+                      span| {
+                    word_expr(name, k, span_of(word_span), after, span, dialect)
                 },
             )
             .boxed();
@@ -846,7 +894,7 @@ fn join<'a>(
 }
 
 /// `step()`, `range()`, `start()`, `end()`: a duration function without arguments.
-fn empty_call<'s, 'a: 's>(func: Kw) -> impl Parser<'s, TokenInput<'s>, Expr<'a>, Extra> + Clone {
+fn empty_call<'a>(func: Kw) -> impl Parser<'a, Tokens, Expr<'a>, Extra<'a>> + Clone {
     just(Tok::Ident(func))
         .then(just(Tok::LParen))
         .then(just(Tok::RParen))
@@ -861,11 +909,11 @@ fn empty_call<'s, 'a: 's>(func: Kw) -> impl Parser<'s, TokenInput<'s>, Expr<'a>,
 
 /// One term of a duration expression: a number, a duration, `(expr)`, `step()`, `range()`,
 /// `min_of(a, b)` or `max_of(a, b)`. `inner` parses the full duration expression.
-fn duration_term<'s, 'a: 's>(
-    number: impl Parser<'s, TokenInput<'s>, Expr<'a>, Extra> + Clone,
-    duration: impl Parser<'s, TokenInput<'s>, Expr<'a>, Extra> + Clone,
-    inner: impl Parser<'s, TokenInput<'s>, Expr<'a>, Extra> + Clone,
-) -> impl Parser<'s, TokenInput<'s>, Expr<'a>, Extra> + Clone {
+fn duration_term<'a>(
+    number: impl Parser<'a, Tokens, Expr<'a>, Extra<'a>> + Clone,
+    duration: impl Parser<'a, Tokens, Expr<'a>, Extra<'a>> + Clone,
+    inner: impl Parser<'a, Tokens, Expr<'a>, Extra<'a>> + Clone,
+) -> impl Parser<'a, Tokens, Expr<'a>, Extra<'a>> + Clone {
     let two_args =
         select! { Tok::Ident(Kw::MinOf) => Kw::MinOf, Tok::Ident(Kw::MaxOf) => Kw::MaxOf }
             .then(
@@ -899,18 +947,18 @@ fn duration_term<'s, 'a: 's>(
 }
 
 /// A binary operator token followed by its `bool` and vector-matching modifiers.
-fn with_modifiers<'s, 'a: 's>(
-    op: impl Parser<'s, TokenInput<'s>, BinOp, Extra> + Clone,
-    modifiers: impl Parser<'s, TokenInput<'s>, (bool, Option<VectorMatching<'a>>), Extra> + Clone,
-) -> impl Parser<'s, TokenInput<'s>, BinOpWithModifiers<'a>, Extra> + Clone {
+fn with_modifiers<'a>(
+    op: impl Parser<'a, Tokens, BinOp, Extra<'a>> + Clone,
+    modifiers: impl Parser<'a, Tokens, (bool, Option<VectorMatching<'a>>), Extra<'a>> + Clone,
+) -> impl Parser<'a, Tokens, BinOpWithModifiers<'a>, Extra<'a>> + Clone {
     op.then(modifiers)
         .map(|(op, (return_bool, matching))| (op, return_bool, matching))
 }
 
 /// `term`, optionally preceded by a sign.
-fn signed<'s, 'a: 's>(
-    term: impl Parser<'s, TokenInput<'s>, Expr<'a>, Extra> + Clone,
-) -> impl Parser<'s, TokenInput<'s>, Expr<'a>, Extra> + Clone {
+fn signed<'a>(
+    term: impl Parser<'a, Tokens, Expr<'a>, Extra<'a>> + Clone,
+) -> impl Parser<'a, Tokens, Expr<'a>, Extra<'a>> + Clone {
     select! { Tok::Add => false, Tok::Sub => true }
         .or_not()
         .then(term)
@@ -926,10 +974,10 @@ fn signed<'s, 'a: 's>(
         })
 }
 
-fn unary<'s, 'p, 'a>(
+fn unary<'a, 'p>(
     negative: bool,
     expr: Expr<'a>,
-    e: &mut chumsky::input::MapExtra<'s, 'p, TokenInput<'s>, Extra>,
+    e: &mut chumsky::input::MapExtra<'a, 'p, Tokens, Extra<'a>>,
 ) -> Expr<'a> {
     Expr {
         kind: ExprKind::Unary {
@@ -942,11 +990,11 @@ fn unary<'s, 'p, 'a>(
 
 /// A binary node of a duration expression (chumsky's pratt calls it with the span too,
 /// which equals the operands' combined span).
-fn plain_binary<'s, 'p, 'a>(
+fn plain_binary<'a, 'p>(
     lhs: Expr<'a>,
     op: BinOp,
     rhs: Expr<'a>,
-    _: &mut chumsky::input::MapExtra<'s, 'p, TokenInput<'s>, Extra>,
+    _: &mut chumsky::input::MapExtra<'a, 'p, Tokens, Extra<'a>>,
 ) -> Expr<'a> {
     join(lhs, (op, false, None), rhs)
 }
