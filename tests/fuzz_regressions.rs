@@ -352,3 +352,34 @@ fn an_identity_for_a_request_not_waiting_changes_nothing() {
     );
     assert!(String::from_utf8_lossy(&trace.body).contains("client_id%3D%229%22"));
 }
+
+/// request_decision (writes): a write whose query string holds `extra_filters[\n]=x`.
+/// The oracle took every name starting with `extra_filters` for VictoriaMetrics'
+/// parameter; Go's form keys are exact strings, and VictoriaMetrics reads
+/// `extra_filters` and `extra_filters[]` only (and no `extra_filters` at all on its
+/// ingestion endpoints), so that key is another parameter and goes on as it came (Envoy
+/// refuses a raw newline in a path anyway). The oracle now
+/// says so; the write carries exactly the tenant's `extra_label`.
+#[test]
+fn a_write_keeps_only_the_tenants_extra_label() {
+    let c = config(r#","writes":"victoriametrics""#);
+    let head = RequestHead {
+        method: b"POST",
+        path: b"/prometheus/api/v1/import?extra_filters[\n]=x&extra_filters%5B%5D=y&extra_label=client_id=8",
+        content_type: Some(b"application/x-protobuf"),
+        content_encoding: Some(b"gzip"),
+        credential: Some(b"Bearer dG9rZW4"),
+        end_of_stream: false,
+        ..RequestHead::default()
+    };
+    match decide(&head, Some(b"binary"), tenant("9"), &c) {
+        Decision::Forward(r) => {
+            assert_eq!(
+                r.path.as_deref(),
+                Some("/prometheus/api/v1/import?extra_filters[\n]=x&extra_label=client_id%3D9")
+            );
+            assert_eq!(r.body, None, "a write's body goes on unread");
+        }
+        other => panic!("{other:?}"),
+    }
+}

@@ -188,11 +188,13 @@ fn check_write(config: &Config, rewritten: &Forwarded, tenants: &[String]) {
         [format!("{}={tenant}", config.tenant_label)],
         "{path}"
     );
+    // VictoriaMetrics reads the form keys `extra_filters` and `extra_filters[]` exactly
+    // (Go's form keys are exact strings): `extra_filters[\n]` is another parameter.
     assert!(
         !params
             .pairs()
             .iter()
-            .any(|p| p.name().starts_with("extra_filters")),
+            .any(|p| matches!(p.name(), "extra_filters" | "extra_filters[]")),
         "{path}"
     );
     assert!(
