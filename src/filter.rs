@@ -325,10 +325,13 @@ impl Worker {
     /// its release, as a resume when `now_in` is not that request's stream callback.
     /// Returns whether the request goes on.
     fn apply(&self, context: u32, step: Step, now_in: Callback) -> bool {
-        let elsewhere = now_in.context() != context;
-        if elsewhere && hostcalls::set_effective_context(context).is_err() {
-            return false;
-        }
+        self.as_context(context, now_in, hostcalls::resume_http_request, || {
+            self.apply_here(context, step)
+        })
+    }
+
+    /// [`Worker::apply`], in the context of the request.
+    fn apply_here(&self, context: u32, step: Step) -> bool {
         let mut go = step.release;
         for effect in step.effects {
             if effect == Effect::AwaitTurn {
@@ -351,8 +354,26 @@ impl Worker {
                 break;
             }
         }
+        go
+    }
+
+    /// Runs `apply` as request `context`, switching to it when `now_in` is another
+    /// context's callback, and lets the stream go on with `resume` when `apply` says so
+    /// outside the stream's own callback. Returns what `apply` said.
+    fn as_context(
+        &self,
+        context: u32,
+        now_in: Callback,
+        resume: fn() -> Result<(), Status>,
+        apply: impl FnOnce() -> bool,
+    ) -> bool {
+        let elsewhere = now_in.context() != context;
+        if elsewhere && hostcalls::set_effective_context(context).is_err() {
+            return false;
+        }
+        let go = apply();
         if go && now_in != Callback::Stream(context) {
-            let _ = hostcalls::resume_http_request();
+            let _ = resume();
         }
         if elsewhere {
             let _ = hostcalls::set_effective_context(now_in.context());
@@ -416,10 +437,13 @@ impl Worker {
     /// (Envoy resets the stream when its headers already went on). Returns whether the
     /// response goes on.
     fn apply_response(&self, context: u32, step: ResponseStep, now_in: Callback) -> bool {
-        let elsewhere = now_in.context() != context;
-        if elsewhere && hostcalls::set_effective_context(context).is_err() {
-            return false;
-        }
+        self.as_context(context, now_in, hostcalls::resume_http_response, || {
+            self.apply_response_here(context, step)
+        })
+    }
+
+    /// [`Worker::apply_response`], in the context of the request.
+    fn apply_response_here(&self, context: u32, step: ResponseStep) -> bool {
         let mut go = step.release;
         for effect in step.effects {
             let written = match effect {
@@ -458,12 +482,6 @@ impl Worker {
                 go = false;
                 break;
             }
-        }
-        if go && now_in != Callback::Stream(context) {
-            let _ = hostcalls::resume_http_response();
-        }
-        if elsewhere {
-            let _ = hostcalls::set_effective_context(now_in.context());
         }
         go
     }
