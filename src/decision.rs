@@ -171,8 +171,6 @@ pub struct BodyRule {
     url: UrlRewritten,
     content_type: Option<Vec<u8>>,
     tenants: Vec<String>,
-    /// The answer's filter, carried to the end of the body.
-    pub response: Option<ResponseFilter>,
 }
 
 /// The identity half: answer, refuse, or rewrite the URL.
@@ -241,7 +239,6 @@ pub fn on_identity(admitted: &Admitted, identity: Identity, config: &Config) -> 
                 url,
                 content_type: admitted.content_type.clone(),
                 tenants,
-                response: response.clone(),
             }),
             response,
         },

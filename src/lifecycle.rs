@@ -134,12 +134,8 @@ enum State {
     /// Headers gone on; the body is buffered to its end, then judged.
     Streaming { rule: BodyRule, since: u64 },
     /// Judged and gone on: the backend has all of it, or, for a write (`write`), gets
-    /// the body as it streams. The answer passes through the response stage when it
-    /// must ([`crate::response`]).
-    Forwarded {
-        response: Option<ResponseFilter>,
-        write: bool,
-    },
+    /// the body as it streams.
+    Forwarded { write: bool },
     /// Answered by the filter.
     Answered,
 }
@@ -152,7 +148,10 @@ pub struct Request {
     write: bool,
     /// Bytes of a write's body Envoy handed over while the identity was looked up.
     held: usize,
-    /// The answer's stage, once the response headers came (rules and alerts only).
+    /// The filter the backend's answer must pass (rules and alerts), from the moment
+    /// the headers may go on: a backend may answer before the body has all gone.
+    answer_filter: Option<ResponseFilter>,
+    /// The answer's stage, once the response headers came.
     answer: Option<Response>,
 }
 
@@ -168,6 +167,7 @@ impl Request {
             state: State::Start,
             write: false,
             held: 0,
+            answer_filter: None,
             answer: None,
         }
     }
@@ -182,9 +182,9 @@ impl Request {
         matches!(self.state, State::Forwarded { .. })
     }
 
-    /// The response headers: the answer's stage starts when the request, forwarded,
-    /// has one ([`crate::response`]). `None`: the answer passes untouched (the filter's
-    /// own replies too).
+    /// The response headers: the answer's stage starts when the request has one
+    /// ([`crate::response`]), whether or not all its body has gone on. `None`: the
+    /// answer passes untouched (the filter's own replies too).
     pub fn on_response_headers(
         &mut self,
         status: Option<&[u8]>,
@@ -192,10 +192,8 @@ impl Request {
         content_length: Option<&[u8]>,
         end_of_stream: bool,
     ) -> Option<ResponseStep> {
-        let State::Forwarded { response, .. } = &mut self.state else {
-            return None;
-        };
-        let answer = self.answer.insert(Response::new(response.take()?));
+        let filter = self.answer_filter.take()?;
+        let answer = self.answer.insert(Response::new(filter));
         Some(answer.on_headers(status, content_encoding, content_length, end_of_stream))
     }
 
@@ -227,11 +225,16 @@ impl Request {
         if self.state != State::Start {
             return Step::hold(Vec::new());
         }
-        self.write = crate::api::is_write_target(head.path);
         let admitted = match decision::on_headers(head, config) {
             Ok(admitted) => admitted,
-            Err(refusal) => return self.refuse(Vec::new(), refusal),
+            Err(refusal) => {
+                // Only a refused request needs the path read again to tell a write:
+                // an admitted one's plan says it.
+                self.write = crate::api::is_write_target(head.path);
+                return self.refuse(Vec::new(), refusal);
+            }
         };
+        self.write = admitted.streams_body();
         let body = if admitted.body_follows {
             Body::Awaited
         } else {
@@ -282,6 +285,7 @@ impl Request {
         };
         let mut effects: Vec<Effect> = path.map(Effect::SetPath).into_iter().collect();
         if response.is_some() {
+            self.answer_filter.clone_from(&response);
             // The engines compress when asked to; the response stage reads plain JSON.
             effects.extend(
                 UPSTREAM_HEADERS_TO_REMOVE
@@ -297,7 +301,7 @@ impl Request {
                     effects.push(Effect::Count(Counter::WriteBytes(self.held)));
                 }
             }
-            self.state = State::Forwarded { response, write };
+            self.state = State::Forwarded { write };
             effects.push(Effect::Count(Counter::Allowed));
             return Step::release(effects);
         };
@@ -472,10 +476,7 @@ impl Request {
                     });
                 }
                 effects.push(Effect::Count(Counter::Allowed));
-                self.state = State::Forwarded {
-                    response: rule.response.clone(),
-                    write: false,
-                };
+                self.state = State::Forwarded { write: false };
                 Step::release(effects)
             }
             Err(refusal) => self.refuse(effects, refusal),
@@ -484,6 +485,8 @@ impl Request {
 
     fn refuse(&mut self, mut effects: Vec<Effect>, refusal: Refusal) -> Step {
         self.state = State::Answered;
+        // The answer is the filter's own.
+        self.answer_filter = None;
         effects.push(Effect::Count(Counter::Denied));
         if self.write {
             effects.push(Effect::Count(Counter::WriteDenied));

@@ -622,3 +622,32 @@ fn a_write_is_decided_at_its_headers_and_its_body_streams_unread() {
     assert!(matches!(&trace.reply, Some(Reply::Refusal(r)) if r.status == 403));
     assert!(trace.counted.contains(&Counter::WriteDenied));
 }
+
+#[test]
+fn a_rules_answer_is_filtered_even_before_the_request_body_has_gone_on() {
+    // A GET whose headers did not end the stream: without the setting its headers go on
+    // after a turn, and the rule engine may answer before the (empty) body has ended.
+    let c = config("");
+    let head = RequestHead {
+        end_of_stream: false,
+        ..get("/api/v1/rules")
+    };
+    let mut request = Request::new();
+    let mut trace = Trace::default();
+    trace.apply(request.on_headers(&head, &c, NOW, |_| Some(alice())));
+    assert!(trace.awaiting_turn);
+    trace.apply(request.on_turn(NOW));
+    assert!(trace.headers_gone && !trace.body_gone);
+    let step = request.on_response_headers(Some(b"200"), None, None, false);
+    assert!(step.is_some(), "the engine's answer passed unfiltered");
+    // A request the filter answered itself: its own reply passes as it is.
+    let mut refused = Request::new();
+    refused.on_headers(&get("/api/v1/rules"), &c, NOW, |_| {
+        Some(Identity::Forbidden("no tenant".into()))
+    });
+    assert!(refused.is_answered());
+    assert_eq!(
+        refused.on_response_headers(Some(b"403"), None, None, true),
+        None
+    );
+}
