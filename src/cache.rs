@@ -2,9 +2,15 @@
 //!
 //! Two levels: a per-worker [`LocalCache`] in front, and Envoy's shared data behind,
 //! which every worker of the VM sees. Envoy never frees a shared-data key, so the
-//! shared level is a fixed set of hash slots (`cache_max_entries` keys per config):
-//! a token maps to one slot, and a newer token in the same slot overwrites it.
-//! The per-worker level uses the same direct-mapped scheme, which bounds it for free.
+//! shared level is a fixed set of keys, `cache_max_entries / WAYS` per config. A token
+//! hashes to one key, and each key holds a [`Bucket`] of up to [`WAYS`] entries; a full
+//! bucket drops the entry that expires first. The per-worker level has the same shape.
+//!
+//! Why buckets and not one entry per key: with one entry per key, two of a hundred new
+//! tokens share a key about two runs in five (10,000 keys), and then they evict each
+//! other for as long as both are in use: every eviction is one more `/userinfo` call,
+//! and Auth0 allows about five per user per minute. Four ways make that a
+//! one-in-a-million event at the same memory.
 //!
 //! Every entry stores the full token and a hit compares it: a slot hash is only an
 //! address, never a proof of identity, because a collision would hand one caller
@@ -15,8 +21,11 @@
 use crate::config::UserinfoConfig;
 use crate::identity::Identity;
 
-/// Most slots of the per-worker level: every worker holds its own copy.
+/// Most entries of the per-worker level: every worker holds its own copy.
 pub const MAX_LOCAL_SLOTS: usize = 4096;
+
+/// Entries per shared-data key, and per set of the per-worker level.
+pub const WAYS: usize = 4;
 
 /// One cached answer: for which token, what, and until when (milliseconds since the
 /// epoch: whole seconds would let an entry stored late in a second live for almost
@@ -150,6 +159,72 @@ impl<'a> Reader<'a> {
     }
 }
 
+const BUCKET_MAGIC: &[u8; 4] = b"PTB1";
+
+/// The entries one shared-data key holds: at most [`WAYS`], each for another token.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Bucket {
+    entries: Vec<CacheEntry>,
+}
+
+impl Bucket {
+    /// Reads a key's value. Anything malformed reads as an empty bucket: misses, never
+    /// a panic, since another plugin version may share the VM's keys.
+    pub fn from_bytes(bytes: Option<&[u8]>) -> Bucket {
+        Bucket::decode(bytes.unwrap_or_default()).unwrap_or_default()
+    }
+
+    fn decode(bytes: &[u8]) -> Option<Bucket> {
+        let mut r = Reader { bytes };
+        if r.take(4)? != BUCKET_MAGIC {
+            return None;
+        }
+        let count = usize::from(r.take(1)?[0]);
+        if count > WAYS {
+            return None;
+        }
+        let mut entries = Vec::with_capacity(count);
+        for _ in 0..count {
+            let n = r.len()?;
+            entries.push(CacheEntry::from_bytes(r.take(n)?)?);
+        }
+        r.bytes.is_empty().then_some(Bucket { entries })
+    }
+
+    /// Serializes the bucket for its key.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = BUCKET_MAGIC.to_vec();
+        // `with` keeps at most WAYS entries.
+        out.push(u8::try_from(self.entries.len()).unwrap_or(0));
+        for entry in &self.entries {
+            let bytes = entry.to_bytes();
+            put_len(&mut out, bytes.len());
+            out.extend_from_slice(&bytes);
+        }
+        out
+    }
+
+    /// The fresh entry for exactly `token` at `now`.
+    pub fn hit(&self, token: &str, now: u64) -> Option<&CacheEntry> {
+        self.entries.iter().find(|e| e.answers(token, now))
+    }
+
+    /// This bucket with `entry` in it, at `now`: the token's older entry and stale
+    /// entries go, and a full bucket drops the entry that expires first.
+    pub fn with(mut self, entry: CacheEntry, now: u64) -> Bucket {
+        self.entries
+            .retain(|e| e.is_fresh(now) && e.token != entry.token);
+        while self.entries.len() >= WAYS {
+            let first = (0..self.entries.len()).min_by_key(|&i| self.entries[i].expires_at);
+            if let Some(i) = first {
+                self.entries.swap_remove(i);
+            }
+        }
+        self.entries.push(entry);
+        self
+    }
+}
+
 /// FNV-1a, 64 bits: stable across workers and builds, which slot keys must be.
 pub fn fnv1a(parts: &[&[u8]]) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
@@ -165,20 +240,23 @@ pub fn fnv1a(parts: &[&[u8]]) -> u64 {
     hash
 }
 
-/// TTLs, slot count and key names for one plugin configuration.
+/// TTLs, sizes and key names for one plugin configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CachePolicy {
     ttl_s: u64,
     negative_ttl_s: u64,
     failure_ttl_s: u64,
-    slots: u64,
+    /// `cache_max_entries`.
+    entries: u64,
+    /// Shared-data keys: `entries / WAYS`, rounded up.
+    keys: u64,
     key_prefix: String,
 }
 
 impl CachePolicy {
     /// The policy for a userinfo config. The key prefix fingerprints everything that
-    /// shapes a cached answer (IdP, claim, slot count), so two plugin configs sharing a
-    /// VM never read each other's entries.
+    /// shapes a cached answer (IdP, claim, size), so two plugin configs sharing a VM
+    /// never read each other's entries; `v2` is the bucket layout.
     pub fn new(config: &UserinfoConfig, claim: &[String]) -> CachePolicy {
         let mut parts: Vec<&[u8]> = vec![
             config.cluster.as_bytes(),
@@ -192,29 +270,30 @@ impl CachePolicy {
             ttl_s: config.cache_ttl_s,
             negative_ttl_s: config.negative_cache_ttl_s,
             failure_ttl_s: config.failure_cache_ttl_s,
-            slots: config.cache_max_entries.max(1),
-            key_prefix: format!("promql_tenant_filter.v1.{:016x}.", fnv1a(&parts)),
+            entries: config.cache_max_entries.max(1),
+            keys: config.cache_max_entries.max(1).div_ceil(WAYS as u64),
+            key_prefix: format!("promql_tenant_filter.v2.{:016x}.", fnv1a(&parts)),
         }
     }
 
-    /// Number of shared-data slots.
-    pub fn slots(&self) -> u64 {
-        self.slots
+    /// Number of shared-data keys.
+    pub fn keys(&self) -> u64 {
+        self.keys
     }
 
-    /// Number of per-worker slots.
+    /// Number of per-worker entries.
     pub fn local_slots(&self) -> usize {
-        usize::try_from(self.slots)
+        usize::try_from(self.entries)
             .unwrap_or(MAX_LOCAL_SLOTS)
             .min(MAX_LOCAL_SLOTS)
     }
 
-    /// The shared-data key of the slot `token` lives in.
+    /// The shared-data key of the bucket `token` lives in.
     pub fn slot_key(&self, token: &str) -> String {
         format!(
             "{}{}",
             self.key_prefix,
-            fnv1a(&[token.as_bytes()]) % self.slots
+            fnv1a(&[token.as_bytes()]) % self.keys
         )
     }
 
@@ -241,56 +320,66 @@ impl CachePolicy {
         })
     }
 
-    /// Reads a shared-data slot value for `token`: a hit only if it decodes, is fresh,
-    /// and holds exactly this token.
+    /// Reads a shared-data key's value for `token`: a hit only if it decodes, is
+    /// fresh, and holds exactly this token.
     pub fn shared_hit(
         &self,
         token: &str,
         slot_value: Option<&[u8]>,
         now: u64,
     ) -> Option<CacheEntry> {
-        let entry = CacheEntry::from_bytes(slot_value?)?;
-        entry.answers(token, now).then_some(entry)
+        Bucket::from_bytes(slot_value).hit(token, now).cloned()
     }
 }
 
-/// The per-worker first level: direct-mapped slots, each holding one entry.
+/// The per-worker first level: sets of [`WAYS`] entries, a token hashed to one set.
 #[derive(Debug, Clone)]
 pub struct LocalCache {
     slots: Vec<Option<CacheEntry>>,
 }
 
 impl LocalCache {
-    /// A cache of `slots` slots (at least one).
+    /// A cache of about `slots` entries: whole sets, at least one.
     pub fn new(slots: usize) -> LocalCache {
         LocalCache {
-            slots: vec![None; slots.max(1)],
+            slots: vec![None; slots.max(1).div_ceil(WAYS) * WAYS],
         }
     }
 
-    fn index(&self, token: &str) -> usize {
-        // The modulo result is below `slots.len()`, so it fits in usize.
-        (fnv1a(&[token.as_bytes()]) % self.slots.len() as u64) as usize
+    /// The set `token` lives in.
+    fn set(&mut self, token: &str) -> &mut [Option<CacheEntry>] {
+        let sets = (self.slots.len() / WAYS) as u64;
+        // The modulo result is below the number of sets, so it fits in usize.
+        let start = (fnv1a(&[token.as_bytes()]) % sets) as usize * WAYS;
+        self.slots.get_mut(start..start + WAYS).unwrap_or_default()
     }
 
     /// The fresh entry for exactly this token, if any. Stale entries are dropped.
     pub fn get(&mut self, token: &str, now: u64) -> Option<&Identity> {
-        let index = self.index(token);
-        let slot = self.slots.get_mut(index)?;
-        if slot.as_ref().is_some_and(|e| !e.is_fresh(now)) {
-            *slot = None;
+        let set = self.set(token);
+        for slot in set.iter_mut() {
+            if slot.as_ref().is_some_and(|e| !e.is_fresh(now)) {
+                *slot = None;
+            }
         }
-        match slot {
-            Some(entry) if entry.token == token => Some(&entry.identity),
-            _ => None,
-        }
+        set.iter()
+            .flatten()
+            .find(|e| e.token == token)
+            .map(|e| &e.identity)
     }
 
-    /// Stores an entry, replacing whatever shared its slot.
+    /// Stores an entry: over the token's older entry, else in a free place, else over
+    /// the entry of its set that expires first.
     pub fn insert(&mut self, entry: CacheEntry) {
-        let index = self.index(&entry.token);
-        if let Some(slot) = self.slots.get_mut(index) {
-            *slot = Some(entry);
+        let set = self.set(&entry.token);
+        let same = set
+            .iter()
+            .position(|s| s.as_ref().is_some_and(|e| e.token == entry.token));
+        let free = || set.iter().position(Option::is_none);
+        let first_out =
+            || (0..set.len()).min_by_key(|&i| set[i].as_ref().map_or(0, |e| e.expires_at));
+        if let Some(i) = same.or_else(free).or_else(first_out) {
+            set[i] = Some(entry);
         }
     }
 
@@ -416,30 +505,92 @@ mod tests {
 
     #[test]
     fn shared_hit_compares_the_full_token() {
-        // One slot: every token collides.
+        // One key: every token collides.
         let p = policy(1);
         assert_eq!(p.slot_key("alice-token"), p.slot_key("bob-token"));
         let alice = p
             .entry_for("alice-token", &tenants(&["1999"]), 100)
             .unwrap();
-        let stored = alice.to_bytes();
+        let stored = Bucket::default().with(alice.clone(), 100).to_bytes();
         assert_eq!(p.shared_hit("alice-token", Some(&stored), 101), Some(alice));
         assert_eq!(p.shared_hit("bob-token", Some(&stored), 101), None);
         assert_eq!(p.shared_hit("alice-token", Some(&stored), 300_100), None);
         assert_eq!(p.shared_hit("alice-token", None, 101), None);
     }
 
+    fn entry(token: &str, expires_at: u64) -> CacheEntry {
+        CacheEntry {
+            token: token.into(),
+            identity: tenants(&[token]),
+            expires_at,
+        }
+    }
+
+    #[test]
+    fn a_bucket_keeps_four_tokens_and_drops_the_one_expiring_first() {
+        let mut bucket = Bucket::default();
+        for (i, token) in ["a", "b", "c", "d"].into_iter().enumerate() {
+            bucket = bucket.with(entry(token, 1000 + i as u64), 0);
+        }
+        let bucket = Bucket::from_bytes(Some(&bucket.to_bytes()));
+        for token in ["a", "b", "c", "d"] {
+            assert_eq!(
+                bucket.hit(token, 10).map(|e| &e.identity),
+                Some(&tenants(&[token]))
+            );
+        }
+        // A fifth token: "a" expires first and goes.
+        let bucket = bucket.with(entry("e", 900), 10);
+        assert_eq!(bucket.hit("a", 10), None);
+        for token in ["b", "c", "d", "e"] {
+            assert!(bucket.hit(token, 10).is_some(), "{token}");
+        }
+        // A token stored again replaces its own entry; stale entries make room.
+        let bucket = bucket
+            .with(entry("b", 5000), 10)
+            .with(entry("f", 5000), 950);
+        assert_eq!(bucket.hit("b", 950).map(|e| e.expires_at), Some(5000));
+        assert_eq!(bucket.hit("e", 950), None);
+        assert!(bucket.hit("f", 950).is_some());
+        assert!(Bucket::decode(&bucket.to_bytes()).is_some_and(|b| b.entries.len() <= WAYS));
+    }
+
+    #[test]
+    fn malformed_buckets_are_empty() {
+        let good = Bucket::default()
+            .with(entry("a", 10), 0)
+            .with(entry("b", 10), 0)
+            .to_bytes();
+        for cut in 0..good.len() {
+            assert_eq!(Bucket::decode(&good[..cut]), None, "cut at {cut}");
+        }
+        let mut trailing = good.clone();
+        trailing.push(0);
+        assert_eq!(Bucket::decode(&trailing), None);
+        let mut too_many = good.clone();
+        too_many[4] = WAYS as u8 + 1;
+        assert_eq!(Bucket::decode(&too_many), None);
+        // A single entry in the layout before buckets reads as a miss.
+        assert_eq!(
+            Bucket::from_bytes(Some(&entry("a", 10).to_bytes())),
+            Bucket::default()
+        );
+    }
+
     #[test]
     fn slot_keys_are_bounded_and_namespaced() {
-        let p = policy(8);
+        let p = policy(32);
+        assert_eq!(p.keys(), 8);
+        assert_eq!(policy(33).keys(), 9);
+        assert_eq!(policy(1).keys(), 1);
         let keys: std::collections::HashSet<String> = (0..1000)
             .map(|i| p.slot_key(&format!("token-{i}")))
             .collect();
         assert!(keys.len() <= 8);
         assert!(keys.len() > 1);
-        let other_claim = CachePolicy::new(&userinfo(8, 300, 10), &["tenant".into()]);
+        let other_claim = CachePolicy::new(&userinfo(32, 300, 10), &["tenant".into()]);
         assert_ne!(p.slot_key("x"), other_claim.slot_key("x"));
-        assert!(p.slot_key("x").starts_with("promql_tenant_filter.v1."));
+        assert!(p.slot_key("x").starts_with("promql_tenant_filter.v2."));
         assert!(!p.slot_key("secret").contains("secret"));
     }
 
@@ -447,22 +598,41 @@ mod tests {
     fn local_cache_hit_expiry_and_collision() {
         let p = policy(1);
         let mut local = LocalCache::new(p.local_slots());
-        assert_eq!(local.capacity(), 1);
+        // One set of four.
+        assert_eq!(local.capacity(), WAYS);
         local.insert(p.entry_for("alice", &tenants(&["1999"]), 0).unwrap());
         assert_eq!(
             local.get("alice", 10),
             Some(&Identity::Tenants(vec!["1999".into()]))
         );
-        // Same slot, other token: never answered with alice's tenants.
+        // Same set, other token: never answered with alice's tenants.
         assert_eq!(local.get("bob", 10), None);
         local.insert(p.entry_for("bob", &tenants(&["2000"]), 0).unwrap());
-        assert_eq!(local.get("alice", 10), None);
+        assert_eq!(
+            local.get("alice", 10),
+            Some(&Identity::Tenants(vec!["1999".into()]))
+        );
         assert_eq!(
             local.get("bob", 10),
             Some(&Identity::Tenants(vec!["2000".into()]))
         );
+        // A full set drops the entry that expires first.
+        local.insert(entry("c", 400_000));
+        local.insert(entry("d", 400_000));
+        local.insert(entry("e", 400_000));
+        assert_eq!(local.len(), WAYS);
+        assert_eq!(local.get("e", 10), Some(&tenants(&["e"])));
+        assert_eq!(
+            [
+                local.get("alice", 10).is_some(),
+                local.get("bob", 10).is_some()
+            ],
+            [false, true]
+        );
         // Expired entries are gone.
         assert_eq!(local.get("bob", 300_000), None);
+        assert_eq!(local.len(), 3);
+        assert_eq!(local.get("c", 400_000), None);
         assert!(local.is_empty());
     }
 
@@ -480,7 +650,8 @@ mod tests {
         }
         assert!(local.len() <= 16);
         assert_eq!(local.capacity(), 16);
-        assert_eq!(LocalCache::new(0).capacity(), 1);
+        assert_eq!(LocalCache::new(0).capacity(), WAYS);
+        assert_eq!(LocalCache::new(5).capacity(), 2 * WAYS);
     }
 
     #[test]
@@ -496,6 +667,10 @@ mod tests {
             let mut prefixed = MAGIC.to_vec();
             prefixed.extend_from_slice(&bytes);
             let _ = CacheEntry::from_bytes(&prefixed);
+            let _ = Bucket::from_bytes(Some(&bytes));
+            let mut bucket = BUCKET_MAGIC.to_vec();
+            bucket.extend_from_slice(&bytes);
+            let _ = Bucket::from_bytes(Some(&bucket));
         }
     }
 }

@@ -21,7 +21,7 @@
 //! ([`Flights::create_keys`]), because proxy-wasm's compare-and-swap only guards a key
 //! that exists: two workers creating the same key at once would both believe they hold it.
 
-use crate::cache::{fnv1a, CacheEntry, CachePolicy, LocalCache};
+use crate::cache::{fnv1a, Bucket, CacheEntry, CachePolicy, LocalCache};
 use crate::config::UserinfoConfig;
 use crate::identity::Identity;
 use std::collections::{BTreeMap, VecDeque};
@@ -249,8 +249,7 @@ impl Flights {
             self.count(Metric::IdpError);
         }
         if let Some(entry) = self.policy.entry_for(token, &identity, now) {
-            // No CAS: the newest answer for a slot wins, which is what a cache wants.
-            let _ = shared.set(&self.policy.slot_key(token), &entry.to_bytes(), None);
+            self.store(shared, &entry, now);
             self.local.insert(entry);
         }
         // After the store: a worker that finds the claim freed then finds the answer.
@@ -381,6 +380,24 @@ impl Flights {
         let identity = entry.identity.clone();
         self.local.insert(entry);
         identity
+    }
+
+    /// Adds `entry` to its shared bucket, beside the other tokens' entries there.
+    fn store(&self, shared: &mut impl SharedData, entry: &CacheEntry, now: u64) {
+        let key = self.policy.slot_key(&entry.token);
+        // A lost compare-and-swap means another worker stored meanwhile: merge again.
+        // Losing every try costs a cache miss, never a wrong answer. A key nobody wrote
+        // yet takes any write (Envoy's CAS only guards a key that exists), so two first
+        // writes at the same moment can keep only the later one: once per key's life,
+        // one extra call at worst, where creating every key up front would cost
+        // `cache_max_entries / WAYS` keys of memory from the start.
+        for _ in 0..4 {
+            let (value, cas) = shared.get(&key);
+            let bucket = Bucket::from_bytes(value.as_deref()).with(entry.clone(), now);
+            if shared.set(&key, &bucket.to_bytes(), cas).is_ok() {
+                return;
+            }
+        }
     }
 
     fn shared_hit(&self, shared: &impl SharedData, token: &str, now: u64) -> Option<CacheEntry> {
