@@ -824,6 +824,9 @@ impl HttpContext for FilterHttp {
 
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         self.response_event(|request| {
+            if !request.filters_answer() {
+                return None;
+            }
             let header = |name| {
                 hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, name)
                     .ok()

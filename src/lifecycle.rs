@@ -197,6 +197,12 @@ impl Request {
         Some(answer.on_headers(status, content_encoding, content_length, end_of_stream))
     }
 
+    /// True when the answer will pass a filter: only then are its headers worth
+    /// reading, each a call into the host.
+    pub fn filters_answer(&self) -> bool {
+        self.answer_filter.is_some()
+    }
+
     /// The answer's stage, once it started.
     pub fn answer(&mut self) -> Option<&mut Response> {
         self.answer.as_mut()
