@@ -20,6 +20,7 @@ use crate::api::{
 };
 use crate::config::{Config, IdentitySource};
 use crate::identity::{self, Identity};
+use crate::memo::{self, MemoKey};
 use crate::rules::{self, ResponseFilter};
 use crate::{rewrite, writes, RewriteError, TenantMatcher};
 
@@ -275,9 +276,18 @@ fn with_tenant<R>(
     let matcher = TenantMatcher::new(&config.tenant_label, tenants)
         .map_err(|e| Refusal::forbidden(format!("unusable tenant claim: {e}")))?;
     let rewriter = |query: &str| {
-        rewrite(query, &matcher, config.on_conflict, config.dialect).map_err(|e| match e {
-            RewriteError::Parse(p) => QueryRejection::BadQuery(p.to_string()),
-            RewriteError::Conflict(m) => QueryRejection::Forbidden(m),
+        let key = MemoKey {
+            query,
+            label: matcher.label(),
+            values: matcher.values(),
+            policy: config.on_conflict,
+            dialect: config.dialect,
+        };
+        memo::memoized(&key, || {
+            rewrite(query, &matcher, config.on_conflict, config.dialect).map_err(|e| match e {
+                RewriteError::Parse(p) => QueryRejection::BadQuery(p.to_string()),
+                RewriteError::Conflict(m) => QueryRejection::Forbidden(m),
+            })
         })
     };
     let matcher_text = matcher.matcher_text_for(config.dialect);

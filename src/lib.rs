@@ -20,6 +20,7 @@ pub mod header_map;
 pub mod identity;
 pub mod lifecycle;
 pub mod mediatype;
+pub mod memo;
 pub mod response;
 pub mod rules;
 pub mod timing;

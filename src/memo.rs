@@ -1,0 +1,320 @@
+//! A small memo of query rewrites, one per thread (one per Envoy worker's VM).
+//!
+//! Grafana sends the same queries over and over: every panel of a dashboard on every
+//! refresh, with only `start` and `end` moving. Inside Envoy, one cold run of the engine
+//! costs several times what it costs in a hot loop (BENCHMARKS.md: about 30 µs of
+//! Envoy's CPU per Grafana GET against 4 µs), because the parser's code and data are
+//! out of the caches by the time the next request comes. A rewrite is a pure function
+//! of the query, the tenant label and values, the conflict policy and the dialect, so a
+//! repeated query can take its answer from here instead.
+//!
+//! The key is compared whole, never by hash alone: an answer rewritten for one tenant
+//! is only ever handed to a request for exactly the same tenant values. Refusals are
+//! remembered as well, so a client repeating a query the engine refuses costs no more
+//! than one repeating a good one. The memo is bounded: [`ENTRIES`] entries, queries of
+//! at most [`MAX_QUERY_BYTES`] and answers of at most [`MAX_ANSWER_BYTES`]; anything
+//! larger is rewritten every time.
+
+use crate::api::QueryRejection;
+use crate::cache::fnv1a;
+use crate::{ConflictPolicy, Dialect};
+use std::cell::RefCell;
+
+/// Sets of the memo; each holds [`WAYS`] entries.
+const SETS: usize = 32;
+/// Entries per set: a query evicts the least recently used entry of its set.
+const WAYS: usize = 4;
+/// Most entries in one thread's memo.
+pub const ENTRIES: usize = SETS * WAYS;
+/// Longest query remembered: Grafana's are far shorter, and a bound on the key bounds
+/// the memory.
+pub const MAX_QUERY_BYTES: usize = 2048;
+/// Longest rewritten query or refusal message remembered.
+pub const MAX_ANSWER_BYTES: usize = 4096;
+
+/// Everything a rewrite depends on.
+#[derive(Debug, Clone, Copy)]
+pub struct MemoKey<'a> {
+    pub query: &'a str,
+    pub label: &'a str,
+    pub values: &'a [String],
+    pub policy: ConflictPolicy,
+    pub dialect: Dialect,
+}
+
+impl MemoKey<'_> {
+    fn hash(&self) -> u64 {
+        let policy = [self.policy as u8];
+        let dialect = [self.dialect as u8];
+        let mut parts: Vec<&[u8]> = vec![self.query.as_bytes(), self.label.as_bytes()];
+        parts.extend(self.values.iter().map(|v| v.as_bytes()));
+        parts.extend([&policy[..], &dialect[..]]);
+        fnv1a(&parts)
+    }
+}
+
+#[derive(Debug)]
+struct Entry {
+    hash: u64,
+    query: String,
+    label: String,
+    values: Vec<String>,
+    policy: ConflictPolicy,
+    dialect: Dialect,
+    answer: Result<String, QueryRejection>,
+    /// The memo's clock when this entry was last used.
+    used: u64,
+}
+
+impl Entry {
+    fn is_for(&self, hash: u64, key: &MemoKey<'_>) -> bool {
+        self.hash == hash
+            && self.query == key.query
+            && self.label == key.label
+            && self.values == key.values
+            && self.policy == key.policy
+            && self.dialect == key.dialect
+    }
+}
+
+/// The memo itself; [`memoized`] uses the current thread's.
+#[derive(Debug)]
+pub struct RewriteMemo {
+    slots: Vec<Option<Entry>>,
+    clock: u64,
+}
+
+impl Default for RewriteMemo {
+    fn default() -> Self {
+        RewriteMemo::new()
+    }
+}
+
+impl RewriteMemo {
+    pub fn new() -> RewriteMemo {
+        RewriteMemo {
+            slots: std::iter::repeat_with(|| None).take(ENTRIES).collect(),
+            clock: 0,
+        }
+    }
+
+    /// The answer for `key`: remembered, or `compute`d and remembered.
+    pub fn rewrite(
+        &mut self,
+        key: &MemoKey<'_>,
+        compute: impl FnOnce() -> Result<String, QueryRejection>,
+    ) -> Result<String, QueryRejection> {
+        if let Some(answer) = self.get(key) {
+            return answer;
+        }
+        let answer = compute();
+        self.put(key, &answer);
+        answer
+    }
+
+    fn set(&mut self, hash: u64) -> &mut [Option<Entry>] {
+        // The modulo result is below SETS, so it fits in usize.
+        let start = (hash % SETS as u64) as usize * WAYS;
+        &mut self.slots[start..start + WAYS]
+    }
+
+    fn get(&mut self, key: &MemoKey<'_>) -> Option<Result<String, QueryRejection>> {
+        let hash = key.hash();
+        self.clock += 1;
+        let clock = self.clock;
+        let entry = self
+            .set(hash)
+            .iter_mut()
+            .flatten()
+            .find(|e| e.is_for(hash, key))?;
+        entry.used = clock;
+        Some(entry.answer.clone())
+    }
+
+    fn put(&mut self, key: &MemoKey<'_>, answer: &Result<String, QueryRejection>) {
+        let answer_len = match answer {
+            Ok(text) => text.len(),
+            Err(QueryRejection::BadQuery(why) | QueryRejection::Forbidden(why)) => why.len(),
+        };
+        if key.query.len() > MAX_QUERY_BYTES || answer_len > MAX_ANSWER_BYTES {
+            return;
+        }
+        let hash = key.hash();
+        let entry = Entry {
+            hash,
+            query: key.query.to_string(),
+            label: key.label.to_string(),
+            values: key.values.to_vec(),
+            policy: key.policy,
+            dialect: key.dialect,
+            answer: answer.clone(),
+            used: self.clock,
+        };
+        let set = self.set(hash);
+        let free = set.iter().position(Option::is_none);
+        let oldest = || (0..set.len()).min_by_key(|&i| set[i].as_ref().map_or(0, |e| e.used));
+        if let Some(i) = free.or_else(oldest) {
+            set[i] = Some(entry);
+        }
+    }
+
+    /// Number of entries (for tests).
+    pub fn len(&self) -> usize {
+        self.slots.iter().flatten().count()
+    }
+
+    /// True when nothing is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+thread_local! {
+    // Envoy runs each worker's VM on one thread, so this is one memo per VM; natively,
+    // each test thread has its own.
+    static MEMO: RefCell<RewriteMemo> = RefCell::new(RewriteMemo::new());
+}
+
+/// The answer for `key` from this thread's memo, or `compute`d and remembered.
+pub fn memoized(
+    key: &MemoKey<'_>,
+    compute: impl FnOnce() -> Result<String, QueryRejection>,
+) -> Result<String, QueryRejection> {
+    if key.query.len() > MAX_QUERY_BYTES {
+        return compute();
+    }
+    // The borrow is never held across `compute`, so it cannot fail; if it ever did,
+    // the rewrite would simply run unremembered.
+    let remembered = MEMO.with(|memo| memo.try_borrow_mut().ok()?.get(key));
+    if let Some(answer) = remembered {
+        return answer;
+    }
+    let answer = compute();
+    MEMO.with(|memo| {
+        if let Ok(mut memo) = memo.try_borrow_mut() {
+            memo.put(key, &answer);
+        }
+    });
+    answer
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{rewrite, RewriteError, TenantMatcher};
+    use std::cell::Cell;
+
+    fn key<'a>(query: &'a str, values: &'a [String]) -> MemoKey<'a> {
+        MemoKey {
+            query,
+            label: "client_id",
+            values,
+            policy: ConflictPolicy::default(),
+            dialect: Dialect::default(),
+        }
+    }
+
+    fn engine(query: &str, values: &[String]) -> Result<String, QueryRejection> {
+        let matcher = TenantMatcher::new("client_id", values).unwrap();
+        rewrite(
+            query,
+            &matcher,
+            ConflictPolicy::default(),
+            Dialect::default(),
+        )
+        .map_err(|e| match e {
+            RewriteError::Parse(p) => QueryRejection::BadQuery(p.to_string()),
+            RewriteError::Conflict(m) => QueryRejection::Forbidden(m),
+        })
+    }
+
+    #[test]
+    fn a_repeated_query_is_rewritten_once_and_answered_the_same() {
+        let mut memo = RewriteMemo::new();
+        let calls = Cell::new(0);
+        let alice = vec!["1999".to_string()];
+        for query in ["up", "rate(x[5m]", "sum(rate(http_requests_total[5m]))"] {
+            let first = memo.rewrite(&key(query, &alice), || {
+                calls.set(calls.get() + 1);
+                engine(query, &alice)
+            });
+            let second = memo.rewrite(&key(query, &alice), || {
+                calls.set(calls.get() + 1);
+                engine(query, &alice)
+            });
+            assert_eq!(first, engine(query, &alice));
+            assert_eq!(second, first);
+        }
+        // Refusals are remembered too.
+        assert_eq!(calls.get(), 3);
+    }
+
+    #[test]
+    fn an_answer_is_never_handed_to_another_tenant() {
+        let mut memo = RewriteMemo::new();
+        let alice = vec!["1999".to_string()];
+        let bob = vec!["2000".to_string()];
+        let both = vec!["1999".to_string(), "2000".to_string()];
+        for _ in 0..3 {
+            for values in [&alice, &bob, &both] {
+                let answer = memo.rewrite(&key("up", values), || engine("up", values));
+                assert_eq!(answer, engine("up", values));
+            }
+        }
+        assert_eq!(memo.len(), 3);
+        // Nor across labels, policies or dialects.
+        let mut other = key("up", &alice);
+        other.label = "tenant";
+        assert!(memo.get(&other).is_none());
+        let mut other = key("up", &alice);
+        other.policy = ConflictPolicy::Reject;
+        assert!(memo.get(&other).is_none());
+        let mut other = key("up", &alice);
+        other.dialect = Dialect::Metricsql;
+        assert!(memo.get(&other).is_none());
+    }
+
+    #[test]
+    fn the_memo_is_bounded_and_keeps_what_is_used() {
+        let mut memo = RewriteMemo::new();
+        let alice = vec!["1999".to_string()];
+        let hot = "sum(rate(http_requests_total[5m]))";
+        for i in 0..2000 {
+            let query = format!("up{{job=\"{i}\"}}");
+            memo.rewrite(&key(&query, &alice), || Ok(query.clone()))
+                .unwrap();
+            memo.rewrite(&key(hot, &alice), || engine(hot, &alice))
+                .unwrap();
+        }
+        assert_eq!(memo.len(), ENTRIES);
+        assert!(
+            memo.get(&key(hot, &alice)).is_some(),
+            "used every time, kept"
+        );
+        // Too long to remember: rewritten every time.
+        let long = format!("up{{job=\"{}\"}}", "x".repeat(MAX_QUERY_BYTES));
+        let mut memo = RewriteMemo::new();
+        memo.rewrite(&key(&long, &alice), || engine(&long, &alice))
+            .unwrap();
+        assert!(memo.is_empty());
+    }
+
+    #[test]
+    fn the_threads_memo_answers_as_the_engine_does() {
+        let alice = vec!["1999".to_string()];
+        let bob = vec!["2000".to_string()];
+        let calls = Cell::new(0);
+        for round in 0..3 {
+            for values in [&alice, &bob] {
+                for query in ["up", "up{client_id=\"2000\"}", "x +", "sum by (a) (b)"] {
+                    let answer = memoized(&key(query, values), || {
+                        calls.set(calls.get() + 1);
+                        engine(query, values)
+                    });
+                    assert_eq!(answer, engine(query, values), "round {round}");
+                }
+            }
+        }
+        assert_eq!(calls.get(), 8);
+    }
+}
