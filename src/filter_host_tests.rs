@@ -1672,3 +1672,39 @@ fn refused_writes_are_counted_and_answered_in_prometheus_shape() {
     assert_eq!(vm.counter("writes_denied"), 3);
     assert_eq!(vm.counter("writes_allowed"), 0);
 }
+
+/// Not a test: a driver for profiling the filter's own work per request, natively,
+/// under `valgrind --tool=callgrind` (docs/profiling.md). `PROFILE_KIND` is `get`,
+/// `post` or `none` (setup only, to subtract); `PROFILE_N` requests, warm token.
+#[test]
+#[ignore]
+fn profile_grafana_requests() {
+    const QUERY: &str = "query=sum%20by%20(service)%20(rate(http_requests_total%7Bjob%3D%22api%22%2Ccode%3D~%225..%22%7D%5B5m%5D))%20%2F%20sum%20by%20(service)%20(rate(http_requests_total%7Bjob%3D%22api%22%7D%5B5m%5D))&start=1764028800&end=1764032400&step=15";
+    let kind = std::env::var("PROFILE_KIND").unwrap_or_else(|_| "get".into());
+    let n: u32 = std::env::var("PROFILE_N").map_or(1000, |n| n.parse().unwrap());
+    let vm = Vm::new();
+    vm.configure(1, USERINFO_CONFIG);
+    vm.cache_alice(2);
+    vm.end(2);
+    let answer = [("content-type", "application/json"), (":status", "200")];
+    for id in 10..10 + n {
+        match kind.as_str() {
+            "get" => {
+                let path = format!("/api/v1/query_range?{QUERY}");
+                assert_eq!(vm.get(id, &path, Some("alice")), Action::Continue);
+            }
+            "post" => {
+                vm.post_form(id, "/api/v1/query_range", QUERY.len());
+                assert_eq!(vm.body(id, QUERY, true), Action::Continue);
+                vm.turn();
+            }
+            _ => continue,
+        }
+        vm.upstream_answers(id, &answer, &["{}"]);
+        vm.end(id);
+        with_host(|h| {
+            h.streams.remove(&id);
+            h.dead.clear();
+        });
+    }
+}
