@@ -66,13 +66,31 @@ GRAFANA_QUERY = (
 )
 GRAFANA_PARAMS = {"query": GRAFANA_QUERY, "start": "1764028800", "end": "1764032400", "step": "15"}
 QUERY_PATH = "/api/v1/query_range"
-# (label, method, path, form): the Grafana query both ways, and a request the filter
-# authenticates but has no PromQL to rewrite in, which splits its fixed cost from the engine's.
+# Where a script puts a number that changes with every request (`wrk_script(vary=True)`).
+VARY = "__N__"
+# The same query, a new one each time: the filter remembers its recent rewrites
+# (src/memo.rs), so this is what a query seen for the first time costs.
+GRAFANA_PARAMS_NEW = {**GRAFANA_PARAMS,
+                      "query": GRAFANA_QUERY.replace('job="api"', f'job="api-{VARY}"', 1)}
+# (label, method, path, form): the Grafana query both ways, repeated as Grafana repeats
+# it and new every time; and a request the filter authenticates but has no PromQL to
+# rewrite in, which splits its fixed cost from the engine's.
 OVERHEAD_CASES = [
     ("GET", "GET", QUERY_PATH, GRAFANA_PARAMS),
     ("POST", "POST", QUERY_PATH, GRAFANA_PARAMS),
+    ("GET new", "GET", QUERY_PATH, GRAFANA_PARAMS_NEW),
+    ("POST new", "POST", QUERY_PATH, GRAFANA_PARAMS_NEW),
     ("nopromql", "GET", "/api/v1/status/buildinfo", {}),
 ]
+
+
+def one_of(params: dict) -> dict:
+    """`params` with the changing number fixed, for a single request."""
+    return {k: v.replace(VARY, "0") for k, v in params.items()}
+
+
+def varies(params: dict) -> bool:
+    return any(VARY in v for v in params.values())
 # What VictoriaMetrics would answer, so that B's upstream costs nothing either.
 EMPTY_MATRIX = '{"status":"success","data":{"resultType":"matrix","result":[]}}'
 
@@ -186,6 +204,25 @@ def wrk_script(workdir: Path, name: str, method: str, token: str | None,
     """A wrk Lua script: the Grafana request by GET or POST, optionally paced or rotating tokens."""
     form = urllib.parse.urlencode(GRAFANA_PARAMS if params is None else params)
     lines = []
+    if VARY in form:
+        # A new query for every request: the number counts up from a per-thread start.
+        head, tail = form.split(VARY, 1)
+        lines.append(f"local head, tail = {lua_string(head)}, {lua_string(tail)}")
+        lines.append("local n = 0")
+        if token is not None:
+            lines.append(f'wrk.headers["Authorization"] = "Bearer {token}"')
+        if delay_ms is not None:
+            lines.append(f"function delay() return {delay_ms} end")
+        lines.append("function request()\n  n = n + 1")
+        if method == "GET":
+            lines.append(f'  return wrk.format("GET", "{path}?" .. head .. n .. tail)')
+        else:
+            lines.append('  wrk.headers["Content-Type"] = "application/x-www-form-urlencoded"')
+            lines.append(f'  return wrk.format("POST", "{path}", nil, head .. n .. tail)')
+        lines.append("end")
+        script = workdir / f"{name}.lua"
+        script.write_text("\n".join(lines) + "\n")
+        return script
     if method == "GET":
         lines.append(f'wrk.method = "GET"\nwrk.path = "{path}{"?" + form if form else ""}"')
     else:
@@ -209,6 +246,12 @@ def wrk_script(workdir: Path, name: str, method: str, token: str | None,
     path = workdir / f"{name}.lua"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def lua_string(text: str) -> str:
+    """`text` as a Lua string literal (urlencoded text has no quote or backslash)."""
+    assert '"' not in text and "\\" not in text
+    return f'"{text}"'
 
 
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
@@ -291,7 +334,8 @@ def race(url: dict, kinds, rounds: int, script: Path, paced: Path, method: str, 
     paced by `paced`), `rounds` times, the order rotating so drifts in load hit all alike."""
     sat = {k: [] for k in kinds}
     fixed = {k: [] for k in kinds}
-    oha = oha_binary()
+    # oha sends one request over and over: a changing query needs wrk's Lua.
+    oha = None if varies(params) else oha_binary()
     for i in range(rounds):
         for k in rotations(kinds, i):
             sat[k].append(run_wrk(url[k], script, SATURATION_S, WRK_CONNECTIONS))
@@ -304,10 +348,11 @@ def race(url: dict, kinds, rounds: int, script: Path, paced: Path, method: str, 
     return sat, fixed
 
 
-def summary(kinds, sat: dict, fixed: dict) -> dict:
+def summary(kinds, sat: dict, fixed: dict, params: dict | None = None) -> dict:
     """Medians per setup: throughput at saturation; rate, p50 and p99 at the fixed rate."""
+    oha = oha_binary() and not varies(params or {})
     row = {"errors": sum(r["errors"] for k in kinds for r in sat[k] + fixed[k]),
-           "fixed_tool": "oha -q (open loop)" if oha_binary() else "wrk + delay() (closed loop)"}
+           "fixed_tool": "oha -q (open loop)" if oha else "wrk + delay() (closed loop)"}
     for k in kinds:
         row[f"rps_{k}"] = median([r["rps"] for r in sat[k]])
         row[f"fixed_rps_{k}"] = median([r["rps"] for r in fixed[k]])
@@ -337,8 +382,8 @@ def measure_overhead(workdir: Path, oidc: OidcProvider, token: str) -> list[dict
     for label, method, path, params in OVERHEAD_CASES:
         for k in kinds:
             r = requests.request(method, f"{url[k]}{path}",
-                                 params=params if method == "GET" else None,
-                                 data=params if method == "POST" else None,
+                                 params=one_of(params) if method == "GET" else None,
+                                 data=one_of(params) if method == "POST" else None,
                                  headers={"Authorization": f"Bearer {token}"}, timeout=10)
             if r.status_code != 200:
                 raise RuntimeError(f"{k} {label}: {r.status_code} {r.text[:200]}")
@@ -354,7 +399,7 @@ def measure_overhead(workdir: Path, oidc: OidcProvider, token: str) -> list[dict
             run_wrk(url[k], script, 1, WRK_CONNECTIONS)
         sat, fixed = race(url, kinds, ROUNDS, script, paced, method, token, params, path,
                           FIXED_RATE)
-        row = {"method": label, **summary(kinds, sat, fixed)}
+        row = {"method": label, **summary(kinds, sat, fixed, params)}
         for k in kinds:
             row[f"sat_p50_{k}"] = median([r["p50"] for r in sat[k]])
         row["throughput_ratio"] = row["rps_A"] / row["rps_B"]
@@ -539,8 +584,10 @@ def measure_vm(workdir: Path, oidc: OidcProvider, token: str) -> dict:
     }
     scripts = {}
     for n in (1, large):
-        params = {**GRAFANA_PARAMS, "query": selectors_query(n)}
-        r = requests.post(f"{envoys['A'].url}{QUERY_PATH}", data=params,
+        # A new query each time, so that the engine runs rather than the memo answers.
+        query = selectors_query(n).replace('job="api"', f'job="api-{VARY}"', 1)
+        params = {**GRAFANA_PARAMS, "query": query}
+        r = requests.post(f"{envoys['A'].url}{QUERY_PATH}", data=one_of(params),
                           headers={"Authorization": f"Bearer {token}"}, timeout=10)
         if r.status_code != 200:
             raise RuntimeError(f"{n} selectors through A: {r.status_code} {r.text[:200]}")
