@@ -405,6 +405,49 @@ mod tests {
     }
 
     #[test]
+    fn a_remembered_rewrite_goes_only_to_the_same_tenants() {
+        // The same query, in turn for three callers and three configurations, twice
+        // over: the second round is answered from the worker's memo.
+        let plain = config(r#","victoriametrics_extra_label":false"#);
+        let other_label = Config {
+            tenant_label: "tenant".into(),
+            ..plain.clone()
+        };
+        let reject = Config {
+            on_conflict: crate::ConflictPolicy::Reject,
+            ..plain.clone()
+        };
+        let query = "/api/v1/query?query=sum(rate(x%7Bclient_id%3D%227%22%7D%5B5m%5D))";
+        let cases = [
+            (
+                &plain,
+                &["7"][..],
+                "%7Bclient_id%3D%227%22%2Cclient_id%3D%227%22%7D",
+            ),
+            (
+                &plain,
+                &["8"][..],
+                "%7Bclient_id%3D%227%22%2Cclient_id%3D%228%22%7D",
+            ),
+            (&plain, &["7", "8"][..], "client_id%3D~%227%7C8%22"),
+            (
+                &other_label,
+                &["7"][..],
+                "%7Bclient_id%3D%227%22%2Ctenant%3D%227%22%7D",
+            ),
+        ];
+        for _ in 0..2 {
+            for (config, values, expected) in cases {
+                let path = forwarded(decide(&get(query), None, tenants(values), config)).path;
+                let path = path.unwrap();
+                assert!(path.contains(expected), "{values:?}: {path}");
+            }
+            let refused = decide(&get(query), None, tenants(&["8"]), &reject);
+            assert!(matches!(refused, Decision::Refuse(r) if r.status == 403));
+        }
+    }
+
+    #[test]
     fn policy_comes_before_identity_and_identity_before_the_query() {
         let c = config("");
         let refused = |d: Decision| match d {
