@@ -74,7 +74,7 @@ fn text<'a>(e: &mut MapExtra<'a, '_, Tokens, Extra<'a>>) -> &'a str {
 }
 
 /// A postfix modifier, folded onto the expression before it.
-enum Postfix<'a> {
+pub(super) enum Postfix<'a> {
     Range {
         range: Option<Expr<'a>>,
         step: Option<Option<Expr<'a>>>,
@@ -86,22 +86,20 @@ enum Postfix<'a> {
 }
 
 /// What follows a word at the start of an atom.
-#[derive(Clone)]
-enum AfterWord<'a> {
+pub(super) enum AfterWord<'a> {
     Call(Box<CallTail<'a>>),
     Braces(Vec<MatcherGroup<'a>>, Span),
     Bare,
 }
 
 /// A call's arguments and what may follow them.
-#[derive(Clone)]
-struct CallTail<'a> {
-    args: Vec<Expr<'a>>,
-    grouping: Option<Grouping<'a>>,
+pub(super) struct CallTail<'a> {
+    pub args: Vec<Expr<'a>>,
+    pub grouping: Option<Grouping<'a>>,
     /// MetricsQL `limit N`.
-    limit: bool,
+    pub limit: bool,
     /// MetricsQL `keep_metric_names`: where it ends.
-    keep_metric_names: Option<usize>,
+    pub keep_metric_names: Option<usize>,
 }
 
 /// What a bracket holds: range, step (absent, empty or given), the `]`, and a smoothing
@@ -112,9 +110,9 @@ type BracketParts<'a> = (
 );
 
 /// Binary operator with its `bool` and vector-matching modifiers.
-type BinOpWithModifiers<'a> = (BinOp, bool, Option<VectorMatching<'a>>);
+pub(super) type BinOpWithModifiers<'a> = (BinOp, bool, Option<VectorMatching<'a>>);
 
-fn span_of(s: SimpleSpan) -> Span {
+pub(super) fn span_of(s: SimpleSpan) -> Span {
     s.start..s.end
 }
 
@@ -497,7 +495,7 @@ fn expr_parser<'a>(dialect: Dialect) -> impl Parser<'a, Tokens, Expr<'a>, Extra<
                     .clone()
                     .map(|(groups, span)| AfterWord::Braces(groups, span)),
             )))
-            .or(empty().to(AfterWord::Bare));
+            .or(empty().map(|()| AfterWord::Bare));
         let word = select! { Tok::Ident(k) = e if !matches!(k, Kw::Inf | Kw::Nan) => (k, e.span(), text(e)) };
         let word_led = word
             .then(after_word)
@@ -632,27 +630,7 @@ fn expr_parser<'a>(dialect: Dialect) -> impl Parser<'a, Tokens, Expr<'a>, Extra<
             .repeated()
             .collect::<Vec<_>>();
         let operand = signs.then(atom);
-        let operator = select! {
-            Tok::Pow => BinOp::Pow,
-            Tok::Mul => BinOp::Mul,
-            Tok::Div => BinOp::Div,
-            Tok::Mod => BinOp::Mod,
-            Tok::Ident(Kw::Atan2) => BinOp::Atan2,
-            Tok::Add => BinOp::Add,
-            Tok::Sub => BinOp::Sub,
-            Tok::EqlEql => BinOp::Eql,
-            Tok::Neq => BinOp::Neq,
-            Tok::Lt => BinOp::Lt,
-            Tok::Lte => BinOp::Lte,
-            Tok::Gt => BinOp::Gt,
-            Tok::Gte => BinOp::Gte,
-            Tok::Ident(Kw::And) => BinOp::And,
-            Tok::Ident(Kw::Unless) => BinOp::Unless,
-            Tok::Ident(Kw::Or) => BinOp::Or,
-            Tok::Ident(Kw::If) if metricsql => BinOp::If,
-            Tok::Ident(Kw::Ifnot) if metricsql => BinOp::Ifnot,
-            Tok::Ident(Kw::Default) if metricsql => BinOp::Default,
-        };
+        let operator = chumsky::primitive::select(move |t, _| binary_operator(t, dialect));
         operand
             .clone()
             .then(
@@ -665,10 +643,37 @@ fn expr_parser<'a>(dialect: Dialect) -> impl Parser<'a, Tokens, Expr<'a>, Extra<
     })
 }
 
+/// The binary operator a token stands for in the dialect.
+pub(super) fn binary_operator(t: Tok, dialect: Dialect) -> Option<BinOp> {
+    let metricsql = dialect == Dialect::Metricsql;
+    Some(match t {
+        Tok::Pow => BinOp::Pow,
+        Tok::Mul => BinOp::Mul,
+        Tok::Div => BinOp::Div,
+        Tok::Mod => BinOp::Mod,
+        Tok::Ident(Kw::Atan2) => BinOp::Atan2,
+        Tok::Add => BinOp::Add,
+        Tok::Sub => BinOp::Sub,
+        Tok::EqlEql => BinOp::Eql,
+        Tok::Neq => BinOp::Neq,
+        Tok::Lt => BinOp::Lt,
+        Tok::Lte => BinOp::Lte,
+        Tok::Gt => BinOp::Gt,
+        Tok::Gte => BinOp::Gte,
+        Tok::Ident(Kw::And) => BinOp::And,
+        Tok::Ident(Kw::Unless) => BinOp::Unless,
+        Tok::Ident(Kw::Or) => BinOp::Or,
+        Tok::Ident(Kw::If) if metricsql => BinOp::If,
+        Tok::Ident(Kw::Ifnot) if metricsql => BinOp::Ifnot,
+        Tok::Ident(Kw::Default) if metricsql => BinOp::Default,
+        _ => return None,
+    })
+}
+
 /// Builds what starts with a word: a call, a duration function, or a selector; refuses
 /// what the dialect's grammar does not take there.
 #[allow(clippy::result_large_err)]
-fn word_expr<'a>(
+pub(super) fn word_expr<'a>(
     name: &'a str,
     k: Kw,
     word_span: Span,
@@ -770,7 +775,7 @@ fn apply_signs<'a>(signs: Vec<(bool, usize)>, mut expr: Expr<'a>) -> Expr<'a> {
 /// failed here, after reading a long chain, made every enclosing `@` expression read
 /// that chain again (a 525-byte MetricsQL query took seconds). MetricsQL's limits on a
 /// chain are checked afterwards, in `check.rs`, like Prometheus' rules.
-fn fold_postfix<'a>(mut lhs: Expr<'a>, posts: Vec<Postfix<'a>>) -> Expr<'a> {
+pub(super) fn fold_postfix<'a>(mut lhs: Expr<'a>, posts: Vec<Postfix<'a>>) -> Expr<'a> {
     for post in posts {
         let start = lhs.span.start;
         lhs = match post {
@@ -807,7 +812,7 @@ fn fold_postfix<'a>(mut lhs: Expr<'a>, posts: Vec<Postfix<'a>>) -> Expr<'a> {
     lhs
 }
 /// An operand as read: prefix signs (negative?, byte offset) and the atom.
-type Operand<'a> = (Vec<(bool, usize)>, Expr<'a>);
+pub(super) type Operand<'a> = (Vec<(bool, usize)>, Expr<'a>);
 
 /// Binding power of a binary operator, as in Prometheus (MetricsQL's `if`, `ifnot` and
 /// `default` bind loosest). Unary minus sits between `*` and `^`: `-a^b` is `-(a^b)`.
@@ -828,7 +833,7 @@ fn precedence(op: BinOp) -> u8 {
 ///
 /// Left-associative chains are folded in a loop; only `^` (right-associative) and signs
 /// recurse, and the lexer caps how many of those a query may hold.
-fn build_tree<'a>(
+pub(super) fn build_tree<'a>(
     first: Operand<'a>,
     rest: Vec<(BinOpWithModifiers<'a>, Operand<'a>)>,
 ) -> Expr<'a> {
