@@ -224,6 +224,10 @@ pub struct RangeExpr<'s> {
     pub smoothing: Option<Kw>,
 }
 
+/// Room for the walks' own stacks from the start: one allocation, where growing from
+/// one entry took three for a query of ordinary size.
+const WALK_STACK: usize = 32;
+
 /// Calls `$visit` on each child of an expression kind, in source order: the one place
 /// that says what a node holds. `children!(&kind, f)` visits `&Expr`s;
 /// `children!(&mut kind, mut f)` visits `&mut Expr`s.
@@ -286,7 +290,8 @@ impl<'s> Expr<'s> {
     ///
     /// Iterative for the same reason as [`Expr::for_each_selector`].
     pub fn for_each_node<'a>(&'a self, visit: &mut impl FnMut(&'a Expr<'s>)) {
-        let mut pending: Vec<&'a Expr<'s>> = vec![self];
+        let mut pending: Vec<&'a Expr<'s>> = Vec::with_capacity(WALK_STACK);
+        pending.push(self);
         while let Some(e) = pending.pop() {
             visit(e);
             // Children are pushed in reverse so they pop in source order.
@@ -315,7 +320,8 @@ impl<'s> Expr<'s> {
     /// heap stack, so it is safe on a tree of any depth.
     pub fn nesting_depth<'a>(&'a self) -> (usize, usize) {
         let mut deepest = (0, self.span.start);
-        let mut pending: Vec<(&'a Expr<'s>, usize)> = vec![(self, usize::from(self.holds_nodes()))];
+        let mut pending: Vec<(&'a Expr<'s>, usize)> = Vec::with_capacity(WALK_STACK);
+        pending.push((self, usize::from(self.holds_nodes())));
         while let Some((e, level)) = pending.pop() {
             if level > deepest.0 {
                 deepest = (level, e.span.start);

@@ -7,7 +7,7 @@
 //! reader answers, the tree is the one the grammar builds, node for node and span for
 //! span (`tests/fast_path.rs` compares the two over the corpus and the generated
 //! queries): it builds nodes with the grammar's own helpers (`word_expr`,
-//! `fold_postfix`, `build_tree`), so the rules they carry are not written twice.
+//! `apply_postfix`, `build_tree`), so the rules they carry are not written twice.
 //!
 //! Why it exists: chumsky's cost per combinator layer (a call, an input save and
 //! rewind, error bookkeeping for every alternative that fails) was most of a rewrite's
@@ -25,7 +25,7 @@ use super::ast::{Expr, ExprKind, GroupModifier, Grouping, MatchOp, Matcher, Matc
 use super::ast::{Selector, VectorMatching};
 use super::lexer::{Kw, Tok, Token};
 use super::parser::{
-    binary_operator, build_tree, fold_postfix, span_of, word_expr, AfterWord, BinOpWithModifiers,
+    apply_postfix, binary_operator, build_tree, span_of, word_expr, AfterWord, BinOpWithModifiers,
     CallTail, Operand, Postfix,
 };
 use super::strings::decode;
@@ -144,11 +144,10 @@ impl<'a> Reader<'a, '_> {
             signs.push((negative, self.span(self.at).start));
             self.at += 1;
         }
-        let atom = self.atom()?;
-        let mut posts = Vec::new();
+        let mut atom = self.atom()?;
         loop {
-            match self.peek() {
-                Some(Tok::LBracket) => posts.push(self.bracket()?),
+            let post = match self.peek() {
+                Some(Tok::LBracket) => self.bracket()?,
                 Some(Tok::Ident(Kw::Offset)) => {
                     let Some(Tok::Duration(v)) = self.peek_at(1) else {
                         return None;
@@ -160,17 +159,13 @@ impl<'a> Reader<'a, '_> {
                         kind: ExprKind::Duration(v.get()),
                         span,
                     };
-                    posts.push(Postfix::Offset(value, end));
+                    Postfix::Offset(value, end)
                 }
                 Some(Tok::At) => return None,
                 _ => break,
-            }
+            };
+            atom = apply_postfix(atom, post);
         }
-        let atom = if posts.is_empty() {
-            atom
-        } else {
-            fold_postfix(atom, posts)
-        };
         Some((signs, atom))
     }
 

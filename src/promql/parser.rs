@@ -775,41 +775,43 @@ fn apply_signs<'a>(signs: Vec<(bool, usize)>, mut expr: Expr<'a>) -> Expr<'a> {
 /// failed here, after reading a long chain, made every enclosing `@` expression read
 /// that chain again (a 525-byte MetricsQL query took seconds). MetricsQL's limits on a
 /// chain are checked afterwards, in `check.rs`, like Prometheus' rules.
-pub(super) fn fold_postfix<'a>(mut lhs: Expr<'a>, posts: Vec<Postfix<'a>>) -> Expr<'a> {
-    for post in posts {
-        let start = lhs.span.start;
-        lhs = match post {
-            Postfix::Range {
+pub(super) fn fold_postfix<'a>(lhs: Expr<'a>, posts: Vec<Postfix<'a>>) -> Expr<'a> {
+    posts.into_iter().fold(lhs, apply_postfix)
+}
+
+/// One postfix modifier applied to the expression before it.
+pub(super) fn apply_postfix<'a>(lhs: Expr<'a>, post: Postfix<'a>) -> Expr<'a> {
+    let start = lhs.span.start;
+    match post {
+        Postfix::Range {
+            range,
+            step,
+            smoothing,
+            end,
+        } => Expr {
+            kind: ExprKind::Range(Box::new(RangeExpr {
+                expr: lhs,
                 range,
-                step,
+                subquery_step: step,
                 smoothing,
-                end,
-            } => Expr {
-                kind: ExprKind::Range(Box::new(RangeExpr {
-                    expr: lhs,
-                    range,
-                    subquery_step: step,
-                    smoothing,
-                })),
-                span: start..end,
+            })),
+            span: start..end,
+        },
+        Postfix::Offset(offset, end) => Expr {
+            kind: ExprKind::Offset {
+                expr: Box::new(lhs),
+                offset: Box::new(offset),
             },
-            Postfix::Offset(offset, end) => Expr {
-                kind: ExprKind::Offset {
-                    expr: Box::new(lhs),
-                    offset: Box::new(offset),
-                },
-                span: start..end,
+            span: start..end,
+        },
+        Postfix::At(at, end) => Expr {
+            kind: ExprKind::At {
+                expr: Box::new(lhs),
+                at: Box::new(at),
             },
-            Postfix::At(at, end) => Expr {
-                kind: ExprKind::At {
-                    expr: Box::new(lhs),
-                    at: Box::new(at),
-                },
-                span: start..end,
-            },
-        };
+            span: start..end,
+        },
     }
-    lhs
 }
 /// An operand as read: prefix signs (negative?, byte offset) and the atom.
 pub(super) type Operand<'a> = (Vec<(bool, usize)>, Expr<'a>);
