@@ -192,10 +192,11 @@ fn expr_parser<'a>(dialect: Dialect) -> impl Parser<'a, Tokens, Expr<'a>, Extra<
         .separated_by(just(Tok::Comma))
         .allow_trailing()
         .collect::<Vec<_>>()
-        .delimited_by(just(Tok::LParen), just(Tok::RParen));
+        .delimited_by(just(Tok::LParen), just(Tok::RParen))
+        .boxed();
 
     let grouping = select! { Tok::Ident(Kw::By) => false, Tok::Ident(Kw::Without) => true }
-        .then(label_list.labelled("\"(\""))
+        .then(label_list.clone().labelled("\"(\""))
         .map(|(without, labels)| Grouping { without, labels })
         .boxed();
 
@@ -395,23 +396,17 @@ fn expr_parser<'a>(dialect: Dialect) -> impl Parser<'a, Tokens, Expr<'a>, Extra<
             ))
             .boxed()
         });
-        // Nearly every bracket holds one duration (`[5m]`, `[1h:1m]`): read that directly
-        // when the next token ends it, and only otherwise the full expression (its
-        // precedence climbing tries every operator level at every position).
-        let range_value = duration
-            .clone()
-            .then_ignore(
-                any()
-                    .filter(|t: &Tok| matches!(t, Tok::RBracket | Tok::Colon))
-                    .rewind(),
-            )
-            .or(duration_expr.clone())
-            .boxed();
-        let bracket = range_value
+        // A bracket of single durations (`[5m]`, `[1h:1m]`, nearly all of them) is the
+        // fast reader's (`fast.rs`); here it goes through the full expression.
+        let bracket = duration_expr
             .clone()
             .labelled("number, duration, step(), or range()")
             .map(Some)
-            .then(just(Tok::Colon).ignore_then(range_value.or_not()).or_not())
+            .then(
+                just(Tok::Colon)
+                    .ignore_then(duration_expr.clone().or_not())
+                    .or_not(),
+            )
             .then(just(Tok::RBracket).to_span())
             .delimited_by(just(Tok::LBracket), empty())
             .then(smoothing.or_not())
@@ -603,13 +598,12 @@ fn expr_parser<'a>(dialect: Dialect) -> impl Parser<'a, Tokens, Expr<'a>, Extra<
             select! { Tok::Ident(Kw::On) => true, Tok::Ident(Kw::Ignoring) => false };
         let group_side =
             select! { Tok::Ident(Kw::GroupLeft) => true, Tok::Ident(Kw::GroupRight) => false };
-        let group_modifier =
-            group_side
-                .then(label_list.or_not())
-                .map(|(left, labels)| GroupModifier {
-                    left,
-                    labels: labels.unwrap_or_default(),
-                });
+        let group_modifier = group_side
+            .then(label_list.clone().or_not())
+            .map(|(left, labels)| GroupModifier {
+                left,
+                labels: labels.unwrap_or_default(),
+            });
         let matching = on_or_ignoring
             .then(label_list)
             .then(group_modifier.or_not())
