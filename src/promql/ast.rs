@@ -356,7 +356,9 @@ impl<'s> Expr<'s> {
             // Children are pushed in reverse so they pop in source order.
             let first = pending.len;
             children!(&e.kind, |child| pending.push(child));
-            pending.reverse_from(first);
+            if pending.len > first + 1 {
+                pending.reverse_from(first);
+            }
         }
     }
 
