@@ -7,7 +7,7 @@
 //! reader answers, the tree is the one the grammar builds, node for node and span for
 //! span (`tests/fast_path.rs` compares the two over the corpus and the generated
 //! queries): it builds nodes with the grammar's own helpers (`word_expr`,
-//! `apply_postfix`, `build_tree`), so the rules they carry are not written twice.
+//! `call_expr`, `apply_postfix`, `build_tree`), so the rules they carry are not written twice.
 //!
 //! Why it exists: chumsky's cost per combinator layer (a call, an input save and
 //! rewind, error bookkeeping for every alternative that fails) was most of a rewrite's
@@ -25,8 +25,8 @@ use super::ast::{Expr, ExprKind, GroupModifier, Grouping, MatchOp, Matcher, Matc
 use super::ast::{Selector, VectorMatching};
 use super::lexer::{Kw, Tok, Token};
 use super::parser::{
-    apply_postfix, binary_operator, build_tree, span_of, word_expr, AfterWord, BinOpWithModifiers,
-    CallTail, Operand, Postfix,
+    apply_postfix, binary_operator, build_tree, call_expr, span_of, word_expr, AfterWord,
+    BinOpWithModifiers, CallTail, Operand, Postfix,
 };
 use super::strings::decode;
 use super::Dialect;
@@ -258,30 +258,42 @@ impl<'a> Reader<'a, '_> {
         let at = self.at;
         let name = self.text(at);
         self.at += 1;
-        let after = match self.peek() {
+        let (args, grouping) = match self.peek() {
             Some(Tok::LParen) => {
                 let args = self.args()?;
                 let grouping = match self.peek() {
                     Some(Tok::Ident(Kw::By | Kw::Without)) => Some(self.grouping()?),
                     _ => None,
                 };
-                call(args, grouping)
+                (args, grouping)
             }
             Some(Tok::Ident(Kw::By | Kw::Without)) => {
                 let grouping = self.grouping()?;
                 if self.peek() != Some(Tok::LParen) {
                     return None;
                 }
-                call(self.args()?, Some(grouping))
+                (self.args()?, Some(grouping))
             }
-            Some(Tok::LBrace) => {
-                let (groups, braces) = self.braces()?;
-                AfterWord::Braces(groups, braces)
+            next => {
+                let after = match next {
+                    Some(Tok::LBrace) => {
+                        let (groups, braces) = self.braces()?;
+                        AfterWord::Braces(groups, braces)
+                    }
+                    _ => AfterWord::Bare,
+                };
+                let span = (self.span(at).start..self.end()).into();
+                return word_expr(name, k, self.span(at), after, span, Dialect::Promql).ok();
             }
-            _ => AfterWord::Bare,
+        };
+        let tail = CallTail {
+            args,
+            grouping,
+            limit: false,
+            keep_metric_names: None,
         };
         let span = (self.span(at).start..self.end()).into();
-        word_expr(name, k, self.span(at), after, span, Dialect::Promql).ok()
+        call_expr(name, k, tail, span, Dialect::Promql).ok()
     }
 
     /// `(expr, expr, ...)`, no comma after the last.
@@ -343,7 +355,17 @@ impl<'a> Reader<'a, '_> {
     fn braces(&mut self) -> Option<(Vec<MatcherGroup<'a>>, std::ops::Range<usize>)> {
         let open = self.span(self.at).start;
         self.at += 1;
-        let mut matchers: Vec<Matcher<'a>> = Vec::new();
+        // Sized once: a matcher per comma, and one more (the lexer refused a `{` or `(`
+        // inside braces, so the first `}` closes these).
+        let commas = self
+            .tokens
+            .get(self.at..)
+            .unwrap_or_default()
+            .iter()
+            .take_while(|t| t.0 != Tok::RBrace)
+            .filter(|t| t.0 == Tok::Comma)
+            .count();
+        let mut matchers: Vec<Matcher<'a>> = Vec::with_capacity(commas + 1);
         let mut ends_with_comma = false;
         while self.peek() != Some(Tok::RBrace) {
             let mut matcher = self.matcher()?;
@@ -407,13 +429,4 @@ impl<'a> Reader<'a, '_> {
             name_only: false,
         })
     }
-}
-
-fn call<'a>(args: Vec<Expr<'a>>, grouping: Option<Grouping<'a>>) -> AfterWord<'a> {
-    AfterWord::Call(Box::new(CallTail {
-        args,
-        grouping,
-        limit: false,
-        keep_metric_names: None,
-    }))
 }

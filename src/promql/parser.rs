@@ -691,57 +691,72 @@ pub(super) fn word_expr<'a>(
     let kind = match after {
         AfterWord::Braces(groups, braces) => selector(Some(braces), groups)?,
         AfterWord::Bare => selector(None, Vec::new())?,
-        AfterWord::Call(tail) => {
-            let CallTail {
-                args,
-                grouping,
-                limit,
-                keep_metric_names,
-            } = *tail;
-            let aggregate = is_aggregation(name, k, dialect);
-            if grouping.is_some() && !aggregate {
-                return Err(SyntaxError::custom(
-                    span,
-                    "only aggregations take by/without",
-                ));
-            }
-            if limit && !aggregate {
-                return Err(SyntaxError::custom(span, "only aggregations take a limit"));
-            }
-            let keep_metric_names = keep_metric_names.is_some();
-            if keep_metric_names && (aggregate || grouping.is_some()) {
-                return Err(SyntaxError::custom(
-                    span,
-                    "keep_metric_names follows a function call, not an aggregation",
-                ));
-            }
-            if matches!(k, Kw::Start | Kw::End)
-                && args.is_empty()
-                && grouping.is_none()
-                && !limit
-                && !keep_metric_names
-            {
-                ExprKind::DurationFn { func: k, args }
-            } else {
-                let call = ExprKind::Call(Box::new(Call {
-                    name,
-                    aggregation: match k {
-                        Kw::Aggregation(op) if dialect == Dialect::Promql => Some(op),
-                        _ => None,
-                    },
-                    args,
-                    grouping,
-                    limit,
-                }));
-                if keep_metric_names {
-                    ExprKind::KeepMetricNames(Box::new(Expr {
-                        kind: call,
-                        span: span_of(span),
-                    }))
-                } else {
-                    call
-                }
-            }
+        AfterWord::Call(tail) => return call_expr(name, k, *tail, span, dialect),
+    };
+    Ok(Expr {
+        kind,
+        span: span_of(span),
+    })
+}
+
+/// Builds a call (or `start()`/`end()`) from its name and what followed it; refuses
+/// what only aggregations take on a function.
+#[allow(clippy::result_large_err)]
+pub(super) fn call_expr<'a>(
+    name: &'a str,
+    k: Kw,
+    tail: CallTail<'a>,
+    span: SimpleSpan,
+    dialect: Dialect,
+) -> Result<Expr<'a>, SyntaxError> {
+    let CallTail {
+        args,
+        grouping,
+        limit,
+        keep_metric_names,
+    } = tail;
+    let aggregate = is_aggregation(name, k, dialect);
+    if grouping.is_some() && !aggregate {
+        return Err(SyntaxError::custom(
+            span,
+            "only aggregations take by/without",
+        ));
+    }
+    if limit && !aggregate {
+        return Err(SyntaxError::custom(span, "only aggregations take a limit"));
+    }
+    let keep_metric_names = keep_metric_names.is_some();
+    if keep_metric_names && (aggregate || grouping.is_some()) {
+        return Err(SyntaxError::custom(
+            span,
+            "keep_metric_names follows a function call, not an aggregation",
+        ));
+    }
+    let kind = if matches!(k, Kw::Start | Kw::End)
+        && args.is_empty()
+        && grouping.is_none()
+        && !limit
+        && !keep_metric_names
+    {
+        ExprKind::DurationFn { func: k, args }
+    } else {
+        let call = ExprKind::Call(Box::new(Call {
+            name,
+            aggregation: match k {
+                Kw::Aggregation(op) if dialect == Dialect::Promql => Some(op),
+                _ => None,
+            },
+            args,
+            grouping,
+            limit,
+        }));
+        if keep_metric_names {
+            ExprKind::KeepMetricNames(Box::new(Expr {
+                kind: call,
+                span: span_of(span),
+            }))
+        } else {
+            call
         }
     };
     Ok(Expr {
