@@ -11,6 +11,8 @@
 //!   reads too.
 //! - `parse` and `rewrite` never panic on arbitrary strings, bytes, token soup, or
 //!   mutated queries, in both dialects.
+//! - Wherever the fast reader (`src/promql/fast.rs`) takes a generated, mutated or
+//!   token-soup query, the chumsky grammar builds the same tree.
 //! - Deep nesting (100k levels) returns an error instead of overflowing the stack.
 
 mod common;
@@ -20,7 +22,7 @@ use common::{
     check_only_insertions, check_output, classify_user_matchers, drop_label_matchers,
     ExpectedMatcher, UserMatchers,
 };
-use promql_tenant_filter::promql::is_legacy_label_name;
+use promql_tenant_filter::promql::{__fast_path_agrees, is_legacy_label_name};
 use promql_tenant_filter::{parse, rewrite, ConflictPolicy, Dialect, RewriteError, TenantMatcher};
 use proptest::prelude::*;
 use proptest::sample::select;
@@ -750,6 +752,14 @@ fn token_soup() -> Gen {
         .boxed()
 }
 
+/// `q` with up to `cut` characters at `at` replaced by `token`.
+fn mutate(q: &str, at: prop::sample::Index, cut: usize, token: &str) -> String {
+    let chars: Vec<char> = q.chars().collect();
+    let i = at.index(chars.len() + 1);
+    let j = (i + cut).min(chars.len());
+    chars[..i].iter().collect::<String>() + token + &chars[j..].iter().collect::<String>()
+}
+
 fn must_not_panic(input: &str) {
     let tenant = TenantMatcher::new("client_id", &["1999"]).expect("tenant");
     for dialect in [Dialect::Promql, Dialect::Metricsql] {
@@ -790,11 +800,7 @@ proptest! {
 
     #[test]
     fn no_panic_on_mutated_queries(q in query(), at in any::<prop::sample::Index>(), cut in 0..4usize, token in select(TOKENS.to_vec())) {
-        let chars: Vec<char> = q.chars().collect();
-        let i = at.index(chars.len() + 1);
-        let j = (i + cut).min(chars.len());
-        let mutated: String = chars[..i].iter().collect::<String>() + token + &chars[j..].iter().collect::<String>();
-        must_not_panic(&mutated);
+        must_not_panic(&mutate(&q, at, cut, token));
     }
 }
 
@@ -906,5 +912,34 @@ fn moderate_nesting_still_parses() {
                 panic!("{} ({dialect:?}): {e}", &input[..input.len().min(30)]);
             }
         }
+    }
+}
+
+// ---------------------------------------------------------------- the fast reader
+
+/// Fails when the fast reader builds a tree the grammar does not.
+fn fast_reader_agrees(input: &str) -> Result<(), TestCaseError> {
+    if let Some(Err(why)) = __fast_path_agrees(input) {
+        return Err(TestCaseError::fail(format!("{input:?}\n {why}")));
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases(2048), ..ProptestConfig::default() })]
+
+    #[test]
+    fn the_fast_reader_agrees_on_generated_queries(q in query()) {
+        fast_reader_agrees(&q)?;
+    }
+
+    #[test]
+    fn the_fast_reader_agrees_on_token_soup(s in token_soup()) {
+        fast_reader_agrees(&s)?;
+    }
+
+    #[test]
+    fn the_fast_reader_agrees_on_mutated_queries(q in query(), at in any::<prop::sample::Index>(), cut in 0..4usize, token in select(TOKENS.to_vec())) {
+        fast_reader_agrees(&mutate(&q, at, cut, token))?;
     }
 }

@@ -224,6 +224,69 @@ pub struct RangeExpr<'s> {
     pub smoothing: Option<Kw>,
 }
 
+/// A walk's stack: its first `N` entries live in an array (no allocation for a tree of
+/// ordinary size), the rest in a vector. `filler` only initialises the array.
+struct WalkStack<T: Copy, const N: usize> {
+    inline: [T; N],
+    spill: Vec<T>,
+    len: usize,
+}
+
+impl<T: Copy, const N: usize> WalkStack<T, N> {
+    fn new(filler: T) -> Self {
+        WalkStack {
+            inline: [filler; N],
+            spill: Vec::new(),
+            len: 0,
+        }
+    }
+
+    fn push(&mut self, item: T) {
+        match self.inline.get_mut(self.len) {
+            Some(slot) => *slot = item,
+            None => self.spill.push(item),
+        }
+        self.len += 1;
+    }
+
+    fn pop(&mut self) -> Option<T> {
+        self.len = self.len.checked_sub(1)?;
+        match self.inline.get(self.len) {
+            Some(item) => Some(*item),
+            None => self.spill.pop(),
+        }
+    }
+
+    fn get(&self, i: usize) -> T {
+        match self.inline.get(i) {
+            Some(item) => *item,
+            None => self.spill[i - N],
+        }
+    }
+
+    fn set(&mut self, i: usize, item: T) {
+        match self.inline.get_mut(i) {
+            Some(slot) => *slot = item,
+            None => self.spill[i - N] = item,
+        }
+    }
+
+    /// Reverses the entries from `first` to the top.
+    fn reverse_from(&mut self, first: usize) {
+        let (mut i, mut j) = (first, self.len);
+        while i + 1 < j {
+            j -= 1;
+            let (a, b) = (self.get(i), self.get(j));
+            self.set(i, b);
+            self.set(j, a);
+            i += 1;
+        }
+    }
+}
+
+/// Entries a walk keeps without allocating.
+const WALK_INLINE: usize = 32;
+
 /// Calls `$visit` on each child of an expression kind, in source order: the one place
 /// that says what a node holds. `children!(&kind, f)` visits `&Expr`s;
 /// `children!(&mut kind, mut f)` visits `&mut Expr`s.
@@ -286,13 +349,16 @@ impl<'s> Expr<'s> {
     ///
     /// Iterative for the same reason as [`Expr::for_each_selector`].
     pub fn for_each_node<'a>(&'a self, visit: &mut impl FnMut(&'a Expr<'s>)) {
-        let mut pending: Vec<&'a Expr<'s>> = vec![self];
+        let mut pending: WalkStack<&'a Expr<'s>, WALK_INLINE> = WalkStack::new(self);
+        pending.push(self);
         while let Some(e) = pending.pop() {
             visit(e);
             // Children are pushed in reverse so they pop in source order.
-            let first = pending.len();
+            let first = pending.len;
             children!(&e.kind, |child| pending.push(child));
-            pending[first..].reverse();
+            if pending.len > first + 1 {
+                pending.reverse_from(first);
+            }
         }
     }
 
@@ -315,7 +381,8 @@ impl<'s> Expr<'s> {
     /// heap stack, so it is safe on a tree of any depth.
     pub fn nesting_depth<'a>(&'a self) -> (usize, usize) {
         let mut deepest = (0, self.span.start);
-        let mut pending: Vec<(&'a Expr<'s>, usize)> = vec![(self, usize::from(self.holds_nodes()))];
+        let mut pending: WalkStack<(&'a Expr<'s>, usize), WALK_INLINE> = WalkStack::new((self, 0));
+        pending.push((self, usize::from(self.holds_nodes())));
         while let Some((e, level)) = pending.pop() {
             if level > deepest.0 {
                 deepest = (level, e.span.start);
@@ -361,4 +428,23 @@ fn take_children<'s>(kind: &mut ExprKind<'s>, out: &mut Vec<ExprKind<'s>>) {
             out.push(std::mem::replace(&mut child.kind, ExprKind::Number(0.0)));
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::promql::{parse, Dialect};
+
+    #[test]
+    fn walks_keep_source_order_past_their_inline_stack() {
+        // A union of 100 selectors: 100 entries on the walk's stack at once.
+        let names: Vec<String> = (0..100).map(|i| format!("m{i}")).collect();
+        let query = format!("({})", names.join(", "));
+        let expr = parse(&query, Dialect::Metricsql).unwrap();
+        let mut seen = Vec::new();
+        expr.for_each_selector(&mut |sel| {
+            seen.push(sel.name.as_ref().unwrap().0.to_string());
+        });
+        assert_eq!(seen, names);
+        assert_eq!(expr.nesting_depth().0, 1);
+    }
 }

@@ -79,7 +79,8 @@ const fn var(name: &'static str, args: &'static [ValueType], returns: ValueType)
 }
 
 /// Prometheus 3.x functions, experimental ones included, plus `holt_winters` which
-/// older dashboards still send and VictoriaMetrics still answers.
+/// older dashboards still send and VictoriaMetrics still answers. Sorted by name (byte
+/// order), for a binary search.
 static FUNCTIONS: &[Function] = &[
     f("abs", &[V], V),
     f("absent", &[V], V),
@@ -99,10 +100,10 @@ static FUNCTIONS: &[Function] = &[
     f("cos", &[V], V),
     f("cosh", &[V], V),
     f("count_over_time", &[M], V),
-    opt("days_in_month", &[V], 1, V),
     opt("day_of_month", &[V], 1, V),
     opt("day_of_week", &[V], 1, V),
     opt("day_of_year", &[V], 1, V),
+    opt("days_in_month", &[V], 1, V),
     f("deg", &[V], V),
     f("delta", &[M], V),
     f("deriv", &[M], V),
@@ -427,7 +428,10 @@ impl Checker<'_> {
                 ),
             ));
         }
-        let Some(func) = FUNCTIONS.iter().find(|f| f.name == call.name) else {
+        let Ok(func) = FUNCTIONS
+            .binary_search_by(|f| f.name.cmp(call.name))
+            .map(|i| &FUNCTIONS[i])
+        else {
             return Err(self.err(span, format!("unknown function with name {:?}", call.name)));
         };
         let n = call.args.len();
@@ -946,7 +950,19 @@ fn regex_sequence(b: &[u8], pos: &mut usize, depth: usize) -> Option<bool> {
 
 #[cfg(test)]
 mod tests {
-    use super::regex_matches_empty;
+    use super::{regex_matches_empty, FUNCTIONS};
+
+    #[test]
+    fn functions_are_sorted_for_the_binary_search() {
+        for pair in FUNCTIONS.windows(2) {
+            assert!(
+                pair[0].name < pair[1].name,
+                "{} before {}",
+                pair[0].name,
+                pair[1].name
+            );
+        }
+    }
 
     #[test]
     fn regex_nullability() {

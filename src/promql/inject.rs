@@ -240,7 +240,11 @@ pub fn rewrite(
              cannot be confined: name the data labels, e.g. info(v, {k8s_cluster_name=~\".+\"})",
         )));
     }
-    matcher?;
+    // Not `matcher?`, which would move the matcher text that the edits borrow.
+    #[allow(clippy::question_mark)]
+    if let Err(e) = matcher {
+        return Err(e);
+    }
     if let Some(e) = conflict {
         return Err(e);
     }
@@ -271,30 +275,28 @@ fn is_unconfinable(call: &super::ast::Call<'_>) -> bool {
 }
 
 /// Replace `start..end` of the input with `text` (an insertion when empty, a deletion when `text` is).
-struct Edit {
+/// Replaces `start..end` of the query with the concatenated pieces (no allocation per
+/// selector: the pieces are punctuation and the tenant's matcher).
+struct Edit<'m> {
     start: usize,
     end: usize,
-    text: String,
+    text: [&'m str; 3],
 }
 
-fn plan_selector(
+fn plan_selector<'m>(
     sel: &Selector<'_>,
     tenant: &TenantMatcher,
-    matcher: &str,
+    matcher: &'m str,
     policy: ConflictPolicy,
-    edits: &mut Vec<Edit>,
+    edits: &mut Vec<Edit<'m>>,
 ) -> Result<(), RewriteError> {
     let Some(_) = &sel.braces else {
         // A bare metric name: `foo` becomes `foo{label="v"}`.
         if let Some((_, name_span)) = &sel.name {
-            let mut text = String::with_capacity(matcher.len() + 2);
-            text.push('{');
-            text.push_str(matcher);
-            text.push('}');
             edits.push(Edit {
                 start: name_span.end,
                 end: name_span.end,
-                text,
+                text: ["{", matcher, "}"],
             });
         }
         return Ok(());
@@ -338,34 +340,36 @@ fn plan_selector(
                     edits.push(Edit {
                         start: m.span.start,
                         end,
-                        text: String::new(),
+                        text: [""; 3],
                     });
                 }
             }
         }
-        let mut text = String::with_capacity(matcher.len() + 1);
-        if remaining > 0 && !last_remaining_has_comma {
-            text.push(',');
-        }
-        text.push_str(matcher);
+        let comma = if remaining > 0 && !last_remaining_has_comma {
+            ","
+        } else {
+            ""
+        };
         edits.push(Edit {
             start: group.insert_at,
             end: group.insert_at,
-            text,
+            text: [comma, matcher, ""],
         });
     }
     Ok(())
 }
 
-fn apply_edits(src: &str, edits: &mut [Edit]) -> String {
+fn apply_edits(src: &str, edits: &mut [Edit<'_>]) -> String {
     edits.sort_by_key(|e| (e.start, e.end));
-    let mut out =
-        String::with_capacity(src.len() + edits.iter().map(|e| e.text.len()).sum::<usize>());
+    let added: usize = edits.iter().flat_map(|e| e.text).map(str::len).sum();
+    let mut out = String::with_capacity(src.len() + added);
     let mut cursor = 0;
     for e in edits.iter() {
         let start = e.start.max(cursor);
         out.push_str(&src[cursor..start]);
-        out.push_str(&e.text);
+        for piece in e.text {
+            out.push_str(piece);
+        }
         cursor = cursor.max(e.end);
     }
     out.push_str(&src[cursor..]);

@@ -284,6 +284,30 @@ fn is_ident_char(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'_'
 }
 
+/// What each byte may be inside a word, as bits: `WORD_CHAR` always, `WORD_COLON` and
+/// `WORD_DOT` where the dialect and place allow. One look-up a byte in `Lexer::word`.
+const WORD_CHAR: u8 = 1;
+const WORD_COLON: u8 = 2;
+const WORD_DOT: u8 = 4;
+static WORD_BYTES: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = if c.is_ascii_alphanumeric() || c == b'_' {
+            WORD_CHAR
+        } else if c == b':' {
+            WORD_COLON
+        } else if c == b'.' {
+            WORD_DOT
+        } else {
+            0
+        };
+        b += 1;
+    }
+    table
+};
+
 impl<'a> Lexer<'a> {
     fn err(&self, at: usize, message: String) -> ParseError {
         ParseError::at(self.src, at, message)
@@ -491,12 +515,12 @@ impl<'a> Lexer<'a> {
         let metricsql = self.dialect == Dialect::Metricsql;
         let in_braces = self.innermost() == Some(Group::Brace);
         let colon_allowed = !self.in_brackets() && (metricsql || !in_braces);
-        let word_char = |c: &u8| {
-            is_ident_char(*c) || (*c == b':' && colon_allowed) || (*c == b'.' && metricsql)
-        };
+        let mask = WORD_CHAR
+            | if colon_allowed { WORD_COLON } else { 0 }
+            | if metricsql { WORD_DOT } else { 0 };
         self.pos += self.bytes[self.pos..]
             .iter()
-            .position(|c| !word_char(c))
+            .position(|&c| WORD_BYTES[usize::from(c)] & mask == 0)
             .unwrap_or(self.bytes.len() - self.pos);
     }
 

@@ -5,6 +5,7 @@
 pub mod ast;
 mod check;
 mod error;
+mod fast;
 pub mod inject;
 pub mod lexer;
 mod numbers;
@@ -74,8 +75,16 @@ pub(crate) fn parse_lexed<'a>(
             ));
         }
     }
-    let expr =
-        parser::parse_tokens(input, tokens, dialect).map_err(|e| e.into_parse_error(input))?;
+    let fast = match dialect {
+        Dialect::Promql => fast::parse(input, &tokens),
+        Dialect::Metricsql => None,
+    };
+    let expr = match fast {
+        Some(expr) => expr,
+        None => {
+            parser::parse_tokens(input, tokens, dialect).map_err(|e| e.into_parse_error(input))?
+        }
+    };
     // The lexer's nesting score bounds the parser's recursion; chains of postfix
     // modifiers (`x[1m][1m]...`, `x @ 1 @ 1 ...`) are read in a loop but make a tree as
     // deep as they are long, and the checks below walk trees recursively.
@@ -93,6 +102,22 @@ pub(crate) fn parse_lexed<'a>(
     check::check(input, &expr, dialect)?;
     reprint::check(input, &expr)?;
     Ok(expr)
+}
+
+/// For `tests/fast_path.rs`: `None` when the query does not lex or the fast reader
+/// leaves it to the grammar; otherwise whether the grammar builds the same tree.
+#[doc(hidden)]
+pub fn __fast_path_agrees(input: &str) -> Option<Result<(), String>> {
+    let tokens = lexer::lex(input, Dialect::Promql).ok()?;
+    let fast = format!("{:?}", fast::parse(input, &tokens)?);
+    Some(match parser::parse_tokens(input, tokens, Dialect::Promql) {
+        Ok(grammar) if format!("{grammar:?}") == fast => Ok(()),
+        Ok(grammar) => Err(format!("fast reader: {fast}\ngrammar: {grammar:?}")),
+        Err(e) => Err(format!(
+            "the grammar refuses it ({}), the fast reader built {fast}",
+            e.into_parse_error(input)
+        )),
+    })
 }
 
 #[doc(hidden)]

@@ -221,17 +221,13 @@ pub fn number_value(text: &str, dialect: Dialect) -> Option<f64> {
 
 /// Go's `strconv.ParseInt(s, 0, 64)` on the digit forms the lexers produce.
 fn go_parse_int(text: &str) -> Option<f64> {
-    let lower = text.to_ascii_lowercase();
-    let (digits, radix) = if let Some(hex) = lower.strip_prefix("0x") {
-        (hex, 16)
-    } else if let Some(oct) = lower.strip_prefix("0o") {
-        (oct, 8)
-    } else if let Some(bin) = lower.strip_prefix("0b") {
-        (bin, 2)
-    } else if lower.len() > 1 && lower.starts_with('0') {
-        (&lower[1..], 8)
-    } else {
-        (lower.as_str(), 10)
+    // The prefix letter in either case; `from_str_radix` takes digits in either case.
+    let (digits, radix) = match text.as_bytes() {
+        [b'0', x, ..] if x.eq_ignore_ascii_case(&b'x') => (&text[2..], 16),
+        [b'0', o, ..] if o.eq_ignore_ascii_case(&b'o') => (&text[2..], 8),
+        [b'0', b, ..] if b.eq_ignore_ascii_case(&b'b') => (&text[2..], 2),
+        [b'0', _, ..] => (&text[1..], 8),
+        _ => (text, 10),
     };
     if digits.is_empty() {
         return None;

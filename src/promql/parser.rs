@@ -74,7 +74,7 @@ fn text<'a>(e: &mut MapExtra<'a, '_, Tokens, Extra<'a>>) -> &'a str {
 }
 
 /// A postfix modifier, folded onto the expression before it.
-enum Postfix<'a> {
+pub(super) enum Postfix<'a> {
     Range {
         range: Option<Expr<'a>>,
         step: Option<Option<Expr<'a>>>,
@@ -86,22 +86,20 @@ enum Postfix<'a> {
 }
 
 /// What follows a word at the start of an atom.
-#[derive(Clone)]
-enum AfterWord<'a> {
+pub(super) enum AfterWord<'a> {
     Call(Box<CallTail<'a>>),
     Braces(Vec<MatcherGroup<'a>>, Span),
     Bare,
 }
 
 /// A call's arguments and what may follow them.
-#[derive(Clone)]
-struct CallTail<'a> {
-    args: Vec<Expr<'a>>,
-    grouping: Option<Grouping<'a>>,
+pub(super) struct CallTail<'a> {
+    pub args: Vec<Expr<'a>>,
+    pub grouping: Option<Grouping<'a>>,
     /// MetricsQL `limit N`.
-    limit: bool,
+    pub limit: bool,
     /// MetricsQL `keep_metric_names`: where it ends.
-    keep_metric_names: Option<usize>,
+    pub keep_metric_names: Option<usize>,
 }
 
 /// What a bracket holds: range, step (absent, empty or given), the `]`, and a smoothing
@@ -112,9 +110,9 @@ type BracketParts<'a> = (
 );
 
 /// Binary operator with its `bool` and vector-matching modifiers.
-type BinOpWithModifiers<'a> = (BinOp, bool, Option<VectorMatching<'a>>);
+pub(super) type BinOpWithModifiers<'a> = (BinOp, bool, Option<VectorMatching<'a>>);
 
-fn span_of(s: SimpleSpan) -> Span {
+pub(super) fn span_of(s: SimpleSpan) -> Span {
     s.start..s.end
 }
 
@@ -194,10 +192,11 @@ fn expr_parser<'a>(dialect: Dialect) -> impl Parser<'a, Tokens, Expr<'a>, Extra<
         .separated_by(just(Tok::Comma))
         .allow_trailing()
         .collect::<Vec<_>>()
-        .delimited_by(just(Tok::LParen), just(Tok::RParen));
+        .delimited_by(just(Tok::LParen), just(Tok::RParen))
+        .boxed();
 
     let grouping = select! { Tok::Ident(Kw::By) => false, Tok::Ident(Kw::Without) => true }
-        .then(label_list.labelled("\"(\""))
+        .then(label_list.clone().labelled("\"(\""))
         .map(|(without, labels)| Grouping { without, labels })
         .boxed();
 
@@ -397,23 +396,17 @@ fn expr_parser<'a>(dialect: Dialect) -> impl Parser<'a, Tokens, Expr<'a>, Extra<
             ))
             .boxed()
         });
-        // Nearly every bracket holds one duration (`[5m]`, `[1h:1m]`): read that directly
-        // when the next token ends it, and only otherwise the full expression (its
-        // precedence climbing tries every operator level at every position).
-        let range_value = duration
-            .clone()
-            .then_ignore(
-                any()
-                    .filter(|t: &Tok| matches!(t, Tok::RBracket | Tok::Colon))
-                    .rewind(),
-            )
-            .or(duration_expr.clone())
-            .boxed();
-        let bracket = range_value
+        // A bracket of single durations (`[5m]`, `[1h:1m]`, nearly all of them) is the
+        // fast reader's (`fast.rs`); here it goes through the full expression.
+        let bracket = duration_expr
             .clone()
             .labelled("number, duration, step(), or range()")
             .map(Some)
-            .then(just(Tok::Colon).ignore_then(range_value.or_not()).or_not())
+            .then(
+                just(Tok::Colon)
+                    .ignore_then(duration_expr.clone().or_not())
+                    .or_not(),
+            )
             .then(just(Tok::RBracket).to_span())
             .delimited_by(just(Tok::LBracket), empty())
             .then(smoothing.or_not())
@@ -497,7 +490,7 @@ fn expr_parser<'a>(dialect: Dialect) -> impl Parser<'a, Tokens, Expr<'a>, Extra<
                     .clone()
                     .map(|(groups, span)| AfterWord::Braces(groups, span)),
             )))
-            .or(empty().to(AfterWord::Bare));
+            .or(empty().map(|()| AfterWord::Bare));
         let word = select! { Tok::Ident(k) = e if !matches!(k, Kw::Inf | Kw::Nan) => (k, e.span(), text(e)) };
         let word_led = word
             .then(after_word)
@@ -605,13 +598,12 @@ fn expr_parser<'a>(dialect: Dialect) -> impl Parser<'a, Tokens, Expr<'a>, Extra<
             select! { Tok::Ident(Kw::On) => true, Tok::Ident(Kw::Ignoring) => false };
         let group_side =
             select! { Tok::Ident(Kw::GroupLeft) => true, Tok::Ident(Kw::GroupRight) => false };
-        let group_modifier =
-            group_side
-                .then(label_list.or_not())
-                .map(|(left, labels)| GroupModifier {
-                    left,
-                    labels: labels.unwrap_or_default(),
-                });
+        let group_modifier = group_side
+            .then(label_list.clone().or_not())
+            .map(|(left, labels)| GroupModifier {
+                left,
+                labels: labels.unwrap_or_default(),
+            });
         let matching = on_or_ignoring
             .then(label_list)
             .then(group_modifier.or_not())
@@ -632,27 +624,7 @@ fn expr_parser<'a>(dialect: Dialect) -> impl Parser<'a, Tokens, Expr<'a>, Extra<
             .repeated()
             .collect::<Vec<_>>();
         let operand = signs.then(atom);
-        let operator = select! {
-            Tok::Pow => BinOp::Pow,
-            Tok::Mul => BinOp::Mul,
-            Tok::Div => BinOp::Div,
-            Tok::Mod => BinOp::Mod,
-            Tok::Ident(Kw::Atan2) => BinOp::Atan2,
-            Tok::Add => BinOp::Add,
-            Tok::Sub => BinOp::Sub,
-            Tok::EqlEql => BinOp::Eql,
-            Tok::Neq => BinOp::Neq,
-            Tok::Lt => BinOp::Lt,
-            Tok::Lte => BinOp::Lte,
-            Tok::Gt => BinOp::Gt,
-            Tok::Gte => BinOp::Gte,
-            Tok::Ident(Kw::And) => BinOp::And,
-            Tok::Ident(Kw::Unless) => BinOp::Unless,
-            Tok::Ident(Kw::Or) => BinOp::Or,
-            Tok::Ident(Kw::If) if metricsql => BinOp::If,
-            Tok::Ident(Kw::Ifnot) if metricsql => BinOp::Ifnot,
-            Tok::Ident(Kw::Default) if metricsql => BinOp::Default,
-        };
+        let operator = chumsky::primitive::select(move |t, _| binary_operator(t, dialect));
         operand
             .clone()
             .then(
@@ -665,10 +637,37 @@ fn expr_parser<'a>(dialect: Dialect) -> impl Parser<'a, Tokens, Expr<'a>, Extra<
     })
 }
 
+/// The binary operator a token stands for in the dialect.
+pub(super) fn binary_operator(t: Tok, dialect: Dialect) -> Option<BinOp> {
+    let metricsql = dialect == Dialect::Metricsql;
+    Some(match t {
+        Tok::Pow => BinOp::Pow,
+        Tok::Mul => BinOp::Mul,
+        Tok::Div => BinOp::Div,
+        Tok::Mod => BinOp::Mod,
+        Tok::Ident(Kw::Atan2) => BinOp::Atan2,
+        Tok::Add => BinOp::Add,
+        Tok::Sub => BinOp::Sub,
+        Tok::EqlEql => BinOp::Eql,
+        Tok::Neq => BinOp::Neq,
+        Tok::Lt => BinOp::Lt,
+        Tok::Lte => BinOp::Lte,
+        Tok::Gt => BinOp::Gt,
+        Tok::Gte => BinOp::Gte,
+        Tok::Ident(Kw::And) => BinOp::And,
+        Tok::Ident(Kw::Unless) => BinOp::Unless,
+        Tok::Ident(Kw::Or) => BinOp::Or,
+        Tok::Ident(Kw::If) if metricsql => BinOp::If,
+        Tok::Ident(Kw::Ifnot) if metricsql => BinOp::Ifnot,
+        Tok::Ident(Kw::Default) if metricsql => BinOp::Default,
+        _ => return None,
+    })
+}
+
 /// Builds what starts with a word: a call, a duration function, or a selector; refuses
 /// what the dialect's grammar does not take there.
 #[allow(clippy::result_large_err)]
-fn word_expr<'a>(
+pub(super) fn word_expr<'a>(
     name: &'a str,
     k: Kw,
     word_span: Span,
@@ -692,57 +691,72 @@ fn word_expr<'a>(
     let kind = match after {
         AfterWord::Braces(groups, braces) => selector(Some(braces), groups)?,
         AfterWord::Bare => selector(None, Vec::new())?,
-        AfterWord::Call(tail) => {
-            let CallTail {
-                args,
-                grouping,
-                limit,
-                keep_metric_names,
-            } = *tail;
-            let aggregate = is_aggregation(name, k, dialect);
-            if grouping.is_some() && !aggregate {
-                return Err(SyntaxError::custom(
-                    span,
-                    "only aggregations take by/without",
-                ));
-            }
-            if limit && !aggregate {
-                return Err(SyntaxError::custom(span, "only aggregations take a limit"));
-            }
-            let keep_metric_names = keep_metric_names.is_some();
-            if keep_metric_names && (aggregate || grouping.is_some()) {
-                return Err(SyntaxError::custom(
-                    span,
-                    "keep_metric_names follows a function call, not an aggregation",
-                ));
-            }
-            if matches!(k, Kw::Start | Kw::End)
-                && args.is_empty()
-                && grouping.is_none()
-                && !limit
-                && !keep_metric_names
-            {
-                ExprKind::DurationFn { func: k, args }
-            } else {
-                let call = ExprKind::Call(Box::new(Call {
-                    name,
-                    aggregation: match k {
-                        Kw::Aggregation(op) if dialect == Dialect::Promql => Some(op),
-                        _ => None,
-                    },
-                    args,
-                    grouping,
-                    limit,
-                }));
-                if keep_metric_names {
-                    ExprKind::KeepMetricNames(Box::new(Expr {
-                        kind: call,
-                        span: span_of(span),
-                    }))
-                } else {
-                    call
-                }
-            }
+        AfterWord::Call(tail) => return call_expr(name, k, *tail, span, dialect),
+    };
+    Ok(Expr {
+        kind,
+        span: span_of(span),
+    })
+}
+
+/// Builds a call (or `start()`/`end()`) from its name and what followed it; refuses
+/// what only aggregations take on a function.
+#[allow(clippy::result_large_err)]
+pub(super) fn call_expr<'a>(
+    name: &'a str,
+    k: Kw,
+    tail: CallTail<'a>,
+    span: SimpleSpan,
+    dialect: Dialect,
+) -> Result<Expr<'a>, SyntaxError> {
+    let CallTail {
+        args,
+        grouping,
+        limit,
+        keep_metric_names,
+    } = tail;
+    let aggregate = is_aggregation(name, k, dialect);
+    if grouping.is_some() && !aggregate {
+        return Err(SyntaxError::custom(
+            span,
+            "only aggregations take by/without",
+        ));
+    }
+    if limit && !aggregate {
+        return Err(SyntaxError::custom(span, "only aggregations take a limit"));
+    }
+    let keep_metric_names = keep_metric_names.is_some();
+    if keep_metric_names && (aggregate || grouping.is_some()) {
+        return Err(SyntaxError::custom(
+            span,
+            "keep_metric_names follows a function call, not an aggregation",
+        ));
+    }
+    let kind = if matches!(k, Kw::Start | Kw::End)
+        && args.is_empty()
+        && grouping.is_none()
+        && !limit
+        && !keep_metric_names
+    {
+        ExprKind::DurationFn { func: k, args }
+    } else {
+        let call = ExprKind::Call(Box::new(Call {
+            name,
+            aggregation: match k {
+                Kw::Aggregation(op) if dialect == Dialect::Promql => Some(op),
+                _ => None,
+            },
+            args,
+            grouping,
+            limit,
+        }));
+        if keep_metric_names {
+            ExprKind::KeepMetricNames(Box::new(Expr {
+                kind: call,
+                span: span_of(span),
+            }))
+        } else {
+            call
         }
     };
     Ok(Expr {
@@ -770,44 +784,46 @@ fn apply_signs<'a>(signs: Vec<(bool, usize)>, mut expr: Expr<'a>) -> Expr<'a> {
 /// failed here, after reading a long chain, made every enclosing `@` expression read
 /// that chain again (a 525-byte MetricsQL query took seconds). MetricsQL's limits on a
 /// chain are checked afterwards, in `check.rs`, like Prometheus' rules.
-fn fold_postfix<'a>(mut lhs: Expr<'a>, posts: Vec<Postfix<'a>>) -> Expr<'a> {
-    for post in posts {
-        let start = lhs.span.start;
-        lhs = match post {
-            Postfix::Range {
+pub(super) fn fold_postfix<'a>(lhs: Expr<'a>, posts: Vec<Postfix<'a>>) -> Expr<'a> {
+    posts.into_iter().fold(lhs, apply_postfix)
+}
+
+/// One postfix modifier applied to the expression before it.
+pub(super) fn apply_postfix<'a>(lhs: Expr<'a>, post: Postfix<'a>) -> Expr<'a> {
+    let start = lhs.span.start;
+    match post {
+        Postfix::Range {
+            range,
+            step,
+            smoothing,
+            end,
+        } => Expr {
+            kind: ExprKind::Range(Box::new(RangeExpr {
+                expr: lhs,
                 range,
-                step,
+                subquery_step: step,
                 smoothing,
-                end,
-            } => Expr {
-                kind: ExprKind::Range(Box::new(RangeExpr {
-                    expr: lhs,
-                    range,
-                    subquery_step: step,
-                    smoothing,
-                })),
-                span: start..end,
+            })),
+            span: start..end,
+        },
+        Postfix::Offset(offset, end) => Expr {
+            kind: ExprKind::Offset {
+                expr: Box::new(lhs),
+                offset: Box::new(offset),
             },
-            Postfix::Offset(offset, end) => Expr {
-                kind: ExprKind::Offset {
-                    expr: Box::new(lhs),
-                    offset: Box::new(offset),
-                },
-                span: start..end,
+            span: start..end,
+        },
+        Postfix::At(at, end) => Expr {
+            kind: ExprKind::At {
+                expr: Box::new(lhs),
+                at: Box::new(at),
             },
-            Postfix::At(at, end) => Expr {
-                kind: ExprKind::At {
-                    expr: Box::new(lhs),
-                    at: Box::new(at),
-                },
-                span: start..end,
-            },
-        };
+            span: start..end,
+        },
     }
-    lhs
 }
 /// An operand as read: prefix signs (negative?, byte offset) and the atom.
-type Operand<'a> = (Vec<(bool, usize)>, Expr<'a>);
+pub(super) type Operand<'a> = (Vec<(bool, usize)>, Expr<'a>);
 
 /// Binding power of a binary operator, as in Prometheus (MetricsQL's `if`, `ifnot` and
 /// `default` bind loosest). Unary minus sits between `*` and `^`: `-a^b` is `-(a^b)`.
@@ -828,7 +844,7 @@ fn precedence(op: BinOp) -> u8 {
 ///
 /// Left-associative chains are folded in a loop; only `^` (right-associative) and signs
 /// recurse, and the lexer caps how many of those a query may hold.
-fn build_tree<'a>(
+pub(super) fn build_tree<'a>(
     first: Operand<'a>,
     rest: Vec<(BinOpWithModifiers<'a>, Operand<'a>)>,
 ) -> Expr<'a> {
