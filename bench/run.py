@@ -204,34 +204,25 @@ def wrk_script(workdir: Path, name: str, method: str, token: str | None,
     """A wrk Lua script: the Grafana request by GET or POST, optionally paced or rotating tokens."""
     form = urllib.parse.urlencode(GRAFANA_PARAMS if params is None else params)
     lines = []
-    if VARY in form:
+    vary = VARY in form
+    if vary:
         # A new query for every request: the number counts up from a per-thread start.
         head, tail = form.split(VARY, 1)
-        lines.append(f"local head, tail = {lua_string(head)}, {lua_string(tail)}")
-        lines.append("local n = 0")
-        if token is not None:
-            lines.append(f'wrk.headers["Authorization"] = "Bearer {token}"')
-        if delay_ms is not None:
-            lines.append(f"function delay() return {delay_ms} end")
-        lines.append("function request()\n  n = n + 1")
-        if method == "GET":
-            lines.append(f'  return wrk.format("GET", "{path}?" .. head .. n .. tail)')
-        else:
-            lines.append('  wrk.headers["Content-Type"] = "application/x-www-form-urlencoded"')
-            lines.append(f'  return wrk.format("POST", "{path}", nil, head .. n .. tail)')
-        lines.append("end")
-        script = workdir / f"{name}.lua"
-        script.write_text("\n".join(lines) + "\n")
-        return script
-    if method == "GET":
+        lines.append(f"local head, tail = {lua_string(head)}, {lua_string(tail)}\nlocal n = 0")
+    elif method == "GET":
         lines.append(f'wrk.method = "GET"\nwrk.path = "{path}{"?" + form if form else ""}"')
     else:
         lines.append(f'wrk.method = "POST"\nwrk.path = "{path}"\nwrk.body = "{form}"')
+    if method == "POST":
         lines.append('wrk.headers["Content-Type"] = "application/x-www-form-urlencoded"')
     if token is not None:
         lines.append(f'wrk.headers["Authorization"] = "Bearer {token}"')
     if delay_ms is not None:
         lines.append(f"function delay() return {delay_ms} end")
+    if vary:
+        target = f'"GET", "{path}?" .. head .. n .. tail' if method == "GET" \
+            else f'"POST", "{path}", nil, head .. n .. tail'
+        lines.append(f"function request()\n  n = n + 1\n  return wrk.format({target})\nend")
     if tokens is not None:
         # Each request a token drawn at random from `tokens` (seeded per thread).
         lines.append(
