@@ -441,6 +441,17 @@ mod tests {
         }
     }
 
+    /// `good` reads, and none of its prefixes nor `good` with a byte more does.
+    fn only_whole_values_read(good: &[u8], reads: impl Fn(&[u8]) -> bool) {
+        assert!(reads(good));
+        for cut in 0..good.len() {
+            assert!(!reads(&good[..cut]), "cut at {cut}");
+        }
+        let mut trailing = good.to_vec();
+        trailing.push(0);
+        assert!(!reads(&trailing));
+    }
+
     #[test]
     fn malformed_slot_values_are_misses() {
         let good = CacheEntry {
@@ -449,12 +460,7 @@ mod tests {
             expires_at: 10,
         }
         .to_bytes();
-        for cut in 0..good.len() {
-            assert_eq!(CacheEntry::from_bytes(&good[..cut]), None, "cut at {cut}");
-        }
-        let mut trailing = good.clone();
-        trailing.push(0);
-        assert_eq!(CacheEntry::from_bytes(&trailing), None);
+        only_whole_values_read(&good, |b| CacheEntry::from_bytes(b).is_some());
         let mut bad_magic = good.clone();
         bad_magic[0] = b'X';
         assert_eq!(CacheEntry::from_bytes(&bad_magic), None);
@@ -561,12 +567,7 @@ mod tests {
             .with(entry("a", 10), 0)
             .with(entry("b", 10), 0)
             .to_bytes();
-        for cut in 0..good.len() {
-            assert_eq!(Bucket::decode(&good[..cut]), None, "cut at {cut}");
-        }
-        let mut trailing = good.clone();
-        trailing.push(0);
-        assert_eq!(Bucket::decode(&trailing), None);
+        only_whole_values_read(&good, |b| Bucket::decode(b).is_some());
         let mut too_many = good.clone();
         too_many[4] = WAYS as u8 + 1;
         assert_eq!(Bucket::decode(&too_many), None);

@@ -104,11 +104,16 @@ impl RewriteMemo {
         key: &MemoKey<'_>,
         compute: impl FnOnce() -> Result<String, QueryRejection>,
     ) -> Result<String, QueryRejection> {
-        if let Some(answer) = self.get(key) {
+        // Not even hashed: a long query would only cost the hash and never be kept.
+        if key.query.len() > MAX_QUERY_BYTES {
+            return compute();
+        }
+        let hash = key.hash();
+        if let Some(answer) = self.get(hash, key) {
             return answer;
         }
         let answer = compute();
-        self.put(key, &answer);
+        self.put(hash, key, &answer);
         answer
     }
 
@@ -118,8 +123,7 @@ impl RewriteMemo {
         &mut self.slots[start..start + WAYS]
     }
 
-    fn get(&mut self, key: &MemoKey<'_>) -> Option<Result<String, QueryRejection>> {
-        let hash = key.hash();
+    fn get(&mut self, hash: u64, key: &MemoKey<'_>) -> Option<Result<String, QueryRejection>> {
         self.clock += 1;
         let clock = self.clock;
         let entry = self
@@ -131,15 +135,14 @@ impl RewriteMemo {
         Some(entry.answer.clone())
     }
 
-    fn put(&mut self, key: &MemoKey<'_>, answer: &Result<String, QueryRejection>) {
+    fn put(&mut self, hash: u64, key: &MemoKey<'_>, answer: &Result<String, QueryRejection>) {
         let answer_len = match answer {
             Ok(text) => text.len(),
             Err(QueryRejection::BadQuery(why) | QueryRejection::Forbidden(why)) => why.len(),
         };
-        if key.query.len() > MAX_QUERY_BYTES || answer_len > MAX_ANSWER_BYTES {
+        if answer_len > MAX_ANSWER_BYTES {
             return;
         }
-        let hash = key.hash();
         let entry = Entry {
             hash,
             query: key.query.to_string(),
@@ -180,22 +183,12 @@ pub fn memoized(
     key: &MemoKey<'_>,
     compute: impl FnOnce() -> Result<String, QueryRejection>,
 ) -> Result<String, QueryRejection> {
-    if key.query.len() > MAX_QUERY_BYTES {
-        return compute();
-    }
-    // The borrow is never held across `compute`, so it cannot fail; if it ever did,
-    // the rewrite would simply run unremembered.
-    let remembered = MEMO.with(|memo| memo.try_borrow_mut().ok()?.get(key));
-    if let Some(answer) = remembered {
-        return answer;
-    }
-    let answer = compute();
-    MEMO.with(|memo| {
-        if let Ok(mut memo) = memo.try_borrow_mut() {
-            memo.put(key, &answer);
-        }
-    });
-    answer
+    // `compute` is the engine, which never comes back here, so the borrow is free; if
+    // it ever were not, the rewrite would simply run unremembered.
+    MEMO.with(|memo| match memo.try_borrow_mut() {
+        Ok(mut memo) => memo.rewrite(key, compute),
+        Err(_) => compute(),
+    })
 }
 
 #[cfg(test)]
@@ -265,13 +258,13 @@ mod tests {
         // Nor across labels, policies or dialects.
         let mut other = key("up", &alice);
         other.label = "tenant";
-        assert!(memo.get(&other).is_none());
+        assert!(memo.get(other.hash(), &other).is_none());
         let mut other = key("up", &alice);
         other.policy = ConflictPolicy::Reject;
-        assert!(memo.get(&other).is_none());
+        assert!(memo.get(other.hash(), &other).is_none());
         let mut other = key("up", &alice);
         other.dialect = Dialect::Metricsql;
-        assert!(memo.get(&other).is_none());
+        assert!(memo.get(other.hash(), &other).is_none());
     }
 
     #[test]
@@ -288,7 +281,8 @@ mod tests {
         }
         assert_eq!(memo.len(), ENTRIES);
         assert!(
-            memo.get(&key(hot, &alice)).is_some(),
+            memo.get(key(hot, &alice).hash(), &key(hot, &alice))
+                .is_some(),
             "used every time, kept"
         );
         // Too long to remember: rewritten every time.
