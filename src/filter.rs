@@ -222,6 +222,10 @@ struct Worker {
     callouts: RefCell<HashMap<u32, (u32, String)>>,
     /// This worker's queue, on which requests wait for their turn.
     turn_queue: Option<u32>,
+    /// What this worker's requests showed last: Envoy hands body data to a request
+    /// whose headers are held, so a new request need not wait a turn to find out
+    /// ([`Request::knowing`]).
+    held_bodies: Cell<bool>,
 }
 
 impl Worker {
@@ -318,7 +322,21 @@ impl Worker {
     fn with_request<R>(&self, context: u32, f: impl FnOnce(&mut Request) -> R) -> Option<R> {
         let request = self.requests.borrow().get(&context).cloned()?;
         let mut request = request.try_borrow_mut().ok()?;
-        Some(f(&mut request))
+        let result = f(&mut request);
+        self.learn_from(&mut request);
+        Some(result)
+    }
+
+    /// Takes what `request` showed of this Envoy ([`Request::take_lesson`]).
+    fn learn_from(&self, request: &mut Request) {
+        if let Some(held_bodies) = request.take_lesson() {
+            if self.held_bodies.replace(held_bodies) && !held_bodies {
+                info!(
+                    "promql_tenant_filter: a request got no body while its headers were held; \
+                     requests take a turn of the event loop again"
+                );
+            }
+        }
     }
 
     /// Applies a step to request `context`, from the callback `now_in`: its effects, then
@@ -611,6 +629,7 @@ impl RootContext for FilterRoot {
             requests: RefCell::new(HashMap::new()),
             callouts: RefCell::new(HashMap::new()),
             turn_queue,
+            held_bodies: Cell::new(false),
         }));
         true
     }
@@ -665,7 +684,8 @@ impl RootContext for FilterRoot {
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
-        let request = Rc::new(RefCell::new(Request::new()));
+        let held_bodies = self.worker.as_ref().is_some_and(|w| w.held_bodies.get());
+        let request = Rc::new(RefCell::new(Request::knowing(held_bodies)));
         if let Some(worker) = &self.worker {
             worker
                 .requests
@@ -702,11 +722,11 @@ impl FilterHttp {
             )));
             return Action::Pause;
         };
-        let Ok(step) = self
-            .request
-            .try_borrow_mut()
-            .map(|mut r| event(worker, &mut r))
-        else {
+        let Ok(step) = self.request.try_borrow_mut().map(|mut r| {
+            let step = event(worker, &mut r);
+            worker.learn_from(&mut r);
+            step
+        }) else {
             return Action::Pause;
         };
         let here = Callback::Stream(self.context_id);

@@ -1197,12 +1197,65 @@ fn a_form_body_held_with_its_headers_is_replaced_and_both_go_on_together() {
         .unwrap()
         .ends_with("extra_label=client_id%3D1999"));
 
-    // Cached: the headers wait one turn; the body comes in it and both go on.
+    // Cached, on a worker that has seen a held body: no turn is asked for; the body
+    // comes while the headers wait, and both go on.
     let action = vm.post_form(3, "/api/v1/query_range", GRAFANA.len());
     assert_eq!(action, Action::Pause);
     assert_eq!(vm.body(3, GRAFANA, true), Action::Continue);
     vm.turn();
     assert!(!vm.stream(3).resumed, "the turn finds it gone on already");
+}
+
+fn queued_turns() -> usize {
+    with_host(|h| h.queues.iter().map(|q| q.2.len()).sum())
+}
+
+#[test]
+fn a_worker_shown_a_held_body_skips_turns_until_one_goes_without() {
+    let vm = Vm::new();
+    vm.configure(1, USERINFO_CONFIG);
+    // The body comes while the headers wait for the identity: Envoy hands bodies over.
+    vm.post_form(2, "/api/v1/query_range", GRAFANA.len());
+    vm.body(2, GRAFANA, true);
+    vm.respond(vm.callouts()[0].token, Some("200"), ALICE_CLAIMS);
+    assert!(vm.stream(2).resumed);
+
+    // Cached now: no turn asked for; the body comes while the headers are held.
+    assert_eq!(
+        vm.post_form(3, "/api/v1/query_range", GRAFANA.len()),
+        Action::Pause
+    );
+    assert_eq!(queued_turns(), 0);
+    assert_eq!(vm.body(3, GRAFANA, true), Action::Continue);
+    assert!(std::str::from_utf8(&vm.stream(3).body)
+        .unwrap()
+        .contains("1999"));
+
+    // A listener without the setting on the same worker: no body comes. The tick lets
+    // the headers go after the turn's wait, and the body is judged as it follows.
+    assert_eq!(
+        vm.post_form(4, "/api/v1/query_range", GRAFANA.len()),
+        Action::Pause
+    );
+    assert_eq!(queued_turns(), 0);
+    vm.tick(1);
+    assert!(!vm.stream(4).resumed, "held for the turn's wait");
+    vm.advance(2);
+    vm.tick(1);
+    assert!(vm.stream(4).resumed);
+    assert_eq!(vm.body(4, GRAFANA, true), Action::Continue);
+    assert!(std::str::from_utf8(&vm.stream(4).body)
+        .unwrap()
+        .contains("1999"));
+
+    // And the worker takes turns again.
+    assert_eq!(
+        vm.post_form(5, "/api/v1/query_range", GRAFANA.len()),
+        Action::Pause
+    );
+    assert_eq!(queued_turns(), 1);
+    vm.turn();
+    assert!(vm.stream(5).resumed);
 }
 
 #[test]

@@ -20,6 +20,13 @@
 //! tell which Envoy it runs in from inside its headers callback: it waits one turn of
 //! Envoy's event loop ([`Effect::AwaitTurn`]), in which Envoy delivers a body that came
 //! with the headers if it delivers bodies to held requests at all.
+//!
+//! A worker learns that from its requests ([`Request::take_lesson`]): once one was handed
+//! body data while its headers were held, the next ones skip the turn
+//! ([`Request::knowing`]) and wait for their body. Two listeners may share one worker's
+//! plugin with different settings, so the knowledge is a guess: a request that skipped
+//! its turn and got no body within [`TURN_WAIT_S`] takes the turn's way out (its headers
+//! go on) and teaches the worker to take turns again.
 
 use crate::api::Refusal;
 use crate::config::Config;
@@ -127,8 +134,13 @@ enum State {
     /// Headers held while the identity is looked up.
     Identifying { admitted: Admitted, body: Body },
     /// Identity and `:path` settled at the headers, headers held: a turn of the event
-    /// loop shows whether Envoy hands the body over while they are.
-    Turning { rule: BodyRule, since: u64 },
+    /// loop shows whether Envoy hands the body over while they are. `asked`: false when
+    /// the worker knew it would, and no turn was asked for.
+    Turning {
+        rule: BodyRule,
+        since: u64,
+        asked: bool,
+    },
     /// Headers held, the body arriving meanwhile: both go on once it is judged.
     Holding { rule: BodyRule, since: u64 },
     /// Headers gone on; the body is buffered to its end, then judged.
@@ -153,6 +165,11 @@ pub struct Request {
     answer_filter: Option<ResponseFilter>,
     /// The answer's stage, once the response headers came.
     answer: Option<Response>,
+    /// The worker knew, when the request started, that Envoy hands body data to a
+    /// request whose headers are held: no turn is asked for.
+    held_bodies_known: bool,
+    /// What the request showed of that, not yet taken by [`Request::take_lesson`].
+    lesson: Option<bool>,
 }
 
 impl Default for Request {
@@ -163,13 +180,28 @@ impl Default for Request {
 
 impl Request {
     pub fn new() -> Request {
+        Request::knowing(false)
+    }
+
+    /// A request on a worker that knows (`held_bodies`) whether Envoy hands body data to
+    /// a request whose headers are held: a request that knows skips its turn.
+    pub fn knowing(held_bodies: bool) -> Request {
         Request {
             state: State::Start,
             write: false,
             held: 0,
             answer_filter: None,
             answer: None,
+            held_bodies_known: held_bodies,
+            lesson: None,
         }
+    }
+
+    /// What this request showed of its Envoy since last asked, once: `Some(true)` when
+    /// Envoy handed it body data while its headers were held; `Some(false)` when it
+    /// skipped its turn on that knowledge and no body came.
+    pub fn take_lesson(&mut self) -> Option<bool> {
+        self.lesson.take()
     }
 
     /// True once the filter has answered the request itself.
@@ -320,8 +352,18 @@ impl Request {
                 Step::hold(effects)
             }
             Body::Awaited | Body::None if at_headers => {
-                effects.push(Effect::AwaitTurn);
-                self.state = State::Turning { rule, since: now };
+                // A body that came with the headers is handed over before any turn, and
+                // one that comes later is awaited anyway: knowing that Envoy hands bodies
+                // over, the turn shows nothing.
+                let asked = !(self.held_bodies_known && body == Body::Awaited);
+                if asked {
+                    effects.push(Effect::AwaitTurn);
+                }
+                self.state = State::Turning {
+                    rule,
+                    since: now,
+                    asked,
+                };
                 Step::hold(effects)
             }
             Body::Awaited | Body::None => {
@@ -364,6 +406,13 @@ impl Request {
         now: u64,
         read: impl FnOnce() -> Option<Vec<u8>>,
     ) -> Step {
+        if matches!(
+            self.state,
+            State::Identifying { .. } | State::Turning { .. } | State::Holding { .. }
+        ) {
+            // Body data while the headers are held: this Envoy hands bodies over.
+            self.lesson = Some(true);
+        }
         match &self.state {
             // Each callback after the request went on brings new data only.
             State::Forwarded { write: true, .. } if size > 0 => {
@@ -443,7 +492,12 @@ impl Request {
     /// The root's tick: a request waiting for its turn or its body too long.
     pub fn on_tick(&mut self, now: u64) -> Step {
         match &self.state {
-            State::Turning { since, .. } if now.saturating_sub(*since) > TURN_WAIT_S => {
+            State::Turning { since, asked, .. } if now.saturating_sub(*since) > TURN_WAIT_S => {
+                if !asked {
+                    // Skipped on the worker's knowledge, and no body came: this Envoy may
+                    // not hand bodies over (or the client is slow); take turns again.
+                    self.lesson = Some(false);
+                }
                 self.on_turn(now)
             }
             State::Holding { since, .. } | State::Streaming { since, .. }

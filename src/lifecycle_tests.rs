@@ -80,42 +80,96 @@ fn drive(
     identity: Identity,
     config: &Config,
 ) -> Trace {
-    let mut request = Request::new();
-    let mut trace = Trace::default();
-    let cached = (lookup == Lookup::Cached).then(|| identity.clone());
-    let step = request.on_headers(head, config, NOW, |token| {
-        assert_eq!(token, "tok");
-        cached
-    });
-    trace.apply(step);
-    let mut envoy = Arrivals {
+    let run = Run {
         envoy,
         chunks,
-        arrived: first_read.min(chunks.len()),
-        delivered: 0,
+        first_read,
+        lookup,
+        knowing: false,
     };
-    envoy.pump(&mut request, &mut trace, config);
-    if trace.awaiting_turn {
-        trace.awaiting_turn = false;
-        trace.apply(request.on_turn(NOW));
+    run.drive(head, identity, config).trace
+}
+
+/// How one request is driven: see [`drive`]. `knowing`: the worker knows that Envoy
+/// hands bodies to held requests ([`Request::knowing`]).
+struct Run<'a> {
+    envoy: Envoy,
+    chunks: &'a [&'a [u8]],
+    first_read: usize,
+    lookup: Lookup,
+    knowing: bool,
+}
+
+/// What came of a [`Run`].
+struct Ran {
+    trace: Trace,
+    /// Turns asked for.
+    turns: usize,
+    /// What the request taught its worker ([`Request::take_lesson`]), in order.
+    lessons: Vec<bool>,
+}
+
+impl Run<'_> {
+    fn drive(&self, head: &RequestHead<'_>, identity: Identity, config: &Config) -> Ran {
+        let Run {
+            envoy,
+            chunks,
+            first_read,
+            lookup,
+            knowing,
+        } = *self;
+        let mut request = Request::knowing(knowing);
+        let mut trace = Trace::default();
+        let mut turns = 0;
+        let cached = (lookup == Lookup::Cached).then(|| identity.clone());
+        let step = request.on_headers(head, config, NOW, |token| {
+            assert_eq!(token, "tok");
+            cached
+        });
+        trace.apply(step);
+        let mut envoy = Arrivals {
+            envoy,
+            chunks,
+            arrived: first_read.min(chunks.len()),
+            delivered: 0,
+            lessons: request.take_lesson().into_iter().collect(),
+        };
         envoy.pump(&mut request, &mut trace, config);
-    }
-    // A callout answers at the earliest after what came with the headers.
-    let answered_at = match lookup {
-        Lookup::Cached => None,
-        Lookup::After(at) => Some(at.clamp(envoy.arrived, chunks.len())),
-    };
-    for position in envoy.arrived..=chunks.len() {
-        if answered_at == Some(position) {
-            trace.apply(request.on_identity(identity.clone(), config, NOW));
+        if trace.awaiting_turn {
+            trace.awaiting_turn = false;
+            turns += 1;
+            trace.apply(request.on_turn(NOW));
             envoy.pump(&mut request, &mut trace, config);
         }
-        if position < chunks.len() {
-            envoy.arrived = position + 1;
+        // A callout answers at the earliest after what came with the headers.
+        let answered_at = match lookup {
+            Lookup::Cached => None,
+            Lookup::After(at) => Some(at.clamp(envoy.arrived, chunks.len())),
+        };
+        for position in envoy.arrived..=chunks.len() {
+            if answered_at == Some(position) {
+                trace.apply(request.on_identity(identity.clone(), config, NOW));
+                envoy.lessons.extend(request.take_lesson());
+                envoy.pump(&mut request, &mut trace, config);
+            }
+            if position < chunks.len() {
+                envoy.arrived = position + 1;
+                envoy.pump(&mut request, &mut trace, config);
+            }
+        }
+        if !trace.headers_gone && trace.reply.is_none() {
+            // Everything the client sent has come, and the request still waits: the
+            // root's tick, once the turn's wait is over.
+            trace.apply(request.on_tick(NOW + TURN_WAIT_S + 1));
+            envoy.lessons.extend(request.take_lesson());
             envoy.pump(&mut request, &mut trace, config);
         }
+        Ran {
+            trace,
+            turns,
+            lessons: envoy.lessons,
+        }
     }
-    trace
 }
 
 /// The client's chunks as they reach Envoy, and what Envoy has handed the filter.
@@ -126,6 +180,8 @@ struct Arrivals<'a> {
     arrived: usize,
     /// Chunks handed to the filter.
     delivered: usize,
+    /// What the request taught its worker so far.
+    lessons: Vec<bool>,
 }
 
 impl Arrivals<'_> {
@@ -152,6 +208,7 @@ impl Arrivals<'_> {
             trace.deliver(&chunk, end);
             let body = trace.body.clone();
             trace.apply(request.on_body(body.len(), end, config, NOW, || Some(body)));
+            self.lessons.extend(request.take_lesson());
             if trace.reply.is_some() || trace.body_gone {
                 break;
             }
@@ -280,6 +337,81 @@ fn without_the_setting_the_headers_go_on_after_one_turn() {
     let step = request.on_body(GRAFANA.len(), true, &c, NOW, || Some(GRAFANA.to_vec()));
     assert!(step.release);
     assert!(request.is_forwarded());
+}
+
+#[test]
+fn a_worker_that_knows_skips_the_turn_in_every_order_and_either_envoy() {
+    // Knowing that Envoy hands bodies to held requests, a cached-token POST asks for no
+    // turn. Where the knowledge is wrong (a listener without the setting sharing the
+    // worker), the root's tick lets the headers go after the turn's wait, and the
+    // worker unlearns; the body is judged either way.
+    let c = config("");
+    let head = post("/api/v1/query_range", Some(FORM));
+    let split: [&[u8]; 3] = [&GRAFANA[..10], &GRAFANA[10..30], &GRAFANA[30..]];
+    for envoy in [Envoy::StopIteration, Envoy::Istio] {
+        for first_read in 0..=3 {
+            let run = Run {
+                envoy,
+                chunks: &split,
+                first_read,
+                lookup: Lookup::Cached,
+                knowing: true,
+            };
+            let ran = run.drive(&head, alice(), &c);
+            grafana_body_rewritten(&ran.trace);
+            assert_eq!(ran.turns, 0);
+            let taught = match envoy {
+                Envoy::StopIteration => vec![true; ran.lessons.len().max(1)],
+                Envoy::Istio => vec![false],
+            };
+            assert_eq!(ran.lessons, taught, "{envoy:?}, {first_read} chunks first");
+        }
+    }
+}
+
+#[test]
+fn only_an_envoy_that_hands_bodies_over_teaches_the_worker_to_skip_turns() {
+    // Without the setting no body ever reaches a held request, so a worker there never
+    // learns to skip a turn it needs.
+    let c = config("");
+    let head = post("/api/v1/query_range", Some(FORM));
+    let split: [&[u8]; 3] = [&GRAFANA[..10], &GRAFANA[10..30], &GRAFANA[30..]];
+    let mut taught_somewhere = false;
+    for envoy in [Envoy::StopIteration, Envoy::Istio] {
+        for lookup in [Lookup::Cached, Lookup::After(0), Lookup::After(3)] {
+            for first_read in 0..=3 {
+                let run = Run {
+                    envoy,
+                    chunks: &split,
+                    first_read,
+                    lookup,
+                    knowing: false,
+                };
+                let ran = run.drive(&head, alice(), &c);
+                grafana_body_rewritten(&ran.trace);
+                let expected = usize::from(lookup == Lookup::Cached);
+                assert_eq!(ran.turns, expected, "{envoy:?} {lookup:?} {first_read}");
+                match envoy {
+                    Envoy::Istio => assert!(ran.lessons.is_empty(), "{lookup:?} {first_read}"),
+                    Envoy::StopIteration => {
+                        assert!(ran.lessons.iter().all(|&l| l));
+                        taught_somewhere |= !ran.lessons.is_empty();
+                    }
+                }
+            }
+        }
+    }
+    assert!(taught_somewhere);
+}
+
+#[test]
+fn a_request_that_knows_but_has_no_body_to_wait_for_still_takes_its_turn() {
+    // Only a body still to come makes the turn useless; the skip is for that case alone.
+    let c = config("");
+    let mut request = Request::knowing(true);
+    let step = request.on_headers(&get("/api/v1/query?query=up"), &c, NOW, |_| Some(alice()));
+    assert!(step.release);
+    assert_eq!(request.take_lesson(), None);
 }
 
 #[test]

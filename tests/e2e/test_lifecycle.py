@@ -178,3 +178,53 @@ def test_a_body_over_envoys_buffer_limit_is_refused_not_hung(envoy_factory, vm, 
             # The filter buffers the body as it comes; past the limit Envoy answers itself.
             assert answer.status == 413 and refusing_layer(answer) == "envoy", answer
     assert all(r.body == b"" for r in spy.requests()[before:])
+
+
+def test_listeners_with_and_without_the_setting_in_one_envoy_are_both_served(
+        envoy_factory, vm, oidc, spy, envoy_mode):
+    """A worker that saw a body arrive while its headers were held skips the turn for
+    the next POSTs (src/lifecycle.rs). Two listeners, one with
+    `allow_on_headers_stop_iteration` and one without, on one Envoy worker: whatever
+    the order, each POST is served and rewritten, and none waits for long.
+
+    Envoy 1.40 gives each listener its own root here (the plugin key has the name, the
+    direction and the listener's metadata, but the two still got two roots), so the
+    listener without the setting never sees the other's knowledge. Were the root
+    shared, such a POST would wait for the root's tick (1 to 3 s) once, and the worker
+    would take turns again: the `< 4` bound allows that, the unit and host tests
+    (`a_worker_shown_a_held_body_skips_turns_until_one_goes_without`) check it."""
+    if envoy_mode != "stop_iteration":
+        pytest.skip("builds both listeners from the stop_iteration template; runs once")
+    from procs import free_port
+    config = envoy_factory.config()
+    listen, admin = config.pop("_ports")
+    config = envoy_config.set_backend_port(config, spy.port)
+    other = envoy_config.without_stop_iteration(config)["static_resources"]["listeners"][0]
+    other["name"] = f"{other['name']}-without-the-setting"
+    other_port = free_port()
+    other["address"]["socket_address"]["port_value"] = other_port
+    config["static_resources"]["listeners"].append(other)
+    # One worker, so that both listeners' requests run on the same thread.
+    proxy = envoy_factory.start({**config, "_ports": (listen, admin)}, "envoy-mixed",
+                                concurrency=1).wait_ready()
+    token = oidc.login("alice")
+    body = grafana_form(vm)
+    with_setting, without = proxy.url, f"http://127.0.0.1:{other_port}"
+
+    def post(url: str) -> float:
+        before = len(spy.requests())
+        started = time.monotonic()
+        [answer] = send_in_parts(url, [form_post(vm, token, body) + body], pause_s=0,
+                                 timeout_s=8)
+        took = time.monotonic() - started
+        assert assert_refused_or_confined(answer) == "confined", answer
+        [received] = spy.requests()[before:]
+        assert b"client_id%3D%221999%22" in received.body, received.body
+        assert took < 4, (url, took)
+        return took
+
+    post(with_setting)                 # looks the token up; the body comes while held
+    for url in [with_setting, without, without, with_setting, without, with_setting]:
+        took = post(url)
+        if url == with_setting:
+            assert took < 1, took      # learned: the body came with the headers
