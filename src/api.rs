@@ -754,15 +754,16 @@ fn rewrite_params(
         if !targets.contains(&pair.name()) {
             continue;
         }
-        let name = pair.name().to_string();
-        let new_value = rewriter
-            .rewrite(pair.value())
-            .map_err(|rejection| match rejection {
-                QueryRejection::BadQuery(why) => {
-                    Refusal::bad_request(format!("invalid parameter {name:?}: {why}"))
-                }
-                QueryRejection::Forbidden(why) => Refusal::forbidden(why),
-            })?;
+        let new_value = match rewriter.rewrite(pair.value()) {
+            Ok(value) => value,
+            Err(QueryRejection::BadQuery(why)) => {
+                let name = pair.name();
+                return Err(Refusal::bad_request(format!(
+                    "invalid parameter {name:?}: {why}"
+                )));
+            }
+            Err(QueryRejection::Forbidden(why)) => return Err(Refusal::forbidden(why)),
+        };
         params.set_value(index, new_value);
         count += 1;
     }
