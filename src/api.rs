@@ -479,14 +479,26 @@ pub enum QueryRejection {
     Forbidden(String),
 }
 
+/// A query or selector confined to the tenant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RewrittenQuery {
+    pub text: String,
+    /// `text` as [`crate::form::encode`] gives it, when the rewriter remembered it:
+    /// the parameter is then re-encoded by copying this.
+    pub encoded: Option<String>,
+}
+
 /// Confines one query or selector to the tenant.
 pub trait QueryRewriter {
-    fn rewrite(&self, query: &str) -> Result<String, QueryRejection>;
+    fn rewrite(&self, query: &str) -> Result<RewrittenQuery, QueryRejection>;
 }
 
 impl<F: Fn(&str) -> Result<String, QueryRejection>> QueryRewriter for F {
-    fn rewrite(&self, query: &str) -> Result<String, QueryRejection> {
-        self(query)
+    fn rewrite(&self, query: &str) -> Result<RewrittenQuery, QueryRejection> {
+        self(query).map(|text| RewrittenQuery {
+            text,
+            encoded: None,
+        })
     }
 }
 
@@ -764,7 +776,7 @@ fn rewrite_params(
             }
             Err(QueryRejection::Forbidden(why)) => return Err(Refusal::forbidden(why)),
         };
-        params.set_value(index, new_value);
+        params.set_value_encoded(index, new_value.text, new_value.encoded);
         count += 1;
     }
     Ok(count)
