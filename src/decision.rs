@@ -16,7 +16,8 @@
 //! target drives the same steps through [`crate::lifecycle`], as Envoy's callbacks do.
 
 use crate::api::{
-    self, Action, Plan, QueryRejection, Refusal, RewriteOptions, Tenant, UrlRewritten,
+    self, Action, Plan, QueryRejection, Refusal, RewriteOptions, RewrittenQuery, Tenant,
+    UrlRewritten,
 };
 use crate::config::{Config, IdentitySource};
 use crate::identity::{self, Identity};
@@ -275,20 +276,9 @@ fn with_tenant<R>(
 ) -> Result<R, Refusal> {
     let matcher = TenantMatcher::new(&config.tenant_label, tenants)
         .map_err(|e| Refusal::forbidden(format!("unusable tenant claim: {e}")))?;
-    let rewriter = |query: &str| {
-        let key = MemoKey {
-            query,
-            label: matcher.label(),
-            values: matcher.values(),
-            policy: config.on_conflict,
-            dialect: config.dialect,
-        };
-        memo::memoized(&key, || {
-            rewrite(query, &matcher, config.on_conflict, config.dialect).map_err(|e| match e {
-                RewriteError::Parse(p) => QueryRejection::BadQuery(p.to_string()),
-                RewriteError::Conflict(m) => QueryRejection::Forbidden(m),
-            })
-        })
+    let rewriter = Remembering {
+        matcher: &matcher,
+        config,
     };
     let matcher_text = matcher.matcher_text_for(config.dialect);
     let tenant = Tenant {
@@ -297,6 +287,31 @@ fn with_tenant<R>(
         matcher_text: &matcher_text,
     };
     f(&tenant, &rewriter)
+}
+
+/// The engine behind this worker's memo of rewrites.
+struct Remembering<'a> {
+    matcher: &'a TenantMatcher,
+    config: &'a Config,
+}
+
+impl api::QueryRewriter for Remembering<'_> {
+    fn rewrite(&self, query: &str) -> Result<RewrittenQuery, QueryRejection> {
+        let (matcher, config) = (self.matcher, self.config);
+        let key = MemoKey {
+            query,
+            label: matcher.label(),
+            values: matcher.values(),
+            policy: config.on_conflict,
+            dialect: config.dialect,
+        };
+        memo::memoized(&key, || {
+            rewrite(query, matcher, config.on_conflict, config.dialect).map_err(|e| match e {
+                RewriteError::Parse(p) => QueryRejection::BadQuery(p.to_string()),
+                RewriteError::Conflict(m) => QueryRejection::Forbidden(m),
+            })
+        })
+    }
 }
 
 /// What becomes of a complete request.

@@ -880,17 +880,20 @@ impl HttpContext for FilterHttp {
 /// Narrows [`Effect::StripHeaders`] to the headers the request has: each removal is a
 /// call into the host.
 fn strip_what_is_there(mut step: Step, headers: &HeaderMap) -> Step {
-    step.effects = std::mem::take(&mut step.effects)
-        .into_iter()
-        .flat_map(|effect| match effect {
-            Effect::StripHeaders => STRIPPED_HEADERS
-                .iter()
-                .filter(|name| headers.get(name).is_some())
-                .map(|name| Effect::RemoveHeader(name))
-                .collect(),
-            effect => vec![effect],
-        })
-        .collect();
+    // In place, without a Vec per effect: this runs for every request.
+    let effects = std::mem::take(&mut step.effects);
+    step.effects.reserve(effects.len());
+    for effect in effects {
+        match effect {
+            Effect::StripHeaders => step.effects.extend(
+                STRIPPED_HEADERS
+                    .iter()
+                    .filter(|name| headers.get(name).is_some())
+                    .map(|name| Effect::RemoveHeader(name)),
+            ),
+            effect => step.effects.push(effect),
+        }
+    }
     step
 }
 

@@ -10,6 +10,7 @@
 //! drop a pair (bad escape, `;`), this codec refuses the whole input instead, so the
 //! filter can never see a different parameter list than the backend.
 
+use std::borrow::Cow;
 use std::fmt;
 
 /// Why a query string or form body was refused.
@@ -47,16 +48,21 @@ impl fmt::Display for FormError {
 
 impl std::error::Error for FormError {}
 
-/// One `name=value` pair: its raw text and its decoded form.
+/// One `name=value` pair: its raw text and its decoded form, borrowed from the input
+/// wherever decoding changed nothing.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Pair {
-    raw: Option<String>,
-    name: String,
-    value: String,
+pub struct Pair<'a> {
+    /// The client's own text for the pair, while the pair is untouched.
+    raw: Option<&'a str>,
+    name: Cow<'a, str>,
+    value: Cow<'a, str>,
+    /// `value` already percent-encoded by [`encode`], when the caller had it at hand (a
+    /// remembered rewrite), so that [`Params::encode`] need not encode it again.
+    encoded_value: Option<String>,
     has_equals: bool,
 }
 
-impl Pair {
+impl Pair<'_> {
     /// The decoded name.
     pub fn name(&self) -> &str {
         &self.name
@@ -69,40 +75,56 @@ impl Pair {
 
 /// An ordered list of parameters that re-encodes untouched pairs byte for byte.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Params {
-    pairs: Vec<Pair>,
+pub struct Params<'a> {
+    pairs: Vec<Pair<'a>>,
     changed: bool,
 }
 
-impl Params {
+impl<'a> Params<'a> {
     /// Splits `raw` on `&` and decodes each pair. An empty input has no pairs.
-    pub fn parse(raw: &str) -> Result<Params, FormError> {
-        let mut pairs = Vec::new();
+    ///
+    /// One pass over each pair finds its `=`, any `;` and whether its name or value
+    /// needs decoding at all: a Grafana query string has a dozen pairs and most of them
+    /// are plain, so they cost no copy.
+    pub fn parse(raw: &'a str) -> Result<Params<'a>, FormError> {
+        if raw.is_empty() {
+            return Ok(Params::default());
+        }
+        let bytes = raw.as_bytes();
+        let mut pairs = Vec::with_capacity(go_param_count(bytes));
         let mut start = 0;
-        for chunk in raw.split('&') {
-            if let Some(pos) = chunk.find(';') {
-                return Err(FormError::Semicolon {
-                    offset: start + pos,
-                });
+        loop {
+            let mut end = start;
+            let mut eq = None;
+            let mut name_escaped = false;
+            let mut value_escaped = false;
+            while let Some(&b) = bytes.get(end) {
+                match b {
+                    b'&' => break,
+                    b';' => return Err(FormError::Semicolon { offset: end }),
+                    b'=' if eq.is_none() => eq = Some(end),
+                    b'%' | b'+' if eq.is_none() => name_escaped = true,
+                    b'%' | b'+' => value_escaped = true,
+                    _ => {}
+                }
+                end += 1;
             }
-            let (raw_name, raw_value, has_equals) = match chunk.find('=') {
-                Some(eq) => (&chunk[..eq], &chunk[eq + 1..], true),
-                None => (chunk, "", false),
-            };
-            let name = decode(raw_name, start)?;
-            let value_start = start + raw_name.len() + usize::from(has_equals);
-            let value = decode(raw_value, value_start)?;
+            // `start`, `end` and `eq` sit next to ASCII bytes (or at the ends), so they
+            // are char boundaries.
+            let (name_end, value_start) = eq.map_or((end, end), |eq| (eq, eq + 1));
+            let name = decode_if(name_escaped, &raw[start..name_end], start)?;
+            let value = decode_if(value_escaped, &raw[value_start..end], value_start)?;
             pairs.push(Pair {
-                raw: Some(chunk.to_string()),
+                raw: Some(&raw[start..end]),
                 name,
                 value,
-                has_equals,
+                encoded_value: None,
+                has_equals: eq.is_some(),
             });
-            start += chunk.len() + 1;
-        }
-        // `split` yields one empty chunk for an empty input; it is not a parameter.
-        if raw.is_empty() {
-            pairs.clear();
+            if end == bytes.len() {
+                break;
+            }
+            start = end + 1;
         }
         Ok(Params {
             pairs,
@@ -111,7 +133,7 @@ impl Params {
     }
 
     /// All pairs, in order.
-    pub fn pairs(&self) -> &[Pair] {
+    pub fn pairs(&self) -> &[Pair<'a>] {
         &self.pairs
     }
 
@@ -129,9 +151,16 @@ impl Params {
     ///
     /// Setting the value it already has keeps the client's raw text.
     pub fn set_value(&mut self, index: usize, value: String) {
+        self.set_value_encoded(index, value, None);
+    }
+
+    /// [`Params::set_value`], with `encoded` the value as [`encode`] gives it, if the
+    /// caller has it: [`Params::encode`] then copies it instead of encoding `value`.
+    pub fn set_value_encoded(&mut self, index: usize, value: String, encoded: Option<String>) {
         if let Some(pair) = self.pairs.get_mut(index) {
-            if pair.value != value || !pair.has_equals {
-                pair.value = value;
+            if *pair.value != *value || !pair.has_equals {
+                pair.value = Cow::Owned(value);
+                pair.encoded_value = encoded;
                 pair.has_equals = true;
                 pair.raw = None;
                 self.changed = true;
@@ -142,7 +171,7 @@ impl Params {
     /// Removes every pair whose decoded name is one of `names`; returns how many.
     pub fn remove_all(&mut self, names: &[&str]) -> usize {
         let before = self.pairs.len();
-        self.pairs.retain(|p| !names.contains(&p.name.as_str()));
+        self.pairs.retain(|p| !names.contains(&&*p.name));
         let removed = before - self.pairs.len();
         if removed > 0 {
             self.changed = true;
@@ -154,8 +183,9 @@ impl Params {
     pub fn push(&mut self, name: &str, value: &str) {
         self.pairs.push(Pair {
             raw: None,
-            name: name.to_string(),
-            value: value.to_string(),
+            name: Cow::Owned(name.to_string()),
+            value: Cow::Owned(value.to_string()),
+            encoded_value: None,
             has_equals: true,
         });
         self.changed = true;
@@ -168,10 +198,8 @@ impl Params {
             .pairs
             .iter()
             .map(|p| {
-                p.raw
-                    .as_ref()
-                    .map_or(p.name.len() + p.value.len(), String::len)
-                    + 1
+                let value_len = p.encoded_value.as_deref().unwrap_or(&p.value).len();
+                p.raw.map_or(p.name.len() + value_len, str::len) + 1
             })
             .sum();
         let mut out = String::with_capacity(raw_len + raw_len / 2);
@@ -179,13 +207,16 @@ impl Params {
             if i > 0 {
                 out.push('&');
             }
-            match &pair.raw {
+            match pair.raw {
                 Some(raw) => out.push_str(raw),
                 None => {
                     encode_into(&pair.name, &mut out);
                     if pair.has_equals {
                         out.push('=');
-                        encode_into(&pair.value, &mut out);
+                        match &pair.encoded_value {
+                            Some(encoded) => out.push_str(encoded),
+                            None => encode_into(&pair.value, &mut out),
+                        }
                     }
                 }
             }
@@ -204,8 +235,13 @@ pub fn go_param_count(raw: &[u8]) -> usize {
 /// Decodes one name or value: `+` is a space, `%XX` a byte; the result must be UTF-8.
 /// `offset` is where `raw` starts in the whole input, for error messages.
 pub fn decode(raw: &str, offset: usize) -> Result<String, FormError> {
-    if !raw.contains(['%', '+']) {
-        return Ok(raw.to_string());
+    decode_if(raw.contains(['%', '+']), raw, offset).map(Cow::into_owned)
+}
+
+/// [`decode`], borrowing `raw` when it holds neither `%` nor `+` (`escaped` false).
+fn decode_if(escaped: bool, raw: &str, offset: usize) -> Result<Cow<'_, str>, FormError> {
+    if !escaped {
+        return Ok(Cow::Borrowed(raw));
     }
     let bytes = raw.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -231,7 +267,9 @@ pub fn decode(raw: &str, offset: usize) -> Result<String, FormError> {
             }
         }
     }
-    String::from_utf8(out).map_err(|_| FormError::NotUtf8 { offset })
+    String::from_utf8(out)
+        .map(Cow::Owned)
+        .map_err(|_| FormError::NotUtf8 { offset })
 }
 
 /// Percent-encodes everything but RFC 3986 unreserved characters. Spaces become `%20`
@@ -281,7 +319,7 @@ fn hex_value(b: u8) -> Option<u8> {
 mod tests {
     use super::*;
 
-    fn names_values(p: &Params) -> Vec<(&str, &str)> {
+    fn names_values<'a>(p: &'a Params<'_>) -> Vec<(&'a str, &'a str)> {
         p.pairs().iter().map(|p| (p.name(), p.value())).collect()
     }
 
@@ -367,7 +405,8 @@ mod tests {
         let tricky = "sum(rate(x{a=\"+ &=%;#\u{20ac}\"}[5m])) / 2";
         let mut p = Params::parse("query=placeholder").unwrap();
         p.set_value(0, tricky.to_string());
-        let again = Params::parse(&p.encode()).unwrap();
+        let encoded = p.encode();
+        let again = Params::parse(&encoded).unwrap();
         assert_eq!(again.pairs()[0].value(), tricky);
     }
 
@@ -417,7 +456,138 @@ mod tests {
         assert_eq!(encode("%"), "%25");
     }
 
+    /// The codec as it was before it borrowed from its input: `split` on `&`, `find` of
+    /// `;` and `=`, every name and value decoded into its own String. The borrowing
+    /// parser must read every input exactly as this did, refusals and their offsets
+    /// included.
+    fn split_then_decode(raw: &str) -> Result<Vec<(String, String, String, bool)>, FormError> {
+        let mut pairs = Vec::new();
+        let mut start = 0;
+        for chunk in raw.split('&') {
+            if let Some(pos) = chunk.find(';') {
+                return Err(FormError::Semicolon {
+                    offset: start + pos,
+                });
+            }
+            let (name, value, has_equals) = match chunk.find('=') {
+                Some(eq) => (&chunk[..eq], &chunk[eq + 1..], true),
+                None => (chunk, "", false),
+            };
+            let value_start = start + name.len() + usize::from(has_equals);
+            pairs.push((
+                chunk.to_string(),
+                decode(name, start)?,
+                decode(value, value_start)?,
+                has_equals,
+            ));
+            start += chunk.len() + 1;
+        }
+        if raw.is_empty() {
+            pairs.clear();
+        }
+        Ok(pairs)
+    }
+
+    /// What the old codec sent after replacing the value at `index` with `value`.
+    fn old_encoding_after_set(
+        pairs: &[(String, String, String, bool)],
+        index: usize,
+        value: &str,
+    ) -> String {
+        let mut parts = Vec::new();
+        for (i, (raw, name, old, has_equals)) in pairs.iter().enumerate() {
+            if i == index && (old != value || !has_equals) {
+                parts.push(format!("{}={}", encode(name), encode(value)));
+            } else {
+                parts.push(raw.clone());
+            }
+        }
+        parts.join("&")
+    }
+
+    /// Inputs made of what a hostile client would try: separators, raw `;`, bad and
+    /// truncated escapes, escapes of non-UTF-8 bytes and of `query`'s letters, `+`,
+    /// multi-byte characters, empty and duplicate pairs.
+    const HOSTILE: &str =
+        "(&|=|;|\\+|%|%[0-9a-fA-F]|%[0-9a-fA-FgzG%+&;=]{2}|%ff|%c3|%e2%82|%71|%3[bB]|query|q|é|€|[a-z0-9])*";
+
+    #[test]
+    fn the_borrowing_parser_reads_known_inputs_as_the_old_one_did() {
+        for raw in [
+            "",
+            "&",
+            "&&",
+            "=",
+            "==",
+            "a",
+            "a=",
+            "=a",
+            "a=b=c",
+            "a;b",
+            "a=;",
+            ";",
+            "%",
+            "%4",
+            "%zz",
+            "q%=1",
+            "%71uery=up&query=x",
+            "a=1&query=%ff%fe",
+            "%c3=1",
+            "+=+",
+            "a+b=c+d",
+            "x=%e2%82%ac",
+            "query=a&query=b&query=a",
+            "a=1;query=evil&b",
+            "&query=up&",
+        ] {
+            let new = Params::parse(raw).map(|p| {
+                p.pairs()
+                    .iter()
+                    .map(|p| (p.name().to_string(), p.value().to_string()))
+                    .collect::<Vec<_>>()
+            });
+            let old = split_then_decode(raw)
+                .map(|pairs| pairs.into_iter().map(|(_, n, v, _)| (n, v)).collect());
+            assert_eq!(new, old, "{raw:?}");
+        }
+    }
+
     proptest::proptest! {
+        #[test]
+        fn the_borrowing_parser_and_encoder_match_the_old_ones(
+            raw in HOSTILE,
+            index in 0usize..16,
+            value in "\\PC{0,12}",
+        ) {
+            let old = split_then_decode(&raw);
+            let new = Params::parse(&raw);
+            match (&old, &new) {
+                (Err(old), Err(new)) => proptest::prop_assert_eq!(old, new),
+                (Ok(old), Ok(new)) => {
+                    let read: Vec<_> = new
+                        .pairs()
+                        .iter()
+                        .map(|p| (p.name(), p.value(), p.has_equals))
+                        .collect();
+                    let want: Vec<_> = old
+                        .iter()
+                        .map(|(_, n, v, e)| (n.as_str(), v.as_str(), *e))
+                        .collect();
+                    proptest::prop_assert_eq!(read, want);
+                    proptest::prop_assert_eq!(new.encode(), raw.clone());
+                    let index = index % old.len().max(1);
+                    let expected = old_encoding_after_set(old, index, &value);
+                    let mut set = new.clone();
+                    set.set_value(index, value.clone());
+                    proptest::prop_assert_eq!(set.encode(), expected.clone());
+                    let mut given = new.clone();
+                    given.set_value_encoded(index, value.clone(), Some(encode(&value)));
+                    proptest::prop_assert_eq!(given.encode(), expected);
+                }
+                _ => proptest::prop_assert!(false, "old {:?}, new {:?}", old, new),
+            }
+        }
+
         #[test]
         fn parse_never_panics_and_untouched_input_round_trips(raw in "\\PC*") {
             if let Ok(p) = Params::parse(&raw) {
@@ -442,7 +612,8 @@ mod tests {
         fn any_value_survives_encode_then_decode(name in "[a-z_\\[\\]]{1,8}", value in "\\PC*") {
             let mut p = Params::parse("x=1").unwrap();
             p.push(&name, &value);
-            let again = Params::parse(&p.encode()).unwrap();
+            let encoded = p.encode();
+            let again = Params::parse(&encoded).unwrap();
             proptest::prop_assert_eq!(again.pairs()[1].name(), name.as_str());
             proptest::prop_assert_eq!(again.pairs()[1].value(), value.as_str());
         }

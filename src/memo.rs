@@ -14,9 +14,14 @@
 //! than one repeating a good one. The memo is bounded: [`ENTRIES`] entries, queries of
 //! at most [`MAX_QUERY_BYTES`] and answers of at most [`MAX_ANSWER_BYTES`]; anything
 //! larger is rewritten every time.
+//!
+//! A good answer is kept with its URL encoding too (at most three times its length),
+//! made once when it is stored: re-encoding the rewritten `query` was the largest part
+//! of a repeated request's cost once the engine was out of it.
 
-use crate::api::QueryRejection;
+use crate::api::{QueryRejection, RewrittenQuery};
 use crate::cache::fnv1a;
+use crate::form;
 use crate::{ConflictPolicy, Dialect};
 use std::cell::RefCell;
 
@@ -62,6 +67,9 @@ struct Entry {
     policy: ConflictPolicy,
     dialect: Dialect,
     answer: Result<String, QueryRejection>,
+    /// A good answer as the form codec encodes it, so that a repeated query is not
+    /// encoded again either.
+    encoded: Option<String>,
     /// The memo's clock when this entry was last used.
     used: u64,
 }
@@ -98,23 +106,35 @@ impl RewriteMemo {
         }
     }
 
-    /// The answer for `key`: remembered, or `compute`d and remembered.
+    /// The answer for `key`: remembered, or `compute`d and remembered. A good answer
+    /// comes with its encoding when it is remembered.
     pub fn rewrite(
         &mut self,
         key: &MemoKey<'_>,
         compute: impl FnOnce() -> Result<String, QueryRejection>,
-    ) -> Result<String, QueryRejection> {
+    ) -> Result<RewrittenQuery, QueryRejection> {
+        let unremembered = |answer: Result<String, QueryRejection>| {
+            answer.map(|text| RewrittenQuery {
+                text,
+                encoded: None,
+            })
+        };
         // Not even hashed: a long query would only cost the hash and never be kept.
         if key.query.len() > MAX_QUERY_BYTES {
-            return compute();
+            return unremembered(compute());
         }
         let hash = key.hash();
         if let Some(answer) = self.get(hash, key) {
             return answer;
         }
         let answer = compute();
-        self.put(hash, key, &answer);
-        answer
+        match self.put(hash, key, &answer) {
+            Some(encoded) => answer.map(|text| RewrittenQuery {
+                text,
+                encoded: Some(encoded),
+            }),
+            None => unremembered(answer),
+        }
     }
 
     fn set(&mut self, hash: u64) -> &mut [Option<Entry>] {
@@ -123,7 +143,11 @@ impl RewriteMemo {
         &mut self.slots[start..start + WAYS]
     }
 
-    fn get(&mut self, hash: u64, key: &MemoKey<'_>) -> Option<Result<String, QueryRejection>> {
+    fn get(
+        &mut self,
+        hash: u64,
+        key: &MemoKey<'_>,
+    ) -> Option<Result<RewrittenQuery, QueryRejection>> {
         self.clock += 1;
         let clock = self.clock;
         let entry = self
@@ -132,17 +156,31 @@ impl RewriteMemo {
             .flatten()
             .find(|e| e.is_for(hash, key))?;
         entry.used = clock;
-        Some(entry.answer.clone())
+        Some(match &entry.answer {
+            Ok(text) => Ok(RewrittenQuery {
+                text: text.clone(),
+                encoded: entry.encoded.clone(),
+            }),
+            Err(rejection) => Err(rejection.clone()),
+        })
     }
 
-    fn put(&mut self, hash: u64, key: &MemoKey<'_>, answer: &Result<String, QueryRejection>) {
+    /// Remembers `answer` if it is small enough; returns a good answer's encoding when
+    /// it was remembered.
+    fn put(
+        &mut self,
+        hash: u64,
+        key: &MemoKey<'_>,
+        answer: &Result<String, QueryRejection>,
+    ) -> Option<String> {
         let answer_len = match answer {
             Ok(text) => text.len(),
             Err(QueryRejection::BadQuery(why) | QueryRejection::Forbidden(why)) => why.len(),
         };
         if answer_len > MAX_ANSWER_BYTES {
-            return;
+            return None;
         }
+        let encoded = answer.as_ref().ok().map(|text| form::encode(text));
         let entry = Entry {
             hash,
             query: key.query.to_string(),
@@ -151,6 +189,7 @@ impl RewriteMemo {
             policy: key.policy,
             dialect: key.dialect,
             answer: answer.clone(),
+            encoded: encoded.clone(),
             used: self.clock,
         };
         let set = self.set(hash);
@@ -159,6 +198,7 @@ impl RewriteMemo {
         if let Some(i) = free.or_else(oldest) {
             set[i] = Some(entry);
         }
+        encoded
     }
 
     /// Number of entries (for tests).
@@ -182,12 +222,15 @@ thread_local! {
 pub fn memoized(
     key: &MemoKey<'_>,
     compute: impl FnOnce() -> Result<String, QueryRejection>,
-) -> Result<String, QueryRejection> {
+) -> Result<RewrittenQuery, QueryRejection> {
     // `compute` is the engine, which never comes back here, so the borrow is free; if
     // it ever were not, the rewrite would simply run unremembered.
     MEMO.with(|memo| match memo.try_borrow_mut() {
         Ok(mut memo) => memo.rewrite(key, compute),
-        Err(_) => compute(),
+        Err(_) => compute().map(|text| RewrittenQuery {
+            text,
+            encoded: None,
+        }),
     })
 }
 
@@ -205,6 +248,16 @@ mod tests {
             policy: ConflictPolicy::default(),
             dialect: Dialect::default(),
         }
+    }
+
+    /// The answer's text; its encoding, when it has one, must be the codec's.
+    fn text(answer: Result<RewrittenQuery, QueryRejection>) -> Result<String, QueryRejection> {
+        answer.map(|answer| {
+            if let Some(encoded) = &answer.encoded {
+                assert_eq!(encoded, &form::encode(&answer.text));
+            }
+            answer.text
+        })
     }
 
     fn engine(query: &str, values: &[String]) -> Result<String, QueryRejection> {
@@ -227,14 +280,14 @@ mod tests {
         let calls = Cell::new(0);
         let alice = vec!["1999".to_string()];
         for query in ["up", "rate(x[5m]", "sum(rate(http_requests_total[5m]))"] {
-            let first = memo.rewrite(&key(query, &alice), || {
+            let first = text(memo.rewrite(&key(query, &alice), || {
                 calls.set(calls.get() + 1);
                 engine(query, &alice)
-            });
-            let second = memo.rewrite(&key(query, &alice), || {
+            }));
+            let second = text(memo.rewrite(&key(query, &alice), || {
                 calls.set(calls.get() + 1);
                 engine(query, &alice)
-            });
+            }));
             assert_eq!(first, engine(query, &alice));
             assert_eq!(second, first);
         }
@@ -250,7 +303,7 @@ mod tests {
         let both = vec!["1999".to_string(), "2000".to_string()];
         for _ in 0..3 {
             for values in [&alice, &bob, &both] {
-                let answer = memo.rewrite(&key("up", values), || engine("up", values));
+                let answer = text(memo.rewrite(&key("up", values), || engine("up", values)));
                 assert_eq!(answer, engine("up", values));
             }
         }
@@ -301,14 +354,37 @@ mod tests {
         for round in 0..3 {
             for values in [&alice, &bob] {
                 for query in ["up", "up{client_id=\"2000\"}", "x +", "sum by (a) (b)"] {
-                    let answer = memoized(&key(query, values), || {
+                    let answer = text(memoized(&key(query, values), || {
                         calls.set(calls.get() + 1);
                         engine(query, values)
-                    });
+                    }));
                     assert_eq!(answer, engine(query, values), "round {round}");
                 }
             }
         }
         assert_eq!(calls.get(), 8);
+    }
+
+    #[test]
+    fn a_remembered_answer_comes_encoded_and_a_long_one_does_not() {
+        let mut memo = RewriteMemo::new();
+        let alice = vec!["1999".to_string()];
+        let query = "sum(rate(x{a=\"+ &=%;#\u{20ac}\"}[5m]))";
+        for _ in 0..2 {
+            let answer = memo
+                .rewrite(&key(query, &alice), || engine(query, &alice))
+                .unwrap();
+            assert_eq!(answer.encoded, Some(form::encode(&answer.text)));
+        }
+        let long = format!("up{{job=\"{}\"}}", "x".repeat(MAX_QUERY_BYTES));
+        let answer = memo
+            .rewrite(&key(&long, &alice), || engine(&long, &alice))
+            .unwrap();
+        assert_eq!(answer.encoded, None);
+        let huge = "x".repeat(MAX_ANSWER_BYTES + 1);
+        let answer = memo
+            .rewrite(&key("up", &alice), || Ok(huge.clone()))
+            .unwrap();
+        assert_eq!((answer.text, answer.encoded), (huge, None));
     }
 }
