@@ -15,9 +15,10 @@
 //! at most [`MAX_QUERY_BYTES`] and answers of at most [`MAX_ANSWER_BYTES`]; anything
 //! larger is rewritten every time.
 //!
-//! A good answer is kept with its URL encoding too (at most three times its length),
-//! made once when it is stored: re-encoding the rewritten `query` was the largest part
-//! of a repeated request's cost once the engine was out of it.
+//! A good answer is kept with its URL encoding too, made once when it is stored, when
+//! that encoding is itself within [`MAX_ANSWER_BYTES`]: re-encoding the rewritten
+//! `query` was the largest part of a repeated request's cost once the engine was out
+//! of it.
 
 use crate::api::{QueryRejection, RewrittenQuery};
 use crate::cache::fnv1a;
@@ -180,7 +181,12 @@ impl RewriteMemo {
         if answer_len > MAX_ANSWER_BYTES {
             return None;
         }
-        let encoded = answer.as_ref().ok().map(|text| form::encode(text));
+        // Bounded like the answer, so an entry holds at most twice MAX_ANSWER_BYTES.
+        let encoded = answer
+            .as_ref()
+            .ok()
+            .map(|text| form::encode(text))
+            .filter(|encoded| encoded.len() <= MAX_ANSWER_BYTES);
         let entry = Entry {
             hash,
             query: key.query.to_string(),
@@ -386,5 +392,52 @@ mod tests {
             .rewrite(&key("up", &alice), || Ok(huge.clone()))
             .unwrap();
         assert_eq!((answer.text, answer.encoded), (huge, None));
+    }
+
+    #[test]
+    fn an_answer_whose_encoding_is_over_the_bound_is_kept_unencoded() {
+        let mut memo = RewriteMemo::new();
+        let alice = vec!["1999".to_string()];
+        // Every byte of `{` encodes to three: well within the answer's bound, over it
+        // encoded.
+        let answer = "{".repeat(MAX_ANSWER_BYTES / 2);
+        for _ in 0..2 {
+            let got = memo
+                .rewrite(&key("up", &alice), || Ok(answer.clone()))
+                .unwrap();
+            assert_eq!((got.text.as_str(), got.encoded), (answer.as_str(), None));
+        }
+        assert_eq!(memo.len(), 1);
+    }
+
+    #[test]
+    fn the_whole_key_is_compared_even_when_the_hash_collides() {
+        // The hash covers every part of the key, so only a forced collision shows that
+        // the comparison does too.
+        let mut memo = RewriteMemo::new();
+        let alice = vec!["1999".to_string()];
+        let bob = vec!["2000".to_string()];
+        let hash = key("up", &alice).hash();
+        memo.put(hash, &key("up", &alice), &engine("up", &alice));
+        assert!(memo.get(hash, &key("up", &alice)).is_some());
+        let others = [
+            key("up", &bob),
+            key("down", &alice),
+            MemoKey {
+                label: "tenant",
+                ..key("up", &alice)
+            },
+            MemoKey {
+                dialect: Dialect::Metricsql,
+                ..key("up", &alice)
+            },
+            MemoKey {
+                policy: ConflictPolicy::Replace,
+                ..key("up", &alice)
+            },
+        ];
+        for other in &others {
+            assert!(memo.get(hash, other).is_none(), "{other:?}");
+        }
     }
 }
