@@ -24,6 +24,8 @@ use crate::identity::{self, Identity};
 use crate::memo::{self, MemoKey};
 use crate::rules::{self, ResponseFilter};
 use crate::{rewrite, writes, RewriteError, TenantMatcher};
+use std::cell::RefCell;
+use std::rc::Rc;
 
 /// What the filter reads from the request headers. `None` is an absent header.
 #[derive(Debug, Clone, Copy, Default)]
@@ -274,7 +276,7 @@ fn with_tenant<R>(
     config: &Config,
     f: impl FnOnce(&Tenant<'_>, &dyn api::QueryRewriter) -> Result<R, Refusal>,
 ) -> Result<R, Refusal> {
-    let matcher = TenantMatcher::new(&config.tenant_label, tenants)
+    let matcher = tenant_matcher(&config.tenant_label, tenants)
         .map_err(|e| Refusal::forbidden(format!("unusable tenant claim: {e}")))?;
     let rewriter = Remembering {
         matcher: &matcher,
@@ -287,6 +289,39 @@ fn with_tenant<R>(
         matcher_text: &matcher_text,
     };
     f(&tenant, &rewriter)
+}
+
+/// A tenant matcher with the label and the tenant values it was built from, as given.
+type BuiltMatcher = (String, Vec<String>, Rc<TenantMatcher>);
+
+thread_local! {
+    /// The last tenant matcher built on this thread: one caller's requests follow each
+    /// other.
+    static LAST_MATCHER: RefCell<Option<BuiltMatcher>> = const { RefCell::new(None) };
+}
+
+/// The matcher for `label` and `tenants`: the last one built on this thread when it was
+/// built from exactly the same label and values (compared in full, in order), else a
+/// new one. A refusal is not remembered.
+fn tenant_matcher(
+    label: &str,
+    tenants: &[String],
+) -> Result<Rc<TenantMatcher>, crate::promql::inject::InvalidTenant> {
+    let last = LAST_MATCHER.with(|last| {
+        let last = last.try_borrow().ok()?;
+        let (last_label, last_tenants, matcher) = last.as_ref()?;
+        (last_label == label && last_tenants.as_slice() == tenants).then(|| Rc::clone(matcher))
+    });
+    if let Some(matcher) = last {
+        return Ok(matcher);
+    }
+    let matcher = Rc::new(TenantMatcher::new(label, tenants)?);
+    LAST_MATCHER.with(|last| {
+        if let Ok(mut last) = last.try_borrow_mut() {
+            *last = Some((label.to_string(), tenants.to_vec(), Rc::clone(&matcher)));
+        }
+    });
+    Ok(matcher)
 }
 
 /// The engine behind this worker's memo of rewrites.
@@ -417,6 +452,31 @@ mod tests {
             Some("/api/v1/query?query=up%7Bclient_id%3D%227%22%7D")
         );
         assert_eq!(r.body, None);
+    }
+
+    #[test]
+    fn the_remembered_tenant_matcher_is_only_reused_for_the_same_label_and_values() {
+        let s = |v: &[&str]| v.iter().map(|v| v.to_string()).collect::<Vec<_>>();
+        let callers = [
+            ("client_id", s(&["7"])),
+            ("client_id", s(&["7"])),
+            ("client_id", s(&["8"])),
+            ("tenant", s(&["8"])),
+            ("client_id", s(&["7", "8"])),
+            ("client_id", s(&["8", "7"])),
+            ("client_id", s(&["7", "8"])),
+            ("client_id", s(&["7"])),
+        ];
+        for (label, tenants) in &callers {
+            let got = tenant_matcher(label, tenants).unwrap();
+            assert_eq!(*got, TenantMatcher::new(label, tenants).unwrap());
+        }
+        // A refusal is not remembered, and does not disturb what is.
+        assert!(tenant_matcher("client_id", &[]).is_err());
+        assert_eq!(
+            *tenant_matcher("client_id", &s(&["9"])).unwrap(),
+            TenantMatcher::new("client_id", &["9"]).unwrap()
+        );
     }
 
     #[test]
