@@ -40,7 +40,7 @@ use crate::rules::{ResponseFilter, UPSTREAM_HEADERS_TO_REMOVE};
 /// without this, such a request would hang until Envoy's stream idle timeout.
 pub const BODY_STALL_S: u64 = 10;
 /// How long a request may wait for its turn before it takes it anyway.
-const TURN_WAIT_S: u64 = 1;
+pub const TURN_WAIT_S: u64 = 1;
 
 /// What the host must do to the request, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]

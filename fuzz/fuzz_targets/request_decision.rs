@@ -3,7 +3,10 @@
 //! same steps in Envoy (`lifecycle::Request`), fed the events in one of the orders
 //! Envoy produces (the input's length picks it): the identity at the headers, then a
 //! turn, then the body; the identity from a callout, then the body (Envoy without
-//! `allow_on_headers_stop_iteration`); the body, then the identity (with it).
+//! `allow_on_headers_stop_iteration`); the body, then the identity (with it); and, on a
+//! worker that knows Envoy hands bodies to held requests (no turn asked), the identity
+//! at the headers, then the body while they are held, or (a wrong guess) the root's
+//! tick after the turn's wait, then the body.
 //!
 //! Input: a config flag byte (see `config_from_flags`), a request flag byte, then the
 //! fields method, path, content-type, content-encoding, content-length, credential,
@@ -35,7 +38,7 @@ use promql_tenant_filter::config::{Config, IdentitySource};
 use promql_tenant_filter::decision::{decide, Decision, Forwarded, RequestHead};
 use promql_tenant_filter::form::Params;
 use promql_tenant_filter::identity::{self, Identity};
-use promql_tenant_filter::lifecycle::{Reply, Request, Trace};
+use promql_tenant_filter::lifecycle::{self, Reply, Request, Trace};
 use promql_tenant_filter::TenantMatcher;
 use promql_tenant_filter_fuzz::{
     check_confined, compare, config_from_flags, forwarded_request, with_go, ExpectedMatcher,
@@ -81,7 +84,7 @@ fuzz_target!(|data: &[u8]| {
     let body = (!end_of_stream).then_some(body);
 
     let decision = decide(&head, body, looked_up.clone(), &config);
-    let lived = live(&head, body, &looked_up, &config, data.len() % 3);
+    let lived = live(&head, body, &looked_up, &config, data.len() % 5);
     match (&decision, &lived) {
         (_, Decision::Refuse(r))
             if r.status == 413 && body.is_some_and(|b| b.len() > config.max_body_bytes) => {}
@@ -202,7 +205,7 @@ fn check_write(config: &Config, rewritten: &Forwarded, tenants: &[String]) {
     );
 }
 
-/// The request run through the lifecycle in one of three orders, as a `Decision`.
+/// The request run through the lifecycle in one of five orders, as a `Decision`.
 fn live(
     head: &RequestHead<'_>,
     body: Option<&[u8]>,
@@ -211,9 +214,9 @@ fn live(
     order: usize,
 ) -> Decision {
     const NOW: u64 = 1_800_000_000;
-    let mut request = Request::new();
+    let mut request = Request::knowing(order >= 3);
     let mut trace = Trace::default();
-    let at_headers = order == 0;
+    let at_headers = order == 0 || order >= 3;
     trace.apply(request.on_headers(head, config, NOW, |_| at_headers.then(|| identity.clone())));
     let send_body = |request: &mut Request, trace: &mut Trace| {
         if let (Some(body), None) = (body, &trace.reply) {
@@ -231,6 +234,21 @@ fn live(
         }
         1 => {
             trace.apply(request.on_identity(identity.clone(), config, NOW));
+            send_body(&mut request, &mut trace);
+        }
+        3 => {
+            send_body(&mut request, &mut trace);
+            if trace.awaiting_turn {
+                trace.apply(request.on_turn(NOW));
+            }
+        }
+        4 => {
+            if trace.awaiting_turn {
+                trace.apply(request.on_turn(NOW));
+            }
+            if !trace.headers_gone && trace.reply.is_none() {
+                trace.apply(request.on_tick(NOW + lifecycle::TURN_WAIT_S + 1));
+            }
             send_body(&mut request, &mut trace);
         }
         _ => {
