@@ -225,6 +225,41 @@ impl Bucket {
     }
 }
 
+/// A multiply-rotate hash eight bytes at a time, for picking a set in a per-worker
+/// table whose hits are always checked against the whole key (the rewrite memo, the
+/// local identity cache): a collision, chosen by a client or not, costs no more than an
+/// eviction. Not stable across builds, unlike [`fnv1a`]; about eight times faster
+/// (byte-at-a-time FNV took 1.7k instructions of a repeated Grafana GET in the memo
+/// alone, and an Auth0 access token is some 800 bytes).
+#[derive(Debug, Default)]
+pub struct WordHash(u64);
+
+impl WordHash {
+    const K: u64 = 0x9e37_79b9_7f4a_7c15;
+
+    fn word(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(23) ^ word).wrapping_mul(Self::K);
+    }
+
+    /// Adds `bytes`, then its length, so that ("ab", "c") and ("a", "bc") differ.
+    pub fn part(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            self.word(u64::from_le_bytes(word));
+        }
+        let mut tail = [0u8; 8];
+        tail[..chunks.remainder().len()].copy_from_slice(chunks.remainder());
+        self.word(u64::from_le_bytes(tail));
+        self.word(bytes.len() as u64);
+    }
+
+    pub fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
 /// FNV-1a, 64 bits: stable across workers and builds, which slot keys must be.
 pub fn fnv1a(parts: &[&[u8]]) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
@@ -350,7 +385,9 @@ impl LocalCache {
     fn set(&mut self, token: &str) -> &mut [Option<CacheEntry>] {
         let sets = (self.slots.len() / WAYS) as u64;
         // The modulo result is below the number of sets, so it fits in usize.
-        let start = (fnv1a(&[token.as_bytes()]) % sets) as usize * WAYS;
+        let mut hash = WordHash::default();
+        hash.part(token.as_bytes());
+        let start = (hash.finish() % sets) as usize * WAYS;
         self.slots.get_mut(start..start + WAYS).unwrap_or_default()
     }
 
@@ -659,6 +696,25 @@ mod tests {
     fn fnv_separates_parts() {
         assert_ne!(fnv1a(&[b"ab", b"c"]), fnv1a(&[b"a", b"bc"]));
         assert_eq!(fnv1a(&[b"x"]), fnv1a(&[b"x"]));
+    }
+
+    #[test]
+    fn the_word_hash_separates_parts_and_every_byte_counts() {
+        let hash = |parts: &[&[u8]]| {
+            let mut hash = WordHash::default();
+            parts.iter().for_each(|p| hash.part(p));
+            hash.finish()
+        };
+        assert_ne!(hash(&[b"ab", b"c"]), hash(&[b"a", b"bc"]));
+        assert_ne!(hash(&[b"abcdefgh"]), hash(&[b"abcdefgh", b""]));
+        assert_eq!(hash(&[b"x"]), hash(&[b"x"]));
+        // A token that differs in one byte, wherever it is, hashes elsewhere.
+        let token = b"eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJl".to_vec();
+        for i in 0..token.len() {
+            let mut other = token.clone();
+            other[i] ^= 1;
+            assert_ne!(hash(&[&token]), hash(&[&other]), "byte {i}");
+        }
     }
 
     proptest::proptest! {
