@@ -248,6 +248,12 @@ pub(crate) fn owned(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
 }
 
 const GRAFANA: &[u8] = b"query=rate(http_requests_total%5B5m%5D)&start=1&end=2&step=15";
+/// [`GRAFANA`] as a client may send it, in three chunks.
+const GRAFANA_IN_THREE: [&[u8]; 3] = [
+    GRAFANA.split_at(10).0,
+    GRAFANA.split_at(30).0.split_at(10).1,
+    GRAFANA.split_at(30).1,
+];
 
 fn grafana_body_rewritten(trace: &Trace) {
     assert!(trace.reply.is_none(), "{:?}", trace.reply);
@@ -290,7 +296,7 @@ fn a_get_with_a_cached_identity_goes_on_from_its_headers() {
 fn grafanas_post_form_is_rewritten_in_every_order_and_either_envoy() {
     let c = config("");
     let head = post("/api/v1/query_range", Some(FORM));
-    let split: [&[u8]; 3] = [&GRAFANA[..10], &GRAFANA[10..30], &GRAFANA[30..]];
+    let split = GRAFANA_IN_THREE;
     for envoy in [Envoy::StopIteration, Envoy::Istio] {
         for lookup in [
             Lookup::Cached,
@@ -347,7 +353,7 @@ fn a_worker_that_knows_skips_the_turn_in_every_order_and_either_envoy() {
     // worker unlearns; the body is judged either way.
     let c = config("");
     let head = post("/api/v1/query_range", Some(FORM));
-    let split: [&[u8]; 3] = [&GRAFANA[..10], &GRAFANA[10..30], &GRAFANA[30..]];
+    let split = GRAFANA_IN_THREE;
     for envoy in [Envoy::StopIteration, Envoy::Istio] {
         for first_read in 0..=3 {
             let run = Run {
@@ -375,7 +381,7 @@ fn only_an_envoy_that_hands_bodies_over_teaches_the_worker_to_skip_turns() {
     // learns to skip a turn it needs.
     let c = config("");
     let head = post("/api/v1/query_range", Some(FORM));
-    let split: [&[u8]; 3] = [&GRAFANA[..10], &GRAFANA[10..30], &GRAFANA[30..]];
+    let split = GRAFANA_IN_THREE;
     let mut taught_somewhere = false;
     for envoy in [Envoy::StopIteration, Envoy::Istio] {
         for lookup in [Lookup::Cached, Lookup::After(0), Lookup::After(3)] {
