@@ -795,6 +795,8 @@ def report(overhead, vm, backend, cold, footprint, engine_vm=None, peer=None) ->
             out.append(f"  {r['method']}: A/V {r['a_over_v']:.2f}x (target >= 1.25x: {'met' if r['a_over_v'] >= 1.25 else 'NOT met'});"
                        f" p99 A {r['p99_A']:.2f} ms vs V {r['p99_V']:.2f} ms ({'no worse' if r['p99_A'] <= r['p99_V'] else 'WORSE'});"
                        f" A/B {r['a_over_b']:.1%}, V/B {r['v_over_b']:.1%}, EV/B {r['ev_over_b']:.1%}, A/EV {r['a_over_ev']:.2f}x;"
+                       # Plain Envoy forwards untouched; a filter costing nothing could not beat it.
+                       f" ceiling for A/V (plain Envoy / vmauth) {1 / r['v_over_b']:.2f}x;"
                        f" non-2xx {r['errors']}")
         out.append("")
     if engine_vm:
