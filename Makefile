@@ -115,7 +115,7 @@ test: deps wasm lint unit e2e deploy-check demo-check
 ## size, then through Envoy (bench/run.py): the engine in V8 against native, the filter
 ## against no filter and against a do-nothing filter (bench/null-filter), cold tokens,
 ## footprint. Prints the figures; asserts nothing. wrk comes from Debian; oha from
-## crates.io, installed on first use (BENCH_NO_OHA=1 skips it).
+## the Rust package registry, installed on first use (BENCH_NO_OHA=1 skips it).
 bench: rust-deps py-deps vm-deps wasm
 	@command -v wrk >/dev/null || { apt-get update -qq \
 	  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
