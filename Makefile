@@ -114,11 +114,15 @@ test: deps wasm lint unit e2e deploy-check demo-check
 ## Benchmarks (BENCHMARKS.md): the engine against promql-parser, rewrite time against query
 ## size, then through Envoy (bench/run.py): the engine in V8 against native, the filter
 ## against no filter and against a do-nothing filter (bench/null-filter), cold tokens,
-## footprint. Prints the figures; asserts nothing. wrk comes from Debian; oha from
-## the Rust package registry, installed on first use (BENCH_NO_OHA=1 skips it).
+## footprint, and instructions per request counted under valgrind. Prints the figures;
+## asserts nothing. wrk and valgrind come from Debian; oha from the Rust package
+## registry, installed on first use (BENCH_NO_OHA=1 skips it).
 bench: rust-deps py-deps vm-deps wasm
 	@command -v wrk >/dev/null || { apt-get update -qq \
 	  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
+	@# valgrind counts the instructions a request costs inside Envoy (bench/instructions.py).
+	@command -v valgrind >/dev/null || { apt-get update -qq \
+	  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null; }
 	@# oha gives the open-loop fixed rate the p99 target needs; wrk has no such mode.
 	@command -v oha >/dev/null || test -x $$HOME/.cargo/bin/oha || test -n "$(BENCH_NO_OHA)" || { \
 	  echo "installing oha for the fixed-rate latency (once; 12-25 minutes on 2 cores;" \

@@ -15,6 +15,8 @@ Measures, on 127.0.0.1 only, with the end-to-end harness' process wrappers (test
              with the same query and token: saturation and p50/p99 at a fixed rate, GET and
              POST form. Every setup is first checked to answer tenant 1999's data only.
   backend    for context, A against B in front of a real VictoriaMetrics.
+  instructions  A against C counted rather than timed: Envoy under valgrind's callgrind,
+             instructions per request by where they ran (bench/instructions.py).
   cold       new tokens against the real OIDC provider: 50 concurrent requests with one
              new token, 1,000 requests over 100 tokens, and what a cold request adds.
   footprint  the .wasm size; Envoy's memory while 100,000 requests over 10,000 tokens go
@@ -49,7 +51,9 @@ import requests  # noqa: E402
 
 import envoy_config  # noqa: E402
 from procs import Proc, free_port, stop_all, wait_until  # noqa: E402
-from services import Envoy, OidcProvider, VictoriaMetrics  # noqa: E402
+from services import Envoy, OidcProvider, VictoriaMetrics, envoy_binary  # noqa: E402
+
+import instructions  # noqa: E402
 
 WASM = REPO / "target" / "wasm32-wasip1" / "release" / "promql_tenant_filter.wasm"
 # bench/null-filter: a proxy-wasm filter that does nothing, on the same SDK (`make bench`
@@ -411,6 +415,17 @@ def measure_overhead(workdir: Path, oidc: OidcProvider, token: str) -> list[dict
     for e in envoys.values():
         e.stop()
     return rows
+
+
+def measure_instructions(workdir: Path, oidc: OidcProvider, token: str) -> dict:
+    """A and C of the overhead phase, their instructions per request counted under
+    valgrind (bench/instructions.py): the figure that does not move with the machine."""
+    ports = {k: (free_port(), free_port()) for k in "AC"}
+    configs = {"A": base_config(*ports["A"], oidc.port),
+               "C": with_null_filter(base_config(*ports["C"], oidc.port))}
+    return instructions.measure(
+        workdir, envoy_binary(), configs, ports, OVERHEAD_CASES, token,
+        lambda params, i: {k: v.replace(VARY, str(i)) for k, v in params.items()})
 
 
 def measure_real_backend(workdir: Path, oidc: OidcProvider, token: str) -> dict:
@@ -793,8 +808,9 @@ def measure_footprint(workdir: Path) -> dict:
 # ---------------------------------------------------------------------------- report
 
 
-def report(overhead, vm, backend, cold, footprint, engine_vm=None, peer=None) -> str:
-    out = []
+def report(overhead, vm, backend, cold, footprint, engine_vm=None, peer=None,
+           counted=None) -> str:
+    out = instructions.report(counted)
     if peer:
         out.append(f"Against vmauth, in front of one real VictoriaMetrics (Grafana query_range over an hour,"
                    f" warm token; 1 Envoy worker, vmauth GOMAXPROCS=1; saturation wrk -c{WRK_CONNECTIONS},"
@@ -890,13 +906,13 @@ def main() -> int:
         print(f"{WASM} missing: `make wasm`")
         return 1
     phases = os.environ.get("BENCH_PHASES",
-                            "enginevm,overhead,peer,vm,backend,cold,footprint").split(",")
+                            "enginevm,overhead,instructions,peer,vm,backend,cold,footprint").split(",")
     if "enginevm" in phases and not CLI.is_file():
         print(f"{CLI} missing: `cargo build --release --bin promql-tenant`")
         return 1
     workdir = Path(tempfile.mkdtemp(prefix="bench-"))
     print(f"bench logs and configs: {workdir}")
-    overhead = vm = backend = cold = footprint = engine_vm = peer = None
+    overhead = vm = backend = cold = footprint = engine_vm = peer = counted = None
     try:
         oidc = OidcProvider(workdir, {"alice": {"client_id": TENANT}})
         if "enginevm" in phases:
@@ -905,6 +921,9 @@ def main() -> int:
         if "overhead" in phases:
             print("overhead: A/B through Envoy ...", flush=True)
             overhead = measure_overhead(workdir, oidc, oidc.login("alice"))
+        if "instructions" in phases:
+            print("instructions per request, Envoy under valgrind (minutes to start) ...", flush=True)
+            counted = measure_instructions(workdir, oidc, oidc.login("alice"))
         if "peer" in phases:
             print("against vmauth in front of a real VictoriaMetrics ...", flush=True)
             peer = measure_peer(workdir, oidc, oidc.login("alice"))
@@ -923,10 +942,10 @@ def main() -> int:
     finally:
         stop_all()
     (workdir / "results.json").write_text(json.dumps(
-        {"engine_vm": engine_vm, "overhead": overhead, "peer": peer, "vm": vm, "backend": backend, "cold": cold,
+        {"engine_vm": engine_vm, "overhead": overhead, "instructions": counted, "peer": peer, "vm": vm, "backend": backend, "cold": cold,
          "footprint": footprint}, indent=2, default=str))
     print()
-    print(report(overhead, vm, backend, cold, footprint, engine_vm, peer))
+    print(report(overhead, vm, backend, cold, footprint, engine_vm, peer, counted))
     print(f"\nraw results: {workdir / 'results.json'}")
     return 0
 
