@@ -34,6 +34,7 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType, Status};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -209,6 +210,32 @@ impl Callback {
 
 type Shared<T> = Rc<RefCell<T>>;
 
+/// Maps keyed by the host's context and callout ids, which Envoy hands out in sequence:
+/// no client chooses them, so they need no keyed hash. SipHash, the default, cost about
+/// a thousand instructions of every request, for the lookups in `requests` alone.
+type ById<V> = HashMap<u32, V, BuildHasherDefault<IdHasher>>;
+
+/// Fibonacci hashing of one id: the multiply spreads sequential ids over the high bits
+/// hashbrown keeps in its control bytes, and keeps the low bits it indexes by distinct.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+
+    fn write_u32(&mut self, id: u32) {
+        self.0 = u64::from(id).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
 /// Everything one plugin configuration shares between its contexts on one worker.
 struct Worker {
     config: Config,
@@ -217,9 +244,9 @@ struct Worker {
     /// The `/userinfo` lookups; `None` with the `jwt_payload_header` source.
     flights: Option<RefCell<Flights>>,
     /// Live requests, so that other contexts' callbacks can move them on.
-    requests: RefCell<HashMap<u32, Shared<Request>>>,
+    requests: RefCell<ById<Shared<Request>>>,
     /// Callouts under way: callout id → the context that made it, and the bearer token.
-    callouts: RefCell<HashMap<u32, (u32, String)>>,
+    callouts: RefCell<ById<(u32, String)>>,
     /// This worker's queue, on which requests wait for their turn.
     turn_queue: Option<u32>,
     /// What this worker's requests showed last: Envoy hands body data to a request
@@ -626,8 +653,8 @@ impl RootContext for FilterRoot {
             metrics: Metrics::define(),
             footprint: Footprint::define(),
             flights,
-            requests: RefCell::new(HashMap::new()),
-            callouts: RefCell::new(HashMap::new()),
+            requests: RefCell::new(ById::default()),
+            callouts: RefCell::new(ById::default()),
             turn_queue,
             held_bodies: Cell::new(false),
         }));
