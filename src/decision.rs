@@ -24,6 +24,7 @@ use crate::identity::{self, Identity};
 use crate::memo::{self, MemoKey};
 use crate::rules::{self, ResponseFilter};
 use crate::{rewrite, writes, RewriteError, TenantMatcher};
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::rc::Rc;
 
@@ -221,9 +222,10 @@ pub fn on_identity(admitted: &Admitted, identity: Identity, config: &Config) -> 
                     dialect: config.backend.dialect(),
                     max_bytes: config.max_response_bytes,
                 };
-                (upstream, Some(response))
+                (Cow::Owned(upstream), Some(response))
             }
-            _ => (admitted.plan.clone(), None),
+            // Borrowed: only a body still to come keeps the plan (in its `BodyRule`).
+            _ => (Cow::Borrowed(&admitted.plan), None),
         };
         let mut url = api::rewrite_url(&plan, tenant, options(config), rewriter, form_follows)?;
         if response.is_some() && url.path.is_none() {
@@ -236,14 +238,19 @@ pub fn on_identity(admitted: &Admitted, identity: Identity, config: &Config) -> 
     match url {
         Err(refusal) => Verdict::Refuse(refusal),
         Ok(Err(answer)) => Verdict::Answer(answer),
-        Ok(Ok((plan, url, response))) => Verdict::Forward {
+        Ok(Ok((plan, url, response))) if admitted.body_follows => Verdict::Forward {
             path: url.path.clone(),
-            body: admitted.body_follows.then(|| BodyRule {
-                plan,
+            body: Some(BodyRule {
+                plan: plan.into_owned(),
                 url,
                 content_type: admitted.content_type.clone(),
                 tenants,
             }),
+            response,
+        },
+        Ok(Ok((_, url, response))) => Verdict::Forward {
+            path: url.path,
+            body: None,
             response,
         },
     }
