@@ -321,7 +321,9 @@ impl Request {
                 response,
             } => (path, body, response),
         };
-        let mut effects: Vec<Effect> = path.map(Effect::SetPath).into_iter().collect();
+        // Room for the path, a count and a header or two without growing.
+        let mut effects: Vec<Effect> = Vec::with_capacity(4);
+        effects.extend(path.map(Effect::SetPath));
         if response.is_some() {
             self.answer_filter.clone_from(&response);
             // The engines compress when asked to; the response stage reads plain JSON.
