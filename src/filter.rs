@@ -907,19 +907,17 @@ impl HttpContext for FilterHttp {
 /// Narrows [`Effect::StripHeaders`] to the headers the request has: each removal is a
 /// call into the host.
 fn strip_what_is_there(mut step: Step, headers: &HeaderMap) -> Step {
-    // In place, without a Vec per effect: this runs for every request.
-    let effects = std::mem::take(&mut step.effects);
-    step.effects.reserve(effects.len());
-    for effect in effects {
-        match effect {
-            Effect::StripHeaders => step.effects.extend(
-                STRIPPED_HEADERS
-                    .iter()
-                    .filter(|name| headers.get(name).is_some())
-                    .map(|name| Effect::RemoveHeader(name)),
-            ),
-            effect => step.effects.push(effect),
-        }
+    // In place: this runs for every request, and the headers are nearly always absent.
+    while let Some(at) = step
+        .effects
+        .iter()
+        .position(|effect| matches!(effect, Effect::StripHeaders))
+    {
+        let present = STRIPPED_HEADERS
+            .iter()
+            .filter(|name| headers.get(name).is_some())
+            .map(|name| Effect::RemoveHeader(name));
+        step.effects.splice(at..=at, present);
     }
     step
 }
