@@ -532,6 +532,25 @@ pub struct RewrittenQuery {
 /// Confines one query or selector to the tenant.
 pub trait QueryRewriter {
     fn rewrite(&self, query: &str) -> Result<RewrittenQuery, QueryRejection>;
+
+    /// True when [`QueryRewriter::rewrite_escaped`] can answer some queries without
+    /// decoding them: only then are the parameters it rewrites left escaped when a
+    /// query string or form body is read.
+    fn takes_escaped(&self) -> bool {
+        false
+    }
+
+    /// [`QueryRewriter::rewrite`] for a query as the client escaped it (`raw`, which
+    /// starts at byte `offset` of its query string or form body). The error is why
+    /// `raw` does not decode; a rewriter may skip decoding `raw` only where it has
+    /// proof that it decodes.
+    fn rewrite_escaped(
+        &self,
+        raw: &str,
+        offset: usize,
+    ) -> Result<Result<RewrittenQuery, QueryRejection>, FormError> {
+        Ok(self.rewrite(&crate::form::decode(raw, offset)?))
+    }
 }
 
 impl<F: Fn(&str) -> Result<String, QueryRejection>> QueryRewriter for F {
@@ -601,10 +620,13 @@ pub fn rewrite_url(
     rewriter: &dyn QueryRewriter,
     form_follows: bool,
 ) -> Result<UrlRewritten, Refusal> {
-    let mut url = Params::parse(&plan.raw_query)
-        .map_err(|e| Refusal::bad_request(format!("invalid query string: {e}")))?;
+    let bad_query_string =
+        |e: FormError| Refusal::bad_request(format!("invalid query string: {e}"));
+    let targets = targets(plan.action);
+    let mut url = Params::parse_deferring(&plan.raw_query, deferred(targets, rewriter))
+        .map_err(bad_query_string)?;
     url.remove_all(STRIPPED_PARAMS);
-    let rewritten_params = rewrite_params(&mut url, targets(plan.action), rewriter)?;
+    let rewritten_params = rewrite_params(&mut url, targets, rewriter, bad_query_string)?;
     let body_may_settle = form_follows && plan.reads_body;
     let mut settled_by_body = false;
     let mut match_aliases = Vec::new();
@@ -664,6 +686,7 @@ pub fn rewrite_body(
     rewriter: &dyn QueryRewriter,
 ) -> Result<(Option<Vec<u8>>, usize), Refusal> {
     let bad_form = |e: FormError| Refusal::bad_request(format!("invalid form body: {e}"));
+    let targets = targets(plan.action);
     let mut form = if body.is_empty() {
         Params::parse("").map_err(bad_form)?
     } else {
@@ -678,10 +701,10 @@ pub fn rewrite_body(
         check_form_media_type(content_type)?;
         let text = std::str::from_utf8(body)
             .map_err(|_| Refusal::bad_request("invalid form body: not valid UTF-8"))?;
-        Params::parse(text).map_err(bad_form)?
+        Params::parse_deferring(text, deferred(targets, rewriter)).map_err(bad_form)?
     };
     form.remove_all(STRIPPED_PARAMS);
-    let rewritten_params = rewrite_params(&mut form, targets(plan.action), rewriter)?;
+    let rewritten_params = rewrite_params(&mut form, targets, rewriter, bad_form)?;
     if url.settled_by_body {
         match plan.action {
             Action::RewriteQuery if rewritten_params == 0 => return Err(missing_query()),
@@ -755,6 +778,17 @@ fn targets(action: Action) -> &'static [&'static str] {
     }
 }
 
+/// The parameters whose values are left escaped when a query string or form body is
+/// read: the ones `rewriter` rewrites, if it takes them escaped. None of them is among
+/// [`STRIPPED_PARAMS`], so every one reaches [`rewrite_params`].
+fn deferred<'t>(targets: &'t [&'t str], rewriter: &dyn QueryRewriter) -> &'t [&'t str] {
+    if rewriter.takes_escaped() {
+        targets
+    } else {
+        &[]
+    }
+}
+
 fn missing_query() -> Refusal {
     Refusal::bad_request("missing query parameter \"query\"")
 }
@@ -794,10 +828,17 @@ pub(crate) fn check_param_count(place: &str, raw: &[u8]) -> Result<(), Refusal> 
     Ok(())
 }
 
+/// Rewrites every parameter named in `targets`, in order; `bad_form` words the refusal
+/// of a value whose decoding was deferred and fails.
+///
+/// Every deferred value is resolved before this returns, and before any refusal of the
+/// engine's, so that a request with a bad escape anywhere is refused for the first one,
+/// as if the whole input had been decoded before anything else.
 fn rewrite_params(
     params: &mut Params,
     targets: &[&str],
     rewriter: &dyn QueryRewriter,
+    bad_form: impl Fn(FormError) -> Refusal,
 ) -> Result<usize, Refusal> {
     let mut count = 0;
     for index in 0..params.pairs().len() {
@@ -805,19 +846,28 @@ fn rewrite_params(
         if !targets.contains(&pair.name()) {
             continue;
         }
-        let new_value = match rewriter.rewrite(pair.value()) {
-            Ok(value) => value,
-            Err(QueryRejection::BadQuery(why)) => {
-                let name = pair.name();
-                return Err(Refusal::bad_request(format!(
-                    "invalid parameter {name:?}: {why}"
-                )));
-            }
-            Err(QueryRejection::Forbidden(why)) => return Err(Refusal::forbidden(why)),
+        let answer = match pair.escaped_value() {
+            Some((raw, offset)) => rewriter.rewrite_escaped(raw, offset).map_err(&bad_form)?,
+            None => rewriter.rewrite(pair.value()),
         };
-        params.set_value_encoded(index, new_value.text, new_value.encoded);
-        count += 1;
+        let rejection = match answer {
+            Ok(value) => {
+                params.set_value_encoded(index, value.text, value.encoded);
+                count += 1;
+                continue;
+            }
+            Err(rejection) => rejection,
+        };
+        params.resolve_pending().map_err(&bad_form)?;
+        return Err(match rejection {
+            QueryRejection::BadQuery(why) => {
+                let name = params.pairs()[index].name();
+                Refusal::bad_request(format!("invalid parameter {name:?}: {why}"))
+            }
+            QueryRejection::Forbidden(why) => Refusal::forbidden(why),
+        });
     }
+    params.resolve_pending().map_err(bad_form)?;
     Ok(count)
 }
 

@@ -20,8 +20,9 @@ use crate::api::{
     UrlRewritten,
 };
 use crate::config::{Config, IdentitySource};
+use crate::form::FormError;
 use crate::identity::{self, Identity};
-use crate::memo::{self, MemoKey};
+use crate::memo::{self, MemoKey, QueryForm};
 use crate::rules::{self, ResponseFilter};
 use crate::{rewrite, writes, RewriteError, TenantMatcher};
 use std::borrow::Cow;
@@ -337,22 +338,47 @@ struct Remembering<'a> {
     config: &'a Config,
 }
 
+impl Remembering<'_> {
+    /// The memo's key for `query`, written as `form` says.
+    fn key<'k>(&'k self, query: &'k str, form: QueryForm) -> MemoKey<'k> {
+        MemoKey {
+            query,
+            form,
+            label: self.matcher.label(),
+            values: self.matcher.values(),
+            policy: self.config.on_conflict,
+            dialect: self.config.dialect,
+        }
+    }
+
+    /// The engine itself, for a decoded query.
+    fn engine(&self, query: &str) -> Result<String, QueryRejection> {
+        let config = self.config;
+        rewrite(query, self.matcher, config.on_conflict, config.dialect).map_err(|e| match e {
+            RewriteError::Parse(p) => QueryRejection::BadQuery(p.to_string()),
+            RewriteError::Conflict(m) => QueryRejection::Forbidden(m),
+        })
+    }
+}
+
 impl api::QueryRewriter for Remembering<'_> {
     fn rewrite(&self, query: &str) -> Result<RewrittenQuery, QueryRejection> {
-        let (matcher, config) = (self.matcher, self.config);
-        let key = MemoKey {
-            query,
-            label: matcher.label(),
-            values: matcher.values(),
-            policy: config.on_conflict,
-            dialect: config.dialect,
-        };
-        memo::memoized(&key, || {
-            rewrite(query, matcher, config.on_conflict, config.dialect).map_err(|e| match e {
-                RewriteError::Parse(p) => QueryRejection::BadQuery(p.to_string()),
-                RewriteError::Conflict(m) => QueryRejection::Forbidden(m),
-            })
-        })
+        memo::memoized(&self.key(query, QueryForm::Decoded), || self.engine(query))
+    }
+
+    fn takes_escaped(&self) -> bool {
+        true
+    }
+
+    /// A repeated query is found by its raw text, not decoded again: the memo keeps an
+    /// escaped query's answer only once that text decoded.
+    fn rewrite_escaped(
+        &self,
+        raw: &str,
+        offset: usize,
+    ) -> Result<Result<RewrittenQuery, QueryRejection>, FormError> {
+        let key = self.key(raw, QueryForm::Escaped);
+        memo::memoized_escaped(&key, offset, |query| self.engine(query))
     }
 }
 
@@ -526,6 +552,198 @@ mod tests {
             }
             let refused = decide(&get(query), None, tenants(&["8"]), &reject);
             assert!(matches!(refused, Decision::Refuse(r) if r.status == 403));
+        }
+    }
+
+    /// `method` `path` (with a form `body`, if any) rewritten for tenant 7: through the
+    /// worker's memo twice, the second time from it, and by the engine with every
+    /// parameter decoded as it is read, as before the memo took escaped text. The three
+    /// must be the same, refusals and their messages included.
+    fn rewritten_every_way(
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        config: &Config,
+    ) -> Result<api::Rewritten, Refusal> {
+        let plan = api::plan_request(
+            method.as_bytes(),
+            path.as_bytes(),
+            config.backend,
+            config.writes,
+        )?;
+        let matcher = tenant_matcher(&config.tenant_label, &["7".to_string()]).unwrap();
+        let remembering = Remembering {
+            matcher: &matcher,
+            config,
+        };
+        let eager = |query: &str| remembering.engine(query);
+        let matcher_text = matcher.matcher_text_for(config.dialect);
+        let tenant = Tenant {
+            label: &config.tenant_label,
+            values: matcher.values(),
+            matcher_text: &matcher_text,
+        };
+        let content_type = body.map(|_| &b"application/x-www-form-urlencoded"[..]);
+        let run = |rewriter: &dyn api::QueryRewriter| {
+            let body = body.map(str::as_bytes);
+            api::rewrite_request(
+                &plan,
+                body,
+                content_type,
+                &tenant,
+                options(config),
+                rewriter,
+            )
+        };
+        let reference = run(&eager);
+        for round in 0..2 {
+            assert_eq!(
+                run(&remembering),
+                reference,
+                "{method} {path} {body:?}, round {round}"
+            );
+        }
+        reference
+    }
+
+    #[test]
+    fn a_bad_escape_is_refused_for_the_first_one_whatever_the_memo_holds() {
+        let c = config(r#","victoriametrics_extra_label":false"#);
+        let reject = Config {
+            on_conflict: crate::ConflictPolicy::Reject,
+            ..c.clone()
+        };
+        let message = |r: Result<api::Rewritten, Refusal>| {
+            let refusal = r.unwrap_err();
+            (refusal.status, refusal.message)
+        };
+        let bad = |at: usize| {
+            (
+                400,
+                format!("invalid query string: invalid percent-escape at byte {at}"),
+            )
+        };
+        // A bad query value and a later bad pair: the query's.
+        let path = "/api/v1/query?query=%zz&x=%";
+        assert_eq!(message(rewritten_every_way("GET", path, None, &c)), bad(6));
+        // A query the engine refuses (remembered after the first round), then a bad one:
+        // the bad escape, as when everything was decoded before the engine ran.
+        let path = "/api/v1/query?query=up%21&query=%zz";
+        assert_eq!(message(rewritten_every_way("GET", path, None, &c)), bad(18));
+        let path = "/api/v1/query?query=up%7Bclient_id%3D%228%22%7D&query=%ff";
+        assert_eq!(
+            message(rewritten_every_way("GET", path, None, &reject)),
+            (
+                400,
+                "invalid query string: parameter at byte 40 is not valid UTF-8 once decoded".into()
+            )
+        );
+        let path = "/api/v1/series?match%5B%5D=up%21&match[]=x&match=%zz";
+        assert_eq!(message(rewritten_every_way("GET", path, None, &c)), bad(34));
+        // The engine's own refusal when every escape is good.
+        let path = "/api/v1/query?query=up%21&query=up";
+        assert_eq!(message(rewritten_every_way("GET", path, None, &c)).0, 400);
+        // The same in a form body.
+        let body = |body| rewritten_every_way("POST", "/api/v1/query", Some(body), &c);
+        let bad_body = |at: usize| {
+            (
+                400,
+                format!("invalid form body: invalid percent-escape at byte {at}"),
+            )
+        };
+        assert_eq!(message(body("query=%zz&x=%")), bad_body(6));
+        assert_eq!(message(body("query=up%21&query=%zz")), bad_body(18));
+        assert_eq!(message(body("query=up%21&time=1&x=%4")), bad_body(21));
+        // A good URL does not hide a bad body, nor the other way round.
+        let url = "/api/v1/query?query=up%21";
+        assert_eq!(
+            message(rewritten_every_way("POST", url, Some("query=%zz"), &c)).1,
+            "invalid parameter \"query\": unexpected end of input after '!' at 1:3"
+        );
+        let url = "/api/v1/query?query=%zz";
+        assert_eq!(
+            message(rewritten_every_way("POST", url, Some("query=up%21"), &c)),
+            bad(6)
+        );
+        // And a good query still goes out rewritten, its client text kept where the
+        // rewrite changed nothing.
+        let path = "/api/v1/query?query=up%7Bclient_id%3D%227%22%7D&time=1";
+        let replace = Config {
+            on_conflict: crate::ConflictPolicy::Replace,
+            ..c.clone()
+        };
+        let kept = rewritten_every_way("GET", path, None, &replace).unwrap();
+        assert_eq!(kept.path, None);
+        let path = "/api/v1/query?query=sum+by+(a)+(x%7Bb%3D%22c%22%7D)";
+        let changed = rewritten_every_way("GET", path, None, &c).unwrap();
+        assert_eq!(
+            changed.path.as_deref(),
+            Some("/api/v1/query?query=sum%20by%20%28a%29%20%28x%7Bb%3D%22c%22%2Cclient_id%3D%227%22%7D%29")
+        );
+    }
+
+    #[test]
+    fn an_escaped_query_never_gets_the_answer_of_its_decoded_spelling() {
+        // A raw query too long for the memo is remembered by its decoded text; a short
+        // raw query spelling that same text is another query (`+` is a space), and must
+        // not be handed its answer.
+        let c = config(r#","victoriametrics_extra_label":false"#);
+        let padding = memo::MAX_QUERY_BYTES / 2;
+        let long = format!("/api/v1/query?query=a%2Bb{}", "%20".repeat(padding));
+        let spelled = format!("/api/v1/query?query=a+b{}", " ".repeat(padding));
+        for _ in 0..2 {
+            let long = forwarded(decide(&get(&long), None, tenants(&["7"]), &c)).path;
+            assert!(long
+                .unwrap()
+                .starts_with("/api/v1/query?query=a%7Bclient_id"));
+            let refused = decide(&get(&spelled), None, tenants(&["7"]), &c);
+            assert!(
+                matches!(refused, Decision::Refuse(Refusal { status: 400, .. })),
+                "{refused:?}"
+            );
+        }
+    }
+
+    /// Query strings and form bodies a hostile client would send to the rewritten
+    /// parameters: pairs named as the filter reads them or not, whose values are
+    /// mostly PromQL, escaped or not, with now and then a bad escape, a `;` or a
+    /// separator.
+    fn hostile_params() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        use proptest::sample::select;
+        let token = prop_oneof![
+            12 => select(vec![
+                "up", "x", "rate(", ")", "(", "%28", "%29", "%7B", "%7D", "{", "}", "a%3D%22b%22",
+                "a=\"b\"", "+", "%20", "%5B5m%5D", "[5m]", "sum", "+by+", "%2C", "client_id",
+                "%3D~", "%22", "\"", "7", "%2B", "%2b", "+or+", "%e2%82%ac",
+            ]),
+            1 => select(vec!["%zz", "%", "%f", "%ff", "%c3", ";", "&", "=", "%e2%82"]),
+        ];
+        let name = select(vec![
+            "query",
+            "match[]",
+            "match%5B%5D",
+            "match",
+            "%71uery",
+            "time",
+            "x",
+            "",
+        ]);
+        let pair = (name, proptest::collection::vec(token, 0..8))
+            .prop_map(|(name, value)| format!("{name}={}", value.concat()));
+        proptest::collection::vec(pair, 0..5).prop_map(|pairs| pairs.join("&"))
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_memo_rewrites_and_refuses_as_the_engine_alone(
+            url in hostile_params(),
+            body in proptest::option::of(hostile_params()),
+            endpoint in proptest::sample::select(vec!["/api/v1/query", "/api/v1/series"]),
+        ) {
+            let c = config("");
+            let method = if body.is_some() { "POST" } else { "GET" };
+            rewritten_every_way(method, &format!("{endpoint}?{url}"), body.as_deref(), &c).ok();
         }
     }
 

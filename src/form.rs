@@ -5,6 +5,12 @@
 //! client's own escaping all survive. Names are compared after decoding, because the
 //! backend compares them after decoding too (`%71uery` is `query`).
 //!
+//! [`Params::parse_deferring`] leaves the escaped values of the parameters the filter
+//! rewrites as the client sent them, so that a rewriter that remembers its answers by
+//! the raw text need not decode a repeated query at all. A deferred value is decoded
+//! when it is read, or by [`Params::resolve_pending`], and refusals come out as if
+//! everything had been decoded at once: the first bad pair in input order.
+//!
 //! Decoding follows Go's `url.ParseQuery`, which Prometheus and VictoriaMetrics use for
 //! both the URL and the body: `+` is a space in both places. Where Go would silently
 //! drop a pair (bad escape, `;`), this codec refuses the whole input instead, so the
@@ -60,16 +66,39 @@ pub struct Pair<'a> {
     /// remembered rewrite), so that [`Params::encode`] need not encode it again.
     encoded_value: Option<String>,
     has_equals: bool,
+    /// Set while the value's decoding is deferred: `value` then borrows the client's
+    /// escaped text.
+    pending: Option<Pending>,
 }
 
-impl Pair<'_> {
+/// Where a deferred value starts in the input, and how long it is once decoded if it
+/// decodes at all (every `%XX` is one byte).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Pending {
+    offset: usize,
+    decoded_len: usize,
+}
+
+impl<'a> Pair<'a> {
     /// The decoded name.
     pub fn name(&self) -> &str {
         &self.name
     }
-    /// The decoded value (empty when the pair has no `=`).
+    /// The decoded value (empty when the pair has no `=`). While the value's decoding
+    /// is deferred ([`Pair::escaped_value`]), its raw text: only
+    /// [`Params::parse_deferring`] defers, and its callers read those values through
+    /// [`Pair::escaped_value`] first.
     pub fn value(&self) -> &str {
         &self.value
+    }
+    /// The value as the client escaped it, and the byte of the input it starts at,
+    /// while its decoding is deferred; `None` once it is decoded (or never was
+    /// deferred).
+    pub fn escaped_value(&self) -> Option<(&'a str, usize)> {
+        match (&self.value, self.pending) {
+            (Cow::Borrowed(raw), Some(pending)) => Some((raw, pending.offset)),
+            _ => None,
+        }
     }
 }
 
@@ -82,54 +111,51 @@ pub struct Params<'a> {
 
 impl<'a> Params<'a> {
     /// Splits `raw` on `&` and decodes each pair. An empty input has no pairs.
-    ///
-    /// One pass over each pair finds its `=`, any `;` and whether its name or value
-    /// needs decoding at all: a Grafana query string has a dozen pairs and most of them
-    /// are plain, so they cost no copy.
     pub fn parse(raw: &'a str) -> Result<Params<'a>, FormError> {
+        Params::parse_deferring(raw, &[])
+    }
+
+    /// [`Params::parse`], except that the escaped values of pairs whose decoded name is
+    /// one of `deferred` are left undecoded and unchecked ([`Pair::escaped_value`]).
+    ///
+    /// The caller must resolve each of them before it forwards or refuses anything:
+    /// by decoding it itself, or by having proof that its raw text decodes (an answer
+    /// remembered after it did), then [`Params::set_value_encoded`]; and
+    /// [`Params::resolve_pending`] for the rest, before any refusal of its own, so
+    /// that a bad value is refused as [`Params::parse`] would have refused it. When a
+    /// later pair is refused here, the deferred values before it are decoded first,
+    /// for the same reason.
+    pub fn parse_deferring(raw: &'a str, deferred: &[&str]) -> Result<Params<'a>, FormError> {
         if raw.is_empty() {
             return Ok(Params::default());
         }
-        let bytes = raw.as_bytes();
-        let mut pairs = Vec::with_capacity(go_param_count(bytes));
-        let mut start = 0;
-        loop {
-            let mut end = start;
-            let mut eq = None;
-            let mut name_escaped = false;
-            let mut value_escaped = false;
-            while let Some(&b) = bytes.get(end) {
-                match b {
-                    b'&' => break,
-                    b';' => return Err(FormError::Semicolon { offset: end }),
-                    b'=' if eq.is_none() => eq = Some(end),
-                    b'%' | b'+' if eq.is_none() => name_escaped = true,
-                    b'%' | b'+' => value_escaped = true,
-                    _ => {}
-                }
-                end += 1;
+        let mut pairs = Vec::with_capacity(go_param_count(raw.as_bytes()));
+        match split_pairs(raw, deferred, &mut pairs) {
+            Ok(()) => Ok(Params {
+                pairs,
+                changed: false,
+            }),
+            Err(error) => {
+                let mut params = Params {
+                    pairs,
+                    changed: false,
+                };
+                params.resolve_pending()?;
+                Err(error)
             }
-            // `start`, `end` and `eq` sit next to ASCII bytes (or at the ends), so they
-            // are char boundaries.
-            let (name_end, value_start) = eq.map_or((end, end), |eq| (eq, eq + 1));
-            let name = decode_if(name_escaped, &raw[start..name_end], start)?;
-            let value = decode_if(value_escaped, &raw[value_start..end], value_start)?;
-            pairs.push(Pair {
-                raw: Some(&raw[start..end]),
-                name,
-                value,
-                encoded_value: None,
-                has_equals: eq.is_some(),
-            });
-            if end == bytes.len() {
-                break;
-            }
-            start = end + 1;
         }
-        Ok(Params {
-            pairs,
-            changed: false,
-        })
+    }
+
+    /// Decodes every value still deferred, in input order; the first that does not
+    /// decode is the error, as [`Params::parse`] would have given it.
+    pub fn resolve_pending(&mut self) -> Result<(), FormError> {
+        for pair in &mut self.pairs {
+            if let Some((raw, offset)) = pair.escaped_value() {
+                pair.value = decode_if(true, raw, offset)?;
+                pair.pending = None;
+            }
+        }
+        Ok(())
     }
 
     /// All pairs, in order.
@@ -156,15 +182,26 @@ impl<'a> Params<'a> {
 
     /// [`Params::set_value`], with `encoded` the value as [`encode`] gives it, if the
     /// caller has it: [`Params::encode`] then copies it instead of encoding `value`.
+    ///
+    /// A value whose decoding was deferred is compared with what its raw text decodes
+    /// to, without decoding it whole: a rewrite differs from its query within a few
+    /// bytes. Either way the pair holds `value` afterwards, decoded.
     pub fn set_value_encoded(&mut self, index: usize, value: String, encoded: Option<String>) {
         if let Some(pair) = self.pairs.get_mut(index) {
-            if *pair.value != *value || !pair.has_equals {
-                pair.value = Cow::Owned(value);
+            let same = match (&pair.value, pair.pending) {
+                (Cow::Borrowed(raw), Some(pending)) => {
+                    value.len() == pending.decoded_len && decodes_to(raw, &value)
+                }
+                _ => *pair.value == *value,
+            };
+            if !same || !pair.has_equals {
                 pair.encoded_value = encoded;
                 pair.has_equals = true;
                 pair.raw = None;
                 self.changed = true;
             }
+            pair.value = Cow::Owned(value);
+            pair.pending = None;
         }
     }
 
@@ -187,6 +224,7 @@ impl<'a> Params<'a> {
             value: Cow::Owned(value.to_string()),
             encoded_value: None,
             has_equals: true,
+            pending: None,
         });
         self.changed = true;
     }
@@ -222,6 +260,70 @@ impl<'a> Params<'a> {
             }
         }
         out
+    }
+}
+
+/// The pairs of a non-empty `raw`, pushed onto `pairs` as they are read, so that the
+/// caller still has those before a refused one.
+///
+/// One pass over each pair finds its `=`, any `;` and whether its name or value needs
+/// decoding at all: a Grafana query string has a dozen pairs and most of them are
+/// plain, so they cost no copy.
+fn split_pairs<'a>(
+    raw: &'a str,
+    deferred: &[&str],
+    pairs: &mut Vec<Pair<'a>>,
+) -> Result<(), FormError> {
+    let bytes = raw.as_bytes();
+    let mut start = 0;
+    loop {
+        let mut end = start;
+        let mut eq = None;
+        let mut name_escaped = false;
+        let mut value_escaped = false;
+        let mut value_percents = 0;
+        while let Some(&b) = bytes.get(end) {
+            match b {
+                b'&' => break,
+                b';' => return Err(FormError::Semicolon { offset: end }),
+                b'=' if eq.is_none() => eq = Some(end),
+                b'%' | b'+' if eq.is_none() => name_escaped = true,
+                b'%' => {
+                    value_escaped = true;
+                    value_percents += 1;
+                }
+                b'+' => value_escaped = true,
+                _ => {}
+            }
+            end += 1;
+        }
+        // `start`, `end` and `eq` sit next to ASCII bytes (or at the ends), so they
+        // are char boundaries.
+        let (name_end, value_start) = eq.map_or((end, end), |eq| (eq, eq + 1));
+        let name = decode_if(name_escaped, &raw[start..name_end], start)?;
+        let value_raw = &raw[value_start..end];
+        let (value, pending) = if value_escaped && deferred.contains(&&*name) {
+            let pending = Pending {
+                offset: value_start,
+                // Saturating: a value that does not decode is never compared.
+                decoded_len: value_raw.len().saturating_sub(2 * value_percents),
+            };
+            (Cow::Borrowed(value_raw), Some(pending))
+        } else {
+            (decode_if(value_escaped, value_raw, value_start)?, None)
+        };
+        pairs.push(Pair {
+            raw: Some(&raw[start..end]),
+            name,
+            value,
+            encoded_value: None,
+            has_equals: eq.is_some(),
+            pending,
+        });
+        if end == bytes.len() {
+            return Ok(());
+        }
+        start = end + 1;
     }
 }
 
@@ -270,6 +372,33 @@ fn decode_if(escaped: bool, raw: &str, offset: usize) -> Result<Cow<'_, str>, Fo
     String::from_utf8(out)
         .map(Cow::Owned)
         .map_err(|_| FormError::NotUtf8 { offset })
+}
+
+/// True when `raw` decodes to exactly `text`; false as soon as a byte differs, and for
+/// a `raw` that does not decode at all.
+fn decodes_to(raw: &str, text: &str) -> bool {
+    let (raw, text) = (raw.as_bytes(), text.as_bytes());
+    let (mut i, mut j) = (0, 0);
+    while let Some(&b) = raw.get(i) {
+        let (decoded, width) = match b {
+            b'+' => (b' ', 1),
+            b'%' => {
+                let hi = raw.get(i + 1).copied().and_then(hex_value);
+                let lo = raw.get(i + 2).copied().and_then(hex_value);
+                match (hi, lo) {
+                    (Some(hi), Some(lo)) => (hi << 4 | lo, 3),
+                    _ => return false,
+                }
+            }
+            other => (other, 1),
+        };
+        if text.get(j) != Some(&decoded) {
+            return false;
+        }
+        i += width;
+        j += 1;
+    }
+    j == text.len()
 }
 
 /// Percent-encodes everything but RFC 3986 unreserved characters. Spaces become `%20`
@@ -456,6 +585,83 @@ mod tests {
         assert_eq!(encode("%"), "%25");
     }
 
+    /// Deferred in these tests: the filter's own names, and one short enough for
+    /// [`HOSTILE`] input to hit often.
+    const DEFERRED: &[&str] = &["query", "match[]", "q"];
+
+    #[test]
+    fn deferred_values_stay_escaped_until_resolved() {
+        let raw = "a=%31&query=up%7Bx%3D%221%22%7D&query=plain&match%5B%5D=a+b";
+        let mut p = Params::parse_deferring(raw, DEFERRED).unwrap();
+        let escaped: Vec<_> = p.pairs().iter().map(Pair::escaped_value).collect();
+        assert_eq!(
+            escaped,
+            [
+                None,
+                Some(("up%7Bx%3D%221%22%7D", 12)),
+                None,
+                Some(("a+b", 56))
+            ]
+        );
+        assert_eq!(p.pairs()[0].value(), "1", "other names are decoded at once");
+        p.resolve_pending().unwrap();
+        assert_eq!(p, Params::parse(raw).unwrap());
+        assert_eq!(p.encode(), raw);
+    }
+
+    #[test]
+    fn a_deferred_value_is_refused_before_a_later_bad_pair() {
+        for (raw, error) in [
+            // The query's own escape comes first in the input.
+            ("query=%zz&x=%", FormError::BadEscape { offset: 6 }),
+            ("query=%ff&x=%", FormError::NotUtf8 { offset: 6 }),
+            ("query=%ff&x=1;", FormError::NotUtf8 { offset: 6 }),
+            (
+                "query=a%2&query=%zz&x=%",
+                FormError::BadEscape { offset: 7 },
+            ),
+            // A good deferred value does not hide the later error.
+            ("query=a%20b&x=%zz", FormError::BadEscape { offset: 14 }),
+            ("query=a+b&x=1;", FormError::Semicolon { offset: 13 }),
+            // A bad name comes before its own value.
+            ("%zz=%zz", FormError::BadEscape { offset: 0 }),
+        ] {
+            assert_eq!(Params::parse(raw), Err(error.clone()), "{raw}");
+            assert_eq!(Params::parse_deferring(raw, DEFERRED), Err(error), "{raw}");
+        }
+        // With no later error, the bad value waits for the caller.
+        let mut p = Params::parse_deferring("query=%zz&x=1", DEFERRED).unwrap();
+        assert_eq!(p.resolve_pending(), Err(FormError::BadEscape { offset: 6 }));
+    }
+
+    #[test]
+    fn setting_a_deferred_value_compares_it_decoded() {
+        // The same query: the client's text is kept, and the value reads decoded.
+        for (raw, same) in [
+            ("query=a+b", "a b"),
+            ("query=%7Bx%7D", "{x}"),
+            ("query=%e2%82%ac+", "\u{20ac} "),
+        ] {
+            let mut p = Params::parse_deferring(raw, DEFERRED).unwrap();
+            p.set_value(0, same.to_string());
+            assert!(!p.is_changed(), "{raw}");
+            assert_eq!((p.encode().as_str(), p.pairs()[0].value()), (raw, same));
+            assert_eq!(p.pairs()[0].escaped_value(), None);
+        }
+        // Another one, of the same decoded length or not: re-encoded.
+        for (raw, other) in [
+            ("query=a+b", "a+b"),
+            ("query=a+b", "a c"),
+            ("query=a+b", "a bc"),
+            ("query=%7Bx%7D", "%7Bx%7D"),
+        ] {
+            let mut p = Params::parse_deferring(raw, DEFERRED).unwrap();
+            p.set_value(0, other.to_string());
+            assert!(p.is_changed(), "{raw} {other}");
+            assert_eq!(p.encode(), format!("query={}", encode(other)));
+        }
+    }
+
     /// The codec as it was before it borrowed from its input: `split` on `&`, `find` of
     /// `;` and `=`, every name and value decoded into its own String. The borrowing
     /// parser must read every input exactly as this did, refusals and their offsets
@@ -552,10 +758,21 @@ mod tests {
         }
     }
 
+    /// [`HOSTILE`] input made of pairs whose names are deferred, with hostile values.
+    const HOSTILE_DEFERRED: &str =
+        "((query|q|match%5B%5D|%71)=(=|;|\\+|%|%[0-9a-fA-F]|%[0-9a-fA-FgzG%+&;=]{2}|%ff|%c3|%e2%82|%2[0bB]|é|[a-z0-9])*&?)*";
+
+    fn hostile() -> impl proptest::strategy::Strategy<Value = String> {
+        proptest::prop_oneof![
+            proptest::string::string_regex(HOSTILE).unwrap(),
+            proptest::string::string_regex(HOSTILE_DEFERRED).unwrap(),
+        ]
+    }
+
     proptest::proptest! {
         #[test]
         fn the_borrowing_parser_and_encoder_match_the_old_ones(
-            raw in HOSTILE,
+            raw in hostile(),
             index in 0usize..16,
             value in "\\PC{0,12}",
         ) {
@@ -585,6 +802,43 @@ mod tests {
                     proptest::prop_assert_eq!(given.encode(), expected);
                 }
                 _ => proptest::prop_assert!(false, "old {:?}, new {:?}", old, new),
+            }
+            // The lazy path: deferred values resolved, or one of them set without being
+            // decoded (as after a remembered answer, which proves its text decodes) and
+            // the rest resolved, reads and refuses as the old codec did.
+            let lazy = Params::parse_deferring(&raw, DEFERRED).and_then(|mut p| {
+                p.resolve_pending()?;
+                Ok(p)
+            });
+            match (&old, &lazy) {
+                (Err(old), Err(lazy)) => proptest::prop_assert_eq!(old, lazy),
+                (Ok(old), Ok(lazy)) => {
+                    let read: Vec<_> = lazy.pairs().iter().map(|p| (p.name(), p.value())).collect();
+                    let want: Vec<_> = old.iter().map(|(_, n, v, _)| (n.as_str(), v.as_str())).collect();
+                    proptest::prop_assert_eq!(read, want);
+                    proptest::prop_assert_eq!(lazy.encode(), raw.clone());
+                    let index = index % old.len().max(1);
+                    let same = old.get(index).map(|(_, _, v, _)| v.clone());
+                    for value in std::iter::once(value.clone()).chain(same) {
+                        let mut set = Params::parse_deferring(&raw, DEFERRED).unwrap();
+                        set.set_value(index, value.clone());
+                        set.resolve_pending().unwrap();
+                        proptest::prop_assert_eq!(
+                            set.encode(),
+                            old_encoding_after_set(old, index, &value)
+                        );
+                    }
+                }
+                _ => proptest::prop_assert!(false, "old {:?}, lazy {:?}", old, lazy),
+            }
+        }
+
+        #[test]
+        fn decodes_to_agrees_with_decode(raw in HOSTILE, text in HOSTILE) {
+            let decoded = decode(&raw, 0).ok();
+            proptest::prop_assert_eq!(decodes_to(&raw, &text), decoded.as_deref() == Some(text.as_str()));
+            if let Some(decoded) = decoded {
+                proptest::prop_assert!(decodes_to(&raw, &decoded));
             }
         }
 

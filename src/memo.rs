@@ -15,6 +15,14 @@
 //! at most [`MAX_QUERY_BYTES`] and answers of at most [`MAX_ANSWER_BYTES`]; anything
 //! larger is rewritten every time.
 //!
+//! A query comes as text either decoded or as the client escaped it in a query string
+//! or form body ([`QueryForm`]): a repeated Grafana query is then found without being
+//! decoded at all. The two are different key spaces (the raw `a+b` is the query `a b`),
+//! and an escaped key is only stored once its text decoded, so a remembered answer
+//! proves that its raw text is well formed. The bound on the query is on the text the
+//! key holds, escaped or not; an escaped query over it is decoded and looked up as its
+//! decoded text.
+//!
 //! A good answer is kept with its URL encoding too, made once when it is stored, when
 //! that encoding is itself within [`MAX_ANSWER_BYTES`]: re-encoding the rewritten
 //! `query` was the largest part of a repeated request's cost once the engine was out
@@ -22,9 +30,10 @@
 
 use crate::api::{QueryRejection, RewrittenQuery};
 use crate::cache::WordHash;
-use crate::form;
+use crate::form::{self, FormError};
 use crate::{ConflictPolicy, Dialect};
 use std::cell::RefCell;
+use std::convert::Infallible;
 
 /// Sets of the memo; each holds [`WAYS`] entries.
 const SETS: usize = 32;
@@ -38,10 +47,23 @@ pub const MAX_QUERY_BYTES: usize = 2048;
 /// Longest rewritten query or refusal message remembered.
 pub const MAX_ANSWER_BYTES: usize = 4096;
 
+/// How a key's query text is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum QueryForm {
+    /// The query itself.
+    #[default]
+    Decoded,
+    /// The query as a client escaped it in a query string or form body (`+` a space,
+    /// `%XX` a byte).
+    Escaped,
+}
+
 /// Everything a rewrite depends on.
 #[derive(Debug, Clone, Copy)]
 pub struct MemoKey<'a> {
     pub query: &'a str,
+    /// How `query` is written: the same text in the two forms is two different keys.
+    pub form: QueryForm,
     pub label: &'a str,
     pub values: &'a [String],
     pub policy: ConflictPolicy,
@@ -56,7 +78,7 @@ impl MemoKey<'_> {
         for value in self.values {
             hash.part(value.as_bytes());
         }
-        hash.part(&[self.policy as u8, self.dialect as u8]);
+        hash.part(&[self.policy as u8, self.dialect as u8, self.form as u8]);
         hash.finish()
     }
 }
@@ -65,6 +87,7 @@ impl MemoKey<'_> {
 struct Entry {
     hash: u64,
     query: String,
+    form: QueryForm,
     label: String,
     values: Vec<String>,
     policy: ConflictPolicy,
@@ -81,6 +104,7 @@ impl Entry {
     fn is_for(&self, hash: u64, key: &MemoKey<'_>) -> bool {
         self.hash == hash
             && self.query == key.query
+            && self.form == key.form
             && self.label == key.label
             && self.values == key.values
             && self.policy == key.policy
@@ -116,28 +140,36 @@ impl RewriteMemo {
         key: &MemoKey<'_>,
         compute: impl FnOnce() -> Result<String, QueryRejection>,
     ) -> Result<RewrittenQuery, QueryRejection> {
-        let unremembered = |answer: Result<String, QueryRejection>| {
-            answer.map(|text| RewrittenQuery {
-                text,
-                encoded: None,
-            })
-        };
+        match self.try_rewrite(key, || Ok::<_, Infallible>(compute())) {
+            Ok(answer) => answer,
+            Err(never) => match never {},
+        }
+    }
+
+    /// [`RewriteMemo::rewrite`] with a `compute` that may fail before it has an answer
+    /// (an escaped query that does not decode): its error is passed on and nothing is
+    /// remembered.
+    pub fn try_rewrite<E>(
+        &mut self,
+        key: &MemoKey<'_>,
+        compute: impl FnOnce() -> Result<Result<String, QueryRejection>, E>,
+    ) -> Result<Result<RewrittenQuery, QueryRejection>, E> {
         // Not even hashed: a long query would only cost the hash and never be kept.
         if key.query.len() > MAX_QUERY_BYTES {
-            return unremembered(compute());
+            return compute().map(unremembered);
         }
         let hash = key.hash();
         if let Some(answer) = self.get(hash, key) {
-            return answer;
+            return Ok(answer);
         }
-        let answer = compute();
-        match self.put(hash, key, &answer) {
+        let answer = compute()?;
+        Ok(match self.put(hash, key, &answer) {
             Some(encoded) => answer.map(|text| RewrittenQuery {
                 text,
                 encoded: Some(encoded),
             }),
             None => unremembered(answer),
-        }
+        })
     }
 
     fn set(&mut self, hash: u64) -> &mut [Option<Entry>] {
@@ -192,6 +224,7 @@ impl RewriteMemo {
         let entry = Entry {
             hash,
             query: key.query.to_string(),
+            form: key.form,
             label: key.label.to_string(),
             values: key.values.to_vec(),
             policy: key.policy,
@@ -226,6 +259,13 @@ thread_local! {
     static MEMO: RefCell<RewriteMemo> = RefCell::new(RewriteMemo::new());
 }
 
+fn unremembered(answer: Result<String, QueryRejection>) -> Result<RewrittenQuery, QueryRejection> {
+    answer.map(|text| RewrittenQuery {
+        text,
+        encoded: None,
+    })
+}
+
 /// The answer for `key` from this thread's memo, or `compute`d and remembered.
 pub fn memoized(
     key: &MemoKey<'_>,
@@ -235,10 +275,39 @@ pub fn memoized(
     // it ever were not, the rewrite would simply run unremembered.
     MEMO.with(|memo| match memo.try_borrow_mut() {
         Ok(mut memo) => memo.rewrite(key, compute),
-        Err(_) => compute().map(|text| RewrittenQuery {
-            text,
-            encoded: None,
-        }),
+        Err(_) => unremembered(compute()),
+    })
+}
+
+/// The answer for the escaped query `key.query` (its form is taken as
+/// [`QueryForm::Escaped`]), which starts at byte `offset` of its query string or form
+/// body: from this thread's memo without decoding it, or decoded and `compute`d from
+/// the decoded query and remembered. A query that does not decode is the error, and is
+/// not remembered.
+pub fn memoized_escaped(
+    key: &MemoKey<'_>,
+    offset: usize,
+    compute: impl FnOnce(&str) -> Result<String, QueryRejection>,
+) -> Result<Result<RewrittenQuery, QueryRejection>, FormError> {
+    let raw = key.query;
+    if raw.len() > MAX_QUERY_BYTES {
+        // Its decoded text may still be short enough to be kept.
+        let query = form::decode(raw, offset)?;
+        let key = MemoKey {
+            query: &query,
+            form: QueryForm::Decoded,
+            ..*key
+        };
+        return Ok(memoized(&key, || compute(&query)));
+    }
+    let key = MemoKey {
+        form: QueryForm::Escaped,
+        ..*key
+    };
+    let decode_then_compute = || form::decode(raw, offset).map(|query| compute(&query));
+    MEMO.with(|memo| match memo.try_borrow_mut() {
+        Ok(mut memo) => memo.try_rewrite(&key, decode_then_compute),
+        Err(_) => decode_then_compute().map(unremembered),
     })
 }
 
@@ -251,6 +320,7 @@ mod tests {
     fn key<'a>(query: &'a str, values: &'a [String]) -> MemoKey<'a> {
         MemoKey {
             query,
+            form: QueryForm::Decoded,
             label: "client_id",
             values,
             policy: ConflictPolicy::default(),
@@ -437,10 +507,121 @@ mod tests {
                 policy: ConflictPolicy::Replace,
                 ..key("up", &alice)
             },
+            MemoKey {
+                form: QueryForm::Escaped,
+                ..key("up", &alice)
+            },
         ];
         for other in &others {
             assert!(memo.get(hash, other).is_none(), "{other:?}");
         }
+    }
+
+    #[test]
+    fn an_escaped_text_and_the_same_decoded_text_are_different_queries() {
+        // The raw `a+b` is the query `a b`; the decoded `a+b` came from the raw `a%2Bb`.
+        // The two keys hash apart, so only a forced collision shows that they also
+        // compare apart.
+        let mut memo = RewriteMemo::new();
+        let alice = vec!["1999".to_string()];
+        let decoded = key("a+b", &alice);
+        let escaped = MemoKey {
+            form: QueryForm::Escaped,
+            ..decoded
+        };
+        assert_ne!(decoded.hash(), escaped.hash());
+        let hash = decoded.hash();
+        let good = engine("a+b", &alice);
+        assert!(good.is_ok());
+        memo.put(hash, &decoded, &good);
+        assert!(memo.get(hash, &escaped).is_none());
+        let mut memo = RewriteMemo::new();
+        let refused = engine("a b", &alice);
+        assert!(matches!(refused, Err(QueryRejection::BadQuery(_))));
+        memo.put(hash, &escaped, &refused);
+        assert!(memo.get(hash, &decoded).is_none());
+        assert_eq!(text(memo.get(hash, &escaped).unwrap()), refused);
+    }
+
+    /// [`memoized_escaped`] on this thread's memo, counting the engine's runs.
+    fn escaped(
+        raw: &str,
+        offset: usize,
+        runs: &Cell<usize>,
+    ) -> Result<Result<String, QueryRejection>, FormError> {
+        let alice = vec!["1999".to_string()];
+        let key = MemoKey {
+            form: QueryForm::Escaped,
+            ..key(raw, &alice)
+        };
+        memoized_escaped(&key, offset, |query| {
+            runs.set(runs.get() + 1);
+            engine(query, &alice)
+        })
+        .map(text)
+    }
+
+    fn thread_memo_len() -> usize {
+        MEMO.with(|memo| memo.borrow().len())
+    }
+
+    #[test]
+    fn an_escaped_query_is_decoded_once_and_then_found_by_its_text() {
+        let alice = vec!["1999".to_string()];
+        let runs = Cell::new(0);
+        for (raw, query) in [
+            ("sum(rate(x%5B5m%5D))", "sum(rate(x[5m]))"),
+            ("a+b", "a b"),
+            ("a%2Bb", "a+b"),
+        ] {
+            for _ in 0..3 {
+                assert_eq!(escaped(raw, 6, &runs), Ok(engine(query, &alice)), "{raw}");
+            }
+        }
+        assert_eq!(runs.get(), 3);
+        assert_eq!(thread_memo_len(), 3);
+    }
+
+    #[test]
+    fn an_escaped_query_that_does_not_decode_is_refused_and_never_remembered() {
+        let runs = Cell::new(0);
+        for _ in 0..2 {
+            assert_eq!(
+                escaped("up%zz", 10, &runs),
+                Err(FormError::BadEscape { offset: 12 })
+            );
+            assert_eq!(
+                escaped("up%ff", 10, &runs),
+                Err(FormError::NotUtf8 { offset: 10 })
+            );
+        }
+        assert_eq!((runs.get(), thread_memo_len()), (0, 0));
+    }
+
+    #[test]
+    fn a_long_escaped_query_is_remembered_by_its_decoded_text() {
+        let alice = vec!["1999".to_string()];
+        let runs = Cell::new(0);
+        let raw = format!("up{}", "%20".repeat(MAX_QUERY_BYTES / 2));
+        let query = format!("up{}", " ".repeat(MAX_QUERY_BYTES / 2));
+        for _ in 0..2 {
+            assert_eq!(escaped(&raw, 0, &runs), Ok(engine(&query, &alice)));
+        }
+        assert_eq!(runs.get(), 1);
+        let decoded = key(&query, &alice);
+        let found = MEMO.with(|memo| memo.borrow_mut().get(decoded.hash(), &decoded).is_some());
+        assert!(found);
+        // Too long either way: rewritten every time, and still refused when it does
+        // not decode.
+        let raw = format!("up{}", "%20".repeat(MAX_QUERY_BYTES));
+        escaped(&raw, 0, &runs).unwrap().unwrap();
+        escaped(&raw, 0, &runs).unwrap().unwrap();
+        assert_eq!(runs.get(), 3);
+        let bad = format!("{raw}%");
+        assert_eq!(
+            escaped(&bad, 0, &runs),
+            Err(FormError::BadEscape { offset: raw.len() })
+        );
     }
 
     #[test]
