@@ -659,11 +659,8 @@ pub fn rewrite_url(
             _ => url.push("extra_filters[]", &format!("{{{}}}", tenant.matcher_text)),
         }
     }
+    check_count("query string", url.go_param_count())?;
     let query = url.is_changed().then(|| url.encode());
-    check_param_count(
-        "query string",
-        query.as_deref().unwrap_or(&plan.raw_query).as_bytes(),
-    )?;
     let path = query.map(|query| join_path(&plan.raw_path, &query));
     Ok(UrlRewritten {
         path,
@@ -728,7 +725,7 @@ pub fn rewrite_body(
                 ),
             ));
         }
-        check_param_count("form body", forwarded)?;
+        check_count("form body", form.go_param_count())?;
     }
     Ok((new_body, rewritten_params))
 }
@@ -819,7 +816,11 @@ fn add_match(params: &mut Params, aliases: &[String], tenant: &Tenant<'_>) {
 
 /// Refuses a query string or form body Go's `url.ParseQuery` might drop whole.
 pub(crate) fn check_param_count(place: &str, raw: &[u8]) -> Result<(), Refusal> {
-    let count = go_param_count(raw);
+    check_count(place, go_param_count(raw))
+}
+
+/// [`check_param_count`] with the count already known.
+fn check_count(place: &str, count: usize) -> Result<(), Refusal> {
     if count > MAX_FORWARDED_PARAMS {
         return Err(Refusal::bad_request(format!(
             "too many parameters in the {place}: {count}, at most {MAX_FORWARDED_PARAMS}"
