@@ -360,7 +360,10 @@ fn is_plain_path(raw: &str) -> bool {
     if bytes.first() != Some(&b'/') {
         return false;
     }
+    // A segment is `.` or `..` when it is one or two bytes long, all dots.
+    let dot_segment = |len: usize, dots: usize| len > 0 && len <= 2 && dots == len;
     let mut previous = 0u8;
+    let (mut segment_len, mut segment_dots) = (0, 0);
     for &b in bytes {
         if !(0x20..0x7f).contains(&b)
             || matches!(b, b'%' | b'+' | b';' | b'\\')
@@ -368,10 +371,18 @@ fn is_plain_path(raw: &str) -> bool {
         {
             return false;
         }
+        if b == b'/' {
+            if dot_segment(segment_len, segment_dots) {
+                return false;
+            }
+            (segment_len, segment_dots) = (0, 0);
+        } else {
+            segment_len += 1;
+            segment_dots += usize::from(b == b'.');
+        }
         previous = b;
     }
-    !raw.split('/')
-        .any(|segment| segment == "." || segment == "..")
+    !dot_segment(segment_len, segment_dots)
 }
 
 fn canonical_path_checked(raw: &str) -> Result<String, Refusal> {
