@@ -658,7 +658,7 @@ pub fn rewrite_url(
             }
         }
         Action::FilterRules(_) if rewritten_params == 0 => {
-            url.push("match[]", &format!("{{{}}}", tenant.matcher_text));
+            url.push("match[]", format!("{{{}}}", tenant.matcher_text));
         }
         _ => {}
     }
@@ -666,8 +666,8 @@ pub fn rewrite_url(
         && matches!(plan.action, Action::RewriteQuery | Action::RewriteMatch)
     {
         match tenant.values {
-            [one] => url.push("extra_label", &extra_label(tenant.label, one)),
-            _ => url.push("extra_filters[]", &format!("{{{}}}", tenant.matcher_text)),
+            [one] => url.push("extra_label", extra_label(tenant.label, one)),
+            _ => url.push("extra_filters[]", format!("{{{}}}", tenant.matcher_text)),
         }
     }
     check_count("query string", url.go_param_count())?;
@@ -818,10 +818,10 @@ fn aliases(params: &Params) -> Vec<String> {
 /// there is neither.
 fn add_match(params: &mut Params, aliases: &[String], tenant: &Tenant<'_>) {
     if aliases.is_empty() {
-        params.push("match[]", &format!("{{{}}}", tenant.matcher_text));
+        params.push("match[]", format!("{{{}}}", tenant.matcher_text));
     }
     for alias in aliases {
-        params.push("match[]", alias);
+        params.push("match[]", alias.clone());
     }
 }
 

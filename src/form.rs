@@ -226,12 +226,13 @@ impl<'a> Params<'a> {
         removed
     }
 
-    /// Appends a new pair at the end.
-    pub fn push(&mut self, name: &str, value: &str) {
+    /// Appends a new pair at the end. The value is taken as given, borrowed or owned,
+    /// so that a value built for the pair is not copied again.
+    pub fn push(&mut self, name: &'a str, value: impl Into<Cow<'a, str>>) {
         self.pairs.push(Pair {
             raw: None,
-            name: Cow::Owned(name.to_string()),
-            value: Cow::Owned(value.to_string()),
+            name: Cow::Borrowed(name),
+            value: value.into(),
             encoded_value: None,
             has_equals: true,
             pending: None,
@@ -875,8 +876,8 @@ mod tests {
                 let index = index % p.pairs().len().max(1);
                 p.set_value(index, value);
                 p.remove_all(&[removed]);
-                if let Some((name, value)) = pushed {
-                    p.push(&name, &value);
+                if let Some((name, value)) = &pushed {
+                    p.push(name, value.as_str());
                 }
                 proptest::prop_assert_eq!(p.go_param_count(), go_param_count(p.encode().as_bytes()));
             }

@@ -123,7 +123,7 @@ pub fn path_for(plan: &Plan, tenants: &[String], tenant_label: &str) -> Result<S
     let mut url = Params::parse(&plan.raw_query)
         .map_err(|e| Refusal::bad_request(format!("invalid query string: {e}")))?;
     url.remove_all(STRIPPED_PARAMS);
-    url.push("extra_label", &extra_label(tenant_label, tenant));
+    url.push("extra_label", extra_label(tenant_label, tenant));
     let query = url.encode();
     // A query string Go would drop whole would drop the tenant's extra_label with it.
     check_param_count("query string", query.as_bytes())?;
