@@ -15,12 +15,14 @@
 //! - the lazy reading the filter uses (`parse_deferring` with the rewritten names, their
 //!   values resolved) is `parse`'s, refusals and offsets included; and each edit made
 //!   on a value still deferred (as after a remembered answer) encodes as the same edit
-//!   on the eager parse, its own old value keeping the client's text.
+//!   on the eager parse, its own old value keeping the client's text;
+//! - the parameter count the filter checks Go's limit with (`Params::go_param_count`)
+//!   is what Go counts in the input, and in the text forwarded after the edits.
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use promql_tenant_filter::form::{decode, encode, Params};
+use promql_tenant_filter::form::{decode, encode, go_param_count, Params};
 use promql_tenant_filter_fuzz::{compare, with_go};
 
 /// The pairs as (name, value), dropping empty ones (`&&`, a lone `=`), for the edit
@@ -65,6 +67,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     assert!(!params.is_changed());
+    assert_eq!(params.go_param_count(), go_param_count(raw.as_bytes()));
     assert_eq!(
         params.encode(),
         raw,
@@ -128,4 +131,10 @@ fuzz_target!(|data: &[u8]| {
     edited.push("match[]", raw);
     expected.push(("match[]".to_string(), raw.to_string()));
     assert_eq!(reparse(&edited), expected, "push on {raw:?}");
+    let forwarded = edited.encode();
+    assert_eq!(
+        edited.go_param_count(),
+        go_param_count(forwarded.as_bytes()),
+        "count after edits of {raw:?}"
+    );
 });
