@@ -582,53 +582,6 @@ pub struct Tenant<'a> {
     pub values: &'a [String],
     /// The matcher as PromQL, e.g. `client_id="1999"` or `client_id=~"1|2"`.
     pub matcher_text: &'a str,
-    /// The VictoriaMetrics parameter for this tenant, when the caller keeps one built;
-    /// else [`rewrite_url`] builds it.
-    pub param: Option<&'a TenantParam>,
-}
-
-/// The parameter that confines a request for VictoriaMetrics on top of its rewritten
-/// selectors: `extra_label` for one tenant value, `extra_filters[]` for several. It is
-/// the same on every request of a caller, so a caller's can be built, and encoded,
-/// once, and the request only copies its encoding.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TenantParam {
-    label: String,
-    values: Vec<String>,
-    matcher_text: String,
-    name: &'static str,
-    value: String,
-    /// `name=value` as [`Params::encode`] writes a pushed pair.
-    encoded: String,
-}
-
-impl TenantParam {
-    /// The parameter for `tenant`.
-    pub fn new(tenant: &Tenant<'_>) -> TenantParam {
-        let (name, value) = match tenant.values {
-            [one] => ("extra_label", extra_label(tenant.label, one)),
-            _ => ("extra_filters[]", format!("{{{}}}", tenant.matcher_text)),
-        };
-        let mut pair = Params::default();
-        pair.push(name, value.as_str());
-        let encoded = pair.encode();
-        TenantParam {
-            label: tenant.label.to_string(),
-            values: tenant.values.to_vec(),
-            matcher_text: tenant.matcher_text.to_string(),
-            name,
-            value,
-            encoded,
-        }
-    }
-
-    /// True when this is the parameter for `tenant`: built from the same label, values
-    /// and matcher text, compared in full.
-    pub fn is_for(&self, tenant: &Tenant<'_>) -> bool {
-        self.label == tenant.label
-            && self.values == tenant.values
-            && self.matcher_text == tenant.matcher_text
-    }
 }
 
 /// Rewrite options from the configuration.
@@ -709,18 +662,13 @@ pub fn rewrite_url(
         }
         _ => {}
     }
-    let built;
     if options.victoriametrics_extra_label
         && matches!(plan.action, Action::RewriteQuery | Action::RewriteMatch)
     {
-        let param = match tenant.param.filter(|param| param.is_for(tenant)) {
-            Some(param) => param,
-            None => {
-                built = TenantParam::new(tenant);
-                &built
-            }
-        };
-        url.push_encoded(param.name, &param.value, &param.encoded);
+        match tenant.values {
+            [one] => url.push("extra_label", extra_label(tenant.label, one)),
+            _ => url.push("extra_filters[]", format!("{{{}}}", tenant.matcher_text)),
+        }
     }
     check_count("query string", url.go_param_count())?;
     let query = url.is_changed().then(|| url.encode());
@@ -985,7 +933,6 @@ mod tests {
             label: "client_id",
             values,
             matcher_text: text,
-            param: None,
         }
     }
 
@@ -1494,60 +1441,6 @@ mod tests {
                  &extra_filters%5B%5D=%7Bclient_id%3D~%22a%7Cb%22%7D"
             )
         );
-    }
-
-    #[test]
-    fn a_kept_tenant_param_forwards_what_a_built_one_does_and_only_for_its_tenant() {
-        let options = RewriteOptions {
-            victoriametrics_extra_label: true,
-        };
-        let one = vec!["a b&=%/\u{e9}+".to_string()];
-        let two = vec!["1".to_string(), "2".to_string()];
-        let cases = [
-            (
-                tenant(&one, "client_id=\"a b&=%/\u{e9}+\""),
-                "/api/v1/query?query=up&x=1",
-            ),
-            (
-                tenant(&two, "client_id=~\"1|2\""),
-                "/api/v1/series?match[]=up",
-            ),
-            (tenant(&two, "client_id=~\"1|2\""), "/api/v1/labels"),
-        ];
-        for (t, path) in &cases {
-            let plan = plan("GET", path).unwrap();
-            let built = rewrite_url(&plan, t, options, &fake, false).unwrap();
-            // What the backend reads back from the forwarded query, checked by decoding.
-            let forwarded = built.path.as_deref().unwrap().split_once('?').unwrap().1;
-            let forwarded = Params::parse(forwarded).unwrap();
-            let last = forwarded.pairs().last().unwrap();
-            let want = match t.values {
-                [one] => ("extra_label", format!("client_id={one}")),
-                _ => ("extra_filters[]", format!("{{{}}}", t.matcher_text)),
-            };
-            assert_eq!((last.name(), last.value()), (want.0, want.1.as_str()));
-            let param = TenantParam::new(t);
-            let kept = Tenant {
-                param: Some(&param),
-                ..*t
-            };
-            assert_eq!(
-                rewrite_url(&plan, &kept, options, &fake, false).unwrap(),
-                built
-            );
-            for (other, _) in cases.iter().filter(|(o, _)| o.values != t.values) {
-                let stale = Tenant {
-                    param: Some(&param),
-                    ..*other
-                };
-                let alone = rewrite_url(&plan, other, options, &fake, false).unwrap();
-                assert_eq!(
-                    rewrite_url(&plan, &stale, options, &fake, false).unwrap(),
-                    alone
-                );
-                assert_ne!(alone, built);
-            }
-        }
     }
 
     #[test]

@@ -17,7 +17,7 @@
 
 use crate::api::{
     self, Action, Plan, QueryRejection, Refusal, RewriteOptions, RewrittenQuery, Tenant,
-    TenantParam, UrlRewritten,
+    UrlRewritten,
 };
 use crate::config::{Config, IdentitySource};
 use crate::form::FormError;
@@ -291,43 +291,12 @@ fn with_tenant<R>(
         config,
     };
     let matcher_text = matcher.matcher_text_for(config.dialect);
-    let mut tenant = Tenant {
+    let tenant = Tenant {
         label: &config.tenant_label,
         values: matcher.values(),
         matcher_text: &matcher_text,
-        param: None,
     };
-    let param = config
-        .victoriametrics_extra_label
-        .then(|| tenant_param(&tenant));
-    tenant.param = param.as_deref();
     f(&tenant, &rewriter)
-}
-
-thread_local! {
-    /// The VictoriaMetrics parameter last built on this thread, for the same reason as
-    /// [`LAST_MATCHER`].
-    static LAST_PARAM: RefCell<Option<Rc<TenantParam>>> = const { RefCell::new(None) };
-}
-
-/// The parameter for `tenant`: the last one built on this thread when it was built for
-/// exactly the same tenant ([`TenantParam::is_for`]), else a new one.
-fn tenant_param(tenant: &Tenant<'_>) -> Rc<TenantParam> {
-    let last = LAST_PARAM.with(|last| {
-        let last = last.try_borrow().ok()?;
-        last.as_ref()
-            .filter(|param| param.is_for(tenant))
-            .map(Rc::clone)
-    });
-    last.unwrap_or_else(|| {
-        let param = Rc::new(TenantParam::new(tenant));
-        LAST_PARAM.with(|last| {
-            if let Ok(mut last) = last.try_borrow_mut() {
-                *last = Some(Rc::clone(&param));
-            }
-        });
-        param
-    })
 }
 
 /// A tenant matcher with the label and the tenant values it was built from, as given.
@@ -613,7 +582,6 @@ mod tests {
             label: &config.tenant_label,
             values: matcher.values(),
             matcher_text: &matcher_text,
-            param: None,
         };
         let content_type = body.map(|_| &b"application/x-www-form-urlencoded"[..]);
         let run = |rewriter: &dyn api::QueryRewriter| {

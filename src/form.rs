@@ -58,8 +58,7 @@ impl std::error::Error for FormError {}
 /// wherever decoding changed nothing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pair<'a> {
-    /// The pair's text as forwarded: the client's own while the pair is untouched, or
-    /// the encoding of a pair pushed with [`Params::push_encoded`].
+    /// The client's own text for the pair, while the pair is untouched.
     raw: Option<&'a str>,
     name: Cow<'a, str>,
     value: Cow<'a, str>,
@@ -234,20 +233,6 @@ impl<'a> Params<'a> {
             raw: None,
             name: Cow::Borrowed(name),
             value: value.into(),
-            encoded_value: None,
-            has_equals: true,
-            pending: None,
-        });
-        self.changed = true;
-    }
-
-    /// [`Params::push`], with `encoded` the pair as [`Params::encode`] would write it
-    /// (`name=value`, both encoded), built ahead by the caller: it is copied as it is.
-    pub fn push_encoded(&mut self, name: &'a str, value: &'a str, encoded: &'a str) {
-        self.pairs.push(Pair {
-            raw: Some(encoded),
-            name: Cow::Borrowed(name),
-            value: Cow::Borrowed(value),
             encoded_value: None,
             has_equals: true,
             pending: None,
