@@ -18,6 +18,7 @@ use crate::mediatype::{self, MediaTypeError};
 use crate::rules::RuleView;
 use serde_json::json;
 use std::borrow::Cow;
+use std::rc::Rc;
 
 /// Parameters the client may not set: VictoriaMetrics would apply them as filters, and
 /// only the filter decides the tenant. `include_metadata` (Prometheus 3's search API)
@@ -531,13 +532,14 @@ pub enum QueryRejection {
     Forbidden(String),
 }
 
-/// A query or selector confined to the tenant.
+/// A query or selector confined to the tenant. Shared, not owned: a remembered answer
+/// is handed out of the memo without a copy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RewrittenQuery {
-    pub text: String,
+    pub text: Rc<str>,
     /// `text` as [`crate::form::encode`] gives it, when the rewriter remembered it:
     /// the parameter is then re-encoded by copying this.
-    pub encoded: Option<String>,
+    pub encoded: Option<Rc<str>>,
 }
 
 /// Confines one query or selector to the tenant.
@@ -567,7 +569,7 @@ pub trait QueryRewriter {
 impl<F: Fn(&str) -> Result<String, QueryRejection>> QueryRewriter for F {
     fn rewrite(&self, query: &str) -> Result<RewrittenQuery, QueryRejection> {
         self(query).map(|text| RewrittenQuery {
-            text,
+            text: text.into(),
             encoded: None,
         })
     }

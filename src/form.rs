@@ -18,6 +18,8 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::ops::Deref;
+use std::rc::Rc;
 
 /// Why a query string or form body was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,6 +56,63 @@ impl fmt::Display for FormError {
 
 impl std::error::Error for FormError {}
 
+/// A decoded value: borrowed from the input, built for the pair, or shared with the
+/// memo that remembered it, so that a repeated query's answer is not copied out of the
+/// memo to be forwarded.
+#[derive(Debug, Clone)]
+pub enum Text<'a> {
+    Borrowed(&'a str),
+    Owned(String),
+    Shared(Rc<str>),
+}
+
+impl Deref for Text<'_> {
+    type Target = str;
+    fn deref(&self) -> &str {
+        match self {
+            Text::Borrowed(text) => text,
+            Text::Owned(text) => text,
+            Text::Shared(text) => text,
+        }
+    }
+}
+
+/// Compared as text, however each side holds it.
+impl PartialEq for Text<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for Text<'_> {}
+
+impl<'a> From<&'a str> for Text<'a> {
+    fn from(text: &'a str) -> Self {
+        Text::Borrowed(text)
+    }
+}
+
+impl From<String> for Text<'_> {
+    fn from(text: String) -> Self {
+        Text::Owned(text)
+    }
+}
+
+impl From<Rc<str>> for Text<'_> {
+    fn from(text: Rc<str>) -> Self {
+        Text::Shared(text)
+    }
+}
+
+impl<'a> From<Cow<'a, str>> for Text<'a> {
+    fn from(text: Cow<'a, str>) -> Self {
+        match text {
+            Cow::Borrowed(text) => Text::Borrowed(text),
+            Cow::Owned(text) => Text::Owned(text),
+        }
+    }
+}
+
 /// One `name=value` pair: its raw text and its decoded form, borrowed from the input
 /// wherever decoding changed nothing.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,10 +120,10 @@ pub struct Pair<'a> {
     /// The client's own text for the pair, while the pair is untouched.
     raw: Option<&'a str>,
     name: Cow<'a, str>,
-    value: Cow<'a, str>,
+    value: Text<'a>,
     /// `value` already percent-encoded by [`encode`], when the caller had it at hand (a
     /// remembered rewrite), so that [`Params::encode`] need not encode it again.
-    encoded_value: Option<String>,
+    encoded_value: Option<Rc<str>>,
     has_equals: bool,
     /// Set while the value's decoding is deferred: `value` then borrows the client's
     /// escaped text.
@@ -96,7 +155,7 @@ impl<'a> Pair<'a> {
     /// deferred).
     pub fn escaped_value(&self) -> Option<(&'a str, usize)> {
         match (&self.value, self.pending) {
-            (Cow::Borrowed(raw), Some(pending)) => Some((raw, pending.offset)),
+            (Text::Borrowed(raw), Some(pending)) => Some((raw, pending.offset)),
             _ => None,
         }
     }
@@ -153,7 +212,7 @@ impl<'a> Params<'a> {
     pub fn resolve_pending(&mut self) -> Result<(), FormError> {
         for pair in &mut self.pairs {
             if let Some((raw, offset)) = pair.escaped_value() {
-                pair.value = decode_if(true, raw, offset)?;
+                pair.value = decode_if(true, raw, offset)?.into();
                 pair.pending = None;
             }
         }
@@ -186,7 +245,7 @@ impl<'a> Params<'a> {
     /// Replaces the value of the pair at `index`; the pair is re-encoded.
     ///
     /// Setting the value it already has keeps the client's raw text.
-    pub fn set_value(&mut self, index: usize, value: String) {
+    pub fn set_value(&mut self, index: usize, value: impl Into<Text<'a>>) {
         self.set_value_encoded(index, value, None);
     }
 
@@ -196,10 +255,16 @@ impl<'a> Params<'a> {
     /// A value whose decoding was deferred is compared with what its raw text decodes
     /// to, without decoding it whole: a rewrite differs from its query within a few
     /// bytes. Either way the pair holds `value` afterwards, decoded.
-    pub fn set_value_encoded(&mut self, index: usize, value: String, encoded: Option<String>) {
+    pub fn set_value_encoded(
+        &mut self,
+        index: usize,
+        value: impl Into<Text<'a>>,
+        encoded: Option<Rc<str>>,
+    ) {
+        let value = value.into();
         if let Some(pair) = self.pairs.get_mut(index) {
             let same = match (&pair.value, pair.pending) {
-                (Cow::Borrowed(raw), Some(pending)) => {
+                (Text::Borrowed(raw), Some(pending)) => {
                     value.len() == pending.decoded_len && decodes_to(raw, &value)
                 }
                 _ => *pair.value == *value,
@@ -210,7 +275,7 @@ impl<'a> Params<'a> {
                 pair.raw = None;
                 self.changed = true;
             }
-            pair.value = Cow::Owned(value);
+            pair.value = value;
             pair.pending = None;
         }
     }
@@ -228,7 +293,7 @@ impl<'a> Params<'a> {
 
     /// Appends a new pair at the end. The value is taken as given, borrowed or owned,
     /// so that a value built for the pair is not copied again.
-    pub fn push(&mut self, name: &'a str, value: impl Into<Cow<'a, str>>) {
+    pub fn push(&mut self, name: &'a str, value: impl Into<Text<'a>>) {
         self.pairs.push(Pair {
             raw: None,
             name: Cow::Borrowed(name),
@@ -323,9 +388,12 @@ fn split_pairs<'a>(
                 // Saturating: a value that does not decode is never compared.
                 decoded_len: value_raw.len().saturating_sub(2 * value_percents),
             };
-            (Cow::Borrowed(value_raw), Some(pending))
+            (Text::Borrowed(value_raw), Some(pending))
         } else {
-            (decode_if(value_escaped, value_raw, value_start)?, None)
+            (
+                decode_if(value_escaped, value_raw, value_start)?.into(),
+                None,
+            )
         };
         pairs.push(Pair {
             raw: Some(&raw[start..end]),
@@ -825,7 +893,7 @@ mod tests {
                     set.set_value(index, value.clone());
                     proptest::prop_assert_eq!(set.encode(), expected.clone());
                     let mut given = new.clone();
-                    given.set_value_encoded(index, value.clone(), Some(encode(&value)));
+                    given.set_value_encoded(index, value.clone(), Some(encode(&value).into()));
                     proptest::prop_assert_eq!(given.encode(), expected);
                 }
                 _ => proptest::prop_assert!(false, "old {:?}, new {:?}", old, new),
@@ -915,7 +983,7 @@ mod tests {
         #[test]
         fn any_value_survives_encode_then_decode(name in "[a-z_\\[\\]]{1,8}", value in "\\PC*") {
             let mut p = Params::parse("x=1").unwrap();
-            p.push(&name, &value);
+            p.push(&name, value.as_str());
             let encoded = p.encode();
             let again = Params::parse(&encoded).unwrap();
             proptest::prop_assert_eq!(again.pairs()[1].name(), name.as_str());

@@ -34,6 +34,7 @@ use crate::form::{self, FormError};
 use crate::{ConflictPolicy, Dialect};
 use std::cell::RefCell;
 use std::convert::Infallible;
+use std::rc::Rc;
 
 /// Sets of the memo; each holds [`WAYS`] entries.
 const SETS: usize = 32;
@@ -92,10 +93,11 @@ struct Entry {
     values: Vec<String>,
     policy: ConflictPolicy,
     dialect: Dialect,
-    answer: Result<String, QueryRejection>,
+    /// Shared with the requests it is handed to: a hit copies nothing.
+    answer: Result<Rc<str>, QueryRejection>,
     /// A good answer as the form codec encodes it, so that a repeated query is not
     /// encoded again either.
-    encoded: Option<String>,
+    encoded: Option<Rc<str>>,
     /// The memo's clock when this entry was last used.
     used: u64,
 }
@@ -162,14 +164,7 @@ impl RewriteMemo {
         if let Some(answer) = self.get(hash, key) {
             return Ok(answer);
         }
-        let answer = compute()?;
-        Ok(match self.put(hash, key, &answer) {
-            Some(encoded) => answer.map(|text| RewrittenQuery {
-                text,
-                encoded: Some(encoded),
-            }),
-            None => unremembered(answer),
-        })
+        Ok(self.put(hash, key, compute()?))
     }
 
     fn set(&mut self, hash: u64) -> &mut [Option<Entry>] {
@@ -193,34 +188,36 @@ impl RewriteMemo {
         entry.used = clock;
         Some(match &entry.answer {
             Ok(text) => Ok(RewrittenQuery {
-                text: text.clone(),
+                text: Rc::clone(text),
                 encoded: entry.encoded.clone(),
             }),
             Err(rejection) => Err(rejection.clone()),
         })
     }
 
-    /// Remembers `answer` if it is small enough; returns a good answer's encoding when
-    /// it was remembered.
+    /// Remembers `answer` if it is small enough, and hands it on, with its encoding
+    /// when a good answer was remembered.
     fn put(
         &mut self,
         hash: u64,
         key: &MemoKey<'_>,
-        answer: &Result<String, QueryRejection>,
-    ) -> Option<String> {
-        let answer_len = match answer {
+        answer: Result<String, QueryRejection>,
+    ) -> Result<RewrittenQuery, QueryRejection> {
+        let answer_len = match &answer {
             Ok(text) => text.len(),
             Err(QueryRejection::BadQuery(why) | QueryRejection::Forbidden(why)) => why.len(),
         };
         if answer_len > MAX_ANSWER_BYTES {
-            return None;
+            return unremembered(answer);
         }
+        let answer = answer.map(Rc::<str>::from);
         // Bounded like the answer, so an entry holds at most twice MAX_ANSWER_BYTES.
         let encoded = answer
             .as_ref()
             .ok()
             .map(|text| form::encode(text))
-            .filter(|encoded| encoded.len() <= MAX_ANSWER_BYTES);
+            .filter(|encoded| encoded.len() <= MAX_ANSWER_BYTES)
+            .map(Rc::<str>::from);
         let entry = Entry {
             hash,
             query: key.query.to_string(),
@@ -239,7 +236,7 @@ impl RewriteMemo {
         if let Some(i) = free.or_else(oldest) {
             set[i] = Some(entry);
         }
-        encoded
+        answer.map(|text| RewrittenQuery { text, encoded })
     }
 
     /// Number of entries (for tests).
@@ -261,7 +258,7 @@ thread_local! {
 
 fn unremembered(answer: Result<String, QueryRejection>) -> Result<RewrittenQuery, QueryRejection> {
     answer.map(|text| RewrittenQuery {
-        text,
+        text: text.into(),
         encoded: None,
     })
 }
@@ -332,9 +329,9 @@ mod tests {
     fn text(answer: Result<RewrittenQuery, QueryRejection>) -> Result<String, QueryRejection> {
         answer.map(|answer| {
             if let Some(encoded) = &answer.encoded {
-                assert_eq!(encoded, &form::encode(&answer.text));
+                assert_eq!(**encoded, form::encode(&answer.text));
             }
-            answer.text
+            answer.text.to_string()
         })
     }
 
@@ -452,7 +449,7 @@ mod tests {
             let answer = memo
                 .rewrite(&key(query, &alice), || engine(query, &alice))
                 .unwrap();
-            assert_eq!(answer.encoded, Some(form::encode(&answer.text)));
+            assert_eq!(answer.encoded, Some(form::encode(&answer.text).into()));
         }
         let long = format!("up{{job=\"{}\"}}", "x".repeat(MAX_QUERY_BYTES));
         let answer = memo
@@ -463,7 +460,27 @@ mod tests {
         let answer = memo
             .rewrite(&key("up", &alice), || Ok(huge.clone()))
             .unwrap();
-        assert_eq!((answer.text, answer.encoded), (huge, None));
+        assert_eq!((answer.text, answer.encoded), (huge.into(), None));
+    }
+
+    #[test]
+    fn a_remembered_answer_is_handed_out_shared_not_copied() {
+        let mut memo = RewriteMemo::new();
+        let alice = vec!["1999".to_string()];
+        let query = "sum(rate(x[5m]))";
+        let answers: Vec<_> = (0..3)
+            .map(|_| {
+                memo.rewrite(&key(query, &alice), || engine(query, &alice))
+                    .unwrap()
+            })
+            .collect();
+        for answer in &answers[1..] {
+            assert!(Rc::ptr_eq(&answer.text, &answers[0].text));
+            let (Some(first), Some(this)) = (&answers[0].encoded, &answer.encoded) else {
+                panic!("a remembered answer comes encoded");
+            };
+            assert!(Rc::ptr_eq(this, first));
+        }
     }
 
     #[test]
@@ -477,7 +494,7 @@ mod tests {
             let got = memo
                 .rewrite(&key("up", &alice), || Ok(answer.clone()))
                 .unwrap();
-            assert_eq!((got.text.as_str(), got.encoded), (answer.as_str(), None));
+            assert_eq!((&*got.text, got.encoded), (answer.as_str(), None));
         }
         assert_eq!(memo.len(), 1);
     }
@@ -490,7 +507,7 @@ mod tests {
         let alice = vec!["1999".to_string()];
         let bob = vec!["2000".to_string()];
         let hash = key("up", &alice).hash();
-        memo.put(hash, &key("up", &alice), &engine("up", &alice));
+        let _ = memo.put(hash, &key("up", &alice), engine("up", &alice));
         assert!(memo.get(hash, &key("up", &alice)).is_some());
         let others = [
             key("up", &bob),
@@ -533,12 +550,12 @@ mod tests {
         let hash = decoded.hash();
         let good = engine("a+b", &alice);
         assert!(good.is_ok());
-        memo.put(hash, &decoded, &good);
+        let _ = memo.put(hash, &decoded, good);
         assert!(memo.get(hash, &escaped).is_none());
         let mut memo = RewriteMemo::new();
         let refused = engine("a b", &alice);
         assert!(matches!(refused, Err(QueryRejection::BadQuery(_))));
-        memo.put(hash, &escaped, &refused);
+        let _ = memo.put(hash, &escaped, refused.clone());
         assert!(memo.get(hash, &decoded).is_none());
         assert_eq!(text(memo.get(hash, &escaped).unwrap()), refused);
     }
