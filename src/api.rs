@@ -194,10 +194,11 @@ pub enum Action {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
     pub action: Action,
-    /// The path as the client sent it (before `?`), forwarded unchanged.
-    pub raw_path: String,
-    /// The query string as the client sent it (after `?`), possibly empty.
-    pub raw_query: String,
+    /// The path, and `?` with the query string unless it is empty: one allocation per
+    /// request rather than two.
+    target: String,
+    /// Where the path ends in `target`.
+    path_end: usize,
     /// Whether the backend reads a form body: only for POST. Go's `Request.ParseForm`
     /// ignores the body of a GET (and of a DELETE), so parameters there must not count
     /// as rewritten; it reads PUT and PATCH bodies, which the filter refuses (405).
@@ -205,9 +206,28 @@ pub struct Plan {
 }
 
 impl Plan {
+    pub fn new(action: Action, raw_path: &str, raw_query: &str, reads_body: bool) -> Plan {
+        Plan {
+            action,
+            target: join_path(raw_path, raw_query),
+            path_end: raw_path.len(),
+            reads_body,
+        }
+    }
+
+    /// The path as the client sent it (before `?`), forwarded unchanged.
+    pub fn raw_path(&self) -> &str {
+        self.target.get(..self.path_end).unwrap_or_default()
+    }
+
+    /// The query string as the client sent it (after `?`), possibly empty.
+    pub fn raw_query(&self) -> &str {
+        self.target.get(self.path_end + 1..).unwrap_or_default()
+    }
+
     /// The `:path` the plan stands for: path, and `?` with the query string if any.
     pub fn target(&self) -> String {
-        join_path(&self.raw_path, &self.raw_query)
+        self.target.clone()
     }
 }
 
@@ -300,12 +320,7 @@ pub fn plan_request(
         if method != crate::writes::WRITE_METHOD.as_bytes() {
             return Err(Refusal::method_not_allowed(crate::writes::WRITE_METHOD));
         }
-        return Ok(Plan {
-            action: Action::Write,
-            raw_path: raw_path.to_string(),
-            raw_query: raw_query.to_string(),
-            reads_body: false,
-        });
+        return Ok(Plan::new(Action::Write, raw_path, raw_query, false));
     }
     // VictoriaMetrics serves its Prometheus API under `/prometheus` too; Prometheus
     // does not, so there the prefixed paths are unknown.
@@ -324,12 +339,7 @@ pub fn plan_request(
     if !method_allowed {
         return Err(Refusal::method_not_allowed(allow));
     }
-    Ok(Plan {
-        action,
-        raw_path: raw_path.to_string(),
-        raw_query: raw_query.to_string(),
-        reads_body: method == b"POST",
-    })
+    Ok(Plan::new(action, raw_path, raw_query, method == b"POST"))
 }
 
 /// True when `path_and_query` names an ingestion endpoint ([`crate::writes`]), allowed
@@ -636,7 +646,7 @@ pub fn rewrite_url(
     let bad_query_string =
         |e: FormError| Refusal::bad_request(format!("invalid query string: {e}"));
     let targets = targets(plan.action);
-    let mut url = Params::parse_deferring(&plan.raw_query, deferred(targets, rewriter))
+    let mut url = Params::parse_deferring(plan.raw_query(), deferred(targets, rewriter))
         .map_err(bad_query_string)?;
     url.remove_all(STRIPPED_PARAMS);
     let rewritten_params = rewrite_params(&mut url, targets, rewriter, bad_query_string)?;
@@ -674,7 +684,7 @@ pub fn rewrite_url(
     }
     check_count("query string", url.go_param_count())?;
     let query = url.is_changed().then(|| url.encode());
-    let path = query.map(|query| join_path(&plan.raw_path, &query));
+    let path = query.map(|query| join_path(plan.raw_path(), &query));
     Ok(UrlRewritten {
         path,
         rewritten_params,
@@ -1267,8 +1277,19 @@ mod tests {
             Ok(Action::RewriteMatch)
         );
         let p = plan("GET", "/api/v1/%71uery?query=up").unwrap();
-        assert_eq!(p.raw_path, "/api/v1/%71uery");
-        assert_eq!(p.raw_query, "query=up");
+        assert_eq!(p.raw_path(), "/api/v1/%71uery");
+        assert_eq!(p.raw_query(), "query=up");
+        assert_eq!(p.target(), "/api/v1/%71uery?query=up");
+        for (target, path) in [
+            ("/api/v1/query?", "/api/v1/query"),
+            ("/api/v1/query", "/api/v1/query"),
+        ] {
+            let p = plan("GET", target).unwrap();
+            assert_eq!(
+                (p.raw_path(), p.raw_query(), p.target().as_str()),
+                (path, "", path)
+            );
+        }
     }
 
     #[test]
@@ -1737,10 +1758,10 @@ mod tests {
             let writes = if path.len() % 2 == 0 { Writes::Deny } else { Writes::VictoriaMetrics };
             let method: &[u8] = if writes == Writes::Deny { b"GET" } else { b"POST" };
             if let Ok(plan) = plan_request(method, path.as_bytes(), Backend::Prometheus, writes) {
-                let decoded = crate::form::decode(&plan.raw_path, 0).unwrap();
+                let decoded = crate::form::decode(plan.raw_path(), 0).unwrap();
                 proptest::prop_assert!(!decoded.contains("//"));
                 proptest::prop_assert!(!decoded.split('/').any(|s| s == ".." || s == "."));
-                proptest::prop_assert!(!plan.raw_path.contains(';'));
+                proptest::prop_assert!(!plan.raw_path().contains(';'));
             }
         }
 
@@ -1749,7 +1770,7 @@ mod tests {
             let values = vec!["1".to_string()];
             let t = tenant(&values, "client_id=\"1\"");
             for path in ["/api/v1/query", "/api/v1/series", "/api/v1/status/buildinfo"] {
-                let p = Plan { action: plan("GET", path).unwrap().action, raw_path: path.into(), raw_query: query.clone(), reads_body: true };
+                let p = Plan::new(plan("GET", path).unwrap().action, path, &query, true);
                 let _ = rewrite_request(&p, Some(body.as_bytes()), Some(b"application/x-www-form-urlencoded"), &t,
                     RewriteOptions { victoriametrics_extra_label: true }, &fake);
             }

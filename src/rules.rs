@@ -23,6 +23,7 @@ use crate::promql::ast::MatchOp;
 use crate::promql::inject::unconfinable_call;
 use crate::Dialect;
 use serde_json::{Map, Value};
+use std::borrow::Cow;
 
 /// Which of the two endpoints the caller asked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,7 +77,7 @@ const MAX_ERROR_MESSAGE: usize = 512;
 /// `state`, `datasource_type`... A caller asking for a page gets the whole (filtered)
 /// answer, without a `groupNextToken`, which clients read as the last page.
 pub fn upstream_request(plan: &Plan, view: RuleView) -> Result<(Plan, RuleSelection), Refusal> {
-    let mut params = Params::parse(&plan.raw_query)
+    let mut params = Params::parse(plan.raw_query())
         .map_err(|e| Refusal::bad_request(format!("invalid query string: {e}")))?;
     let mut selection = selection_from(&params)?;
     if view == RuleView::Alerts {
@@ -94,14 +95,10 @@ pub fn upstream_request(plan: &Plan, view: RuleView) -> Result<(Plan, RuleSelect
         params.push("type", "alert");
     }
     let raw_path = match view {
-        RuleView::Rules => plan.raw_path.clone(),
-        RuleView::Alerts => rules_path_for(&plan.raw_path),
+        RuleView::Rules => Cow::Borrowed(plan.raw_path()),
+        RuleView::Alerts => Cow::Owned(rules_path_for(plan.raw_path())),
     };
-    let upstream = Plan {
-        raw_path,
-        raw_query: params.encode(),
-        ..plan.clone()
-    };
+    let upstream = Plan::new(plan.action, &raw_path, &params.encode(), plan.reads_body);
     Ok((upstream, selection))
 }
 

@@ -581,8 +581,8 @@ fn the_request_asks_the_engine_for_rules_with_only_match() {
          &exclude_alerts=TRUE&group_limit=1&group_next_token=x&match[]=up&search=x&page_num=2",
     )
     .unwrap();
-    assert_eq!(plan.raw_path, "/api/v1/rules");
-    assert_eq!(plan.raw_query, "match[]=up");
+    assert_eq!(plan.raw_path(), "/api/v1/rules");
+    assert_eq!(plan.raw_query(), "match[]=up");
     assert_eq!(
         selection,
         RuleSelection {
@@ -596,13 +596,13 @@ fn the_request_asks_the_engine_for_rules_with_only_match() {
     // The alerts view asks for the alerting rules, with their alerts.
     let (plan, selection) =
         upstream("/prometheus/api/v1/alerts?exclude_alerts=1&type=record&match%5B%5D=x").unwrap();
-    assert_eq!(plan.raw_path, "/prometheus/api/v1/rules");
-    assert_eq!(plan.raw_query, "match%5B%5D=x&type=alert");
+    assert_eq!(plan.raw_path(), "/prometheus/api/v1/rules");
+    assert_eq!(plan.raw_query(), "match%5B%5D=x&type=alert");
     assert_eq!(selection.kind, Some(RuleKind::Alerting));
     assert!(!selection.exclude_alerts);
     let (plan, _) = upstream("/api/v1/%61lerts").unwrap();
     assert_eq!(
-        (plan.raw_path.as_str(), plan.raw_query.as_str()),
+        (plan.raw_path(), plan.raw_query()),
         ("/api/v1/rules", "type=alert")
     );
     // Prometheus' own refusals, given before asking.

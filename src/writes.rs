@@ -120,14 +120,14 @@ pub fn path_for(plan: &Plan, tenants: &[String], tenant_label: &str) -> Result<S
             ))
         }
     };
-    let mut url = Params::parse(&plan.raw_query)
+    let mut url = Params::parse(plan.raw_query())
         .map_err(|e| Refusal::bad_request(format!("invalid query string: {e}")))?;
     url.remove_all(STRIPPED_PARAMS);
     url.push("extra_label", extra_label(tenant_label, tenant));
     let query = url.encode();
     // A query string Go would drop whole would drop the tenant's extra_label with it.
     check_param_count("query string", query.as_bytes())?;
-    Ok(format!("{}?{query}", plan.raw_path))
+    Ok(format!("{}?{query}", plan.raw_path()))
 }
 
 #[cfg(test)]
@@ -211,8 +211,8 @@ mod tests {
                 let full = format!("{path}{query}");
                 let p = plan("POST", &full, Writes::VictoriaMetrics).unwrap();
                 assert_eq!(p.action, Action::Write, "{full}");
-                assert_eq!(p.raw_path, *path);
-                assert_eq!(p.raw_query, query.trim_start_matches('?'));
+                assert_eq!(p.raw_path(), *path);
+                assert_eq!(p.raw_query(), query.trim_start_matches('?'));
                 assert!(!p.reads_body, "a write body is never read");
             }
             for method in ["GET", "PUT", "DELETE", "post"] {
