@@ -683,8 +683,7 @@ pub fn rewrite_url(
         }
     }
     check_count("query string", url.go_param_count())?;
-    let query = url.is_changed().then(|| url.encode());
-    let path = query.map(|query| join_path(plan.raw_path(), &query));
+    let path = url.is_changed().then(|| url.encode_target(plan.raw_path()));
     Ok(UrlRewritten {
         path,
         rewritten_params,

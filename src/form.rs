@@ -307,7 +307,26 @@ impl<'a> Params<'a> {
 
     /// The encoded form: untouched pairs verbatim, changed ones percent-encoded.
     pub fn encode(&self) -> String {
-        // Room for the untouched pairs and separators; changed ones may still grow it.
+        let mut out = String::with_capacity(self.encoded_len_hint());
+        self.encode_onto(&mut out);
+        out
+    }
+
+    /// `path`, then `?` and [`Params::encode`]'s text unless that text is empty: a
+    /// request's new `:path`, built in one String rather than joined from two.
+    pub fn encode_target(&self, path: &str) -> String {
+        let mut out = String::with_capacity(path.len() + 1 + self.encoded_len_hint());
+        out.push_str(path);
+        out.push('?');
+        self.encode_onto(&mut out);
+        if out.len() == path.len() + 1 {
+            out.pop();
+        }
+        out
+    }
+
+    /// Room for the untouched pairs and separators; changed ones may still grow it.
+    fn encoded_len_hint(&self) -> usize {
         let raw_len: usize = self
             .pairs
             .iter()
@@ -316,7 +335,10 @@ impl<'a> Params<'a> {
                 p.raw.map_or(p.name.len() + value_len, str::len) + 1
             })
             .sum();
-        let mut out = String::with_capacity(raw_len + raw_len / 2);
+        raw_len + raw_len / 2
+    }
+
+    fn encode_onto(&self, out: &mut String) {
         for (i, pair) in self.pairs.iter().enumerate() {
             if i > 0 {
                 out.push('&');
@@ -324,18 +346,17 @@ impl<'a> Params<'a> {
             match pair.raw {
                 Some(raw) => out.push_str(raw),
                 None => {
-                    encode_into(&pair.name, &mut out);
+                    encode_into(&pair.name, out);
                     if pair.has_equals {
                         out.push('=');
                         match &pair.encoded_value {
                             Some(encoded) => out.push_str(encoded),
-                            None => encode_into(&pair.value, &mut out),
+                            None => encode_into(&pair.value, out),
                         }
                     }
                 }
             }
         }
-        out
     }
 }
 
@@ -948,6 +969,10 @@ mod tests {
                     p.push(name, value.as_str());
                 }
                 proptest::prop_assert_eq!(p.go_param_count(), go_param_count(p.encode().as_bytes()));
+                // The forwarded `:path` is the path joined with that same text.
+                let query = p.encode();
+                let joined = if query.is_empty() { "/p".to_string() } else { format!("/p?{query}") };
+                proptest::prop_assert_eq!(p.encode_target("/p"), joined);
             }
         }
 
