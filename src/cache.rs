@@ -73,7 +73,7 @@ impl CacheEntry {
         match &self.identity {
             Identity::Tenants(tenants) => {
                 put_len(&mut out, tenants.len());
-                for tenant in tenants {
+                for tenant in tenants.iter() {
                     put_str(&mut out, tenant);
                 }
             }
@@ -108,7 +108,7 @@ impl CacheEntry {
                 if tenants.is_empty() {
                     return None;
                 }
-                Identity::Tenants(tenants)
+                Identity::Tenants(tenants.into())
             }
             KIND_FORBIDDEN => Identity::Forbidden(r.string()?),
             KIND_UNAUTHORIZED => Identity::Unauthorized(r.string()?),
@@ -464,7 +464,7 @@ mod tests {
     #[test]
     fn entry_round_trips_through_bytes() {
         for identity in [
-            Identity::Tenants(vec!["1999".into(), "é|x".into()]),
+            Identity::Tenants(vec!["1999".into(), "é|x".into()].into()),
             Identity::Forbidden("no claim".into()),
             Identity::Unauthorized("rejected".into()),
             Identity::Unavailable("down".into()),
@@ -493,7 +493,7 @@ mod tests {
     fn malformed_slot_values_are_misses() {
         let good = CacheEntry {
             token: "t".into(),
-            identity: Identity::Tenants(vec!["1".into()]),
+            identity: Identity::Tenants(vec!["1".into()].into()),
             expires_at: 10,
         }
         .to_bytes();
@@ -641,18 +641,18 @@ mod tests {
         local.insert(p.entry_for("alice", &tenants(&["1999"]), 0).unwrap());
         assert_eq!(
             local.get("alice", 10),
-            Some(&Identity::Tenants(vec!["1999".into()]))
+            Some(&Identity::Tenants(vec!["1999".into()].into()))
         );
         // Same set, other token: never answered with alice's tenants.
         assert_eq!(local.get("bob", 10), None);
         local.insert(p.entry_for("bob", &tenants(&["2000"]), 0).unwrap());
         assert_eq!(
             local.get("alice", 10),
-            Some(&Identity::Tenants(vec!["1999".into()]))
+            Some(&Identity::Tenants(vec!["1999".into()].into()))
         );
         assert_eq!(
             local.get("bob", 10),
-            Some(&Identity::Tenants(vec!["2000".into()]))
+            Some(&Identity::Tenants(vec!["2000".into()].into()))
         );
         // A full set drops the entry that expires first.
         local.insert(entry("c", 400_000));

@@ -21,7 +21,7 @@ use crate::api::{
 };
 use crate::config::{Config, IdentitySource};
 use crate::form::FormError;
-use crate::identity::{self, Identity};
+use crate::identity::{self, Identity, Tenants};
 use crate::memo::{self, MemoKey, QueryForm};
 use crate::rules::{self, ResponseFilter};
 use crate::{rewrite, writes, RewriteError, TenantMatcher};
@@ -59,7 +59,7 @@ pub enum Caller {
     /// A bearer token, still to be looked up at the identity provider.
     Token(String),
     /// Tenants read from claims Envoy already verified.
-    Tenants(Vec<String>),
+    Tenants(Tenants),
 }
 
 /// A request whose headers passed: its plan, its caller, and what its body will be read
@@ -135,7 +135,7 @@ fn get_body_refusal() -> Refusal {
 }
 
 /// The one place an identity becomes a refusal: its tenants, or why there are none.
-pub fn tenants_of(identity: Identity) -> Result<Vec<String>, Refusal> {
+pub fn tenants_of(identity: Identity) -> Result<Tenants, Refusal> {
     match identity {
         Identity::Tenants(tenants) => Ok(tenants),
         identity => Err(refusal(identity)),
@@ -176,7 +176,7 @@ pub struct BodyRule {
     plan: Plan,
     url: UrlRewritten,
     content_type: Option<Vec<u8>>,
-    tenants: Vec<String>,
+    tenants: Tenants,
 }
 
 /// The identity half: answer, refuse, or rewrite the URL.

@@ -173,7 +173,7 @@ fn counted(commands: &[Command], metric: Metric) -> usize {
 }
 
 fn alice() -> Identity {
-    Identity::Tenants(vec!["1999".into()])
+    Identity::Tenants(vec!["1999".into()].into())
 }
 
 fn down() -> Identity {
@@ -197,6 +197,16 @@ fn one_worker_one_callout_for_twenty_requests() {
     assert_eq!(w.request(&mut shared, 30, "tok", NOW + S), Some(alice()));
     assert_eq!(drain(&mut w), vec![Command::Count(Metric::CacheHit)]);
     assert_eq!(w.local_entries(), 1);
+    // Each hit shares the cached tenants rather than copying them.
+    let hits: Vec<_> = (31..33)
+        .map(
+            |context| match w.request(&mut shared, context, "tok", NOW + S) {
+                Some(Identity::Tenants(tenants)) => tenants,
+                other => panic!("a hit with tenants, not {other:?}"),
+            },
+        )
+        .collect();
+    assert!(std::rc::Rc::ptr_eq(&hits[0], &hits[1]));
 }
 
 #[test]

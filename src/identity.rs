@@ -7,6 +7,11 @@
 
 use base64::Engine as _;
 use serde_json::Value;
+use std::rc::Rc;
+
+/// A caller's tenants, shared: a worker's cached identity is handed to each of the
+/// caller's requests without copying its strings.
+pub type Tenants = Rc<[String]>;
 
 /// Longest bearer token accepted: bounds cache memory and the callout's header size.
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
@@ -19,7 +24,7 @@ pub const MAX_CLAIMS_BYTES: usize = 64 * 1024;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Identity {
     /// A verified caller with these tenants (never empty).
-    Tenants(Vec<String>),
+    Tenants(Tenants),
     /// No credentials, malformed credentials, or the IdP refused them: 401.
     Unauthorized(String),
     /// A verified caller without a usable tenant claim: 403.
@@ -99,7 +104,7 @@ pub fn tenants_from_claims(claims: &Value, claim: &[String]) -> Identity {
     if tenants.is_empty() {
         return forbidden("the tenant claim is empty");
     }
-    Identity::Tenants(tenants)
+    Identity::Tenants(tenants.into())
 }
 
 fn scalar_tenant(value: &Value) -> Option<String> {
@@ -248,7 +253,7 @@ mod tests {
         let claims = json!({"https://example.com/client_id": "1999"});
         assert_eq!(
             tenants_from_claims(&claims, &path(&["https://example.com/client_id"])),
-            Identity::Tenants(vec!["1999".to_string()])
+            Identity::Tenants(vec!["1999".to_string()].into())
         );
     }
 
@@ -256,15 +261,15 @@ mod tests {
     fn integer_claim_gives_decimal_text() {
         assert_eq!(
             tenants_from_claims(&json!({"t": 1999}), &path(&["t"])),
-            Identity::Tenants(vec!["1999".into()])
+            Identity::Tenants(vec!["1999".into()].into())
         );
         assert_eq!(
             tenants_from_claims(&json!({"t": -7}), &path(&["t"])),
-            Identity::Tenants(vec!["-7".into()])
+            Identity::Tenants(vec!["-7".into()].into())
         );
         assert_eq!(
             tenants_from_claims(&json!({"t": u64::MAX}), &path(&["t"])),
-            Identity::Tenants(vec![u64::MAX.to_string()])
+            Identity::Tenants(vec![u64::MAX.to_string()].into())
         );
     }
 
@@ -272,7 +277,7 @@ mod tests {
     fn array_claim_gives_several_tenants_deduplicated_in_order() {
         assert_eq!(
             tenants_from_claims(&json!({"t": ["b", 2, "a", "b", 2]}), &path(&["t"])),
-            Identity::Tenants(vec!["b".into(), "2".into(), "a".into()])
+            Identity::Tenants(vec!["b".into(), "2".into(), "a".into()].into())
         );
     }
 
@@ -281,13 +286,13 @@ mod tests {
         let claims = json!({"app_metadata": {"tenant": "acme"}});
         assert_eq!(
             tenants_from_claims(&claims, &path(&["app_metadata", "tenant"])),
-            Identity::Tenants(vec!["acme".into()])
+            Identity::Tenants(vec!["acme".into()].into())
         );
         // A URL-like key is one key, not a path.
         let claims = json!({"a": {"b": "x"}, "a.b": "y"});
         assert_eq!(
             tenants_from_claims(&claims, &path(&["a.b"])),
-            Identity::Tenants(vec!["y".into()])
+            Identity::Tenants(vec!["y".into()].into())
         );
     }
 
@@ -334,7 +339,7 @@ mod tests {
             let claims = claims_from_payload_header(Some(header.as_bytes())).unwrap();
             assert_eq!(
                 tenants_from_claims(&claims, &path(&["client_id"])),
-                Identity::Tenants(vec!["1999".into()])
+                Identity::Tenants(vec!["1999".into()].into())
             );
         }
     }
@@ -379,7 +384,7 @@ mod tests {
                 Some(br#"{"sub":"a","client_id":1999}"#),
                 &claim
             ),
-            Identity::Tenants(vec!["1999".into()])
+            Identity::Tenants(vec!["1999".into()].into())
         );
         assert!(matches!(
             classify_userinfo(Some(b"200"), Some(br#"{"sub":"a"}"#), &claim),

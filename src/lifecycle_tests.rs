@@ -36,7 +36,7 @@ fn config(extra: &str) -> Config {
 }
 
 fn alice() -> Identity {
-    Identity::Tenants(vec!["1999".into()])
+    Identity::Tenants(vec!["1999".into()].into())
 }
 
 fn post<'a>(path: &'a str, content_type: Option<&'a [u8]>) -> RequestHead<'a> {
@@ -733,7 +733,7 @@ fn a_write_is_decided_at_its_headers_and_its_body_streams_unread() {
     }
     // Several tenants: which one would the data belong to? Refused, counted as a write,
     // and nothing of it goes on.
-    let both = Identity::Tenants(vec!["1999".into(), "2000".into()]);
+    let both = Identity::Tenants(vec!["1999".into(), "2000".into()].into());
     let trace = drive(
         Envoy::StopIteration,
         &head,

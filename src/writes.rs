@@ -20,6 +20,7 @@ use crate::config::IdentityConfig;
 use crate::form::Params;
 use crate::identity::{self, Identity};
 use serde_json::Value;
+use std::rc::Rc;
 
 /// The ingestion endpoints allowed under `writes: victoriametrics`, without the
 /// `/prometheus` prefix VictoriaMetrics also serves them under.
@@ -98,8 +99,8 @@ pub fn tenants_from_claims(claims: &Value, identity: &IdentityConfig) -> Identit
         // Present but unusable: refused as the tenant claim would be.
         _ => return forbidden("the write tenant claim must name exactly one tenant"),
     };
-    match named.as_slice() {
-        [one] if tenants.contains(one) => Identity::Tenants(vec![one.clone()]),
+    match &*named {
+        [one] if tenants.contains(one) => Identity::Tenants(Rc::from([one.clone()])),
         [_] => forbidden("the write tenant claim names a tenant the identity does not have"),
         _ => forbidden("the write tenant claim must name exactly one tenant"),
     }
@@ -310,18 +311,18 @@ mod tests {
         let without = identity(None);
         assert_eq!(
             tenants_from_claims(&both, &without),
-            Identity::Tenants(vec!["1999".to_string(), "2000".to_string()])
+            Identity::Tenants(vec!["1999".to_string(), "2000".to_string()].into())
         );
         let with = identity(Some(r#"["w","to"]"#));
         assert_eq!(
             tenants_from_claims(&both, &with),
-            Identity::Tenants(vec!["2000".to_string()])
+            Identity::Tenants(vec!["2000".to_string()].into())
         );
         // Absent: the tenants as they are (one is enough, several are refused later).
         let one = json!({"client_id": "1999"});
         assert_eq!(
             tenants_from_claims(&one, &with),
-            Identity::Tenants(vec!["1999".to_string()])
+            Identity::Tenants(vec!["1999".to_string()].into())
         );
         let forbidden = |claims: Value| match tenants_from_claims(&claims, &with) {
             Identity::Forbidden(why) => why,

@@ -28,7 +28,7 @@ fn assert_refused_in_metricsql(query: &str, tenant: &TenantMatcher, why: &str) {
 }
 
 fn tenant(value: &str) -> Identity {
-    Identity::Tenants(vec![value.to_string()])
+    Identity::Tenants(vec![value.to_string()].into())
 }
 
 /// request_decision: a GET carrying a form body with `match[]`. The body's `match[]`

@@ -501,7 +501,7 @@ fn decide_as_alice(
     decide(
         &head,
         body,
-        Identity::Tenants(vec![TENANT.to_string()]),
+        Identity::Tenants(vec![TENANT.to_string()].into()),
         config,
     )
 }

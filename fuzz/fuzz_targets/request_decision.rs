@@ -76,7 +76,7 @@ fuzz_target!(|data: &[u8]| {
         end_of_stream,
     };
     let looked_up = match (request_flags >> 5) & 0b11 {
-        0 => Identity::Tenants(tenants.clone()),
+        0 => Identity::Tenants(tenants.clone().into()),
         1 => Identity::Unauthorized("rejected".into()),
         2 => Identity::Forbidden("no claim".into()),
         _ => Identity::Unavailable("down".into()),
@@ -360,7 +360,7 @@ fn verified_tenants(
         return None;
     };
     TenantMatcher::new(&config.tenant_label, &tenants).ok()?;
-    Some(tenants)
+    Some(tenants.to_vec())
 }
 
 fn check_forwarded(
