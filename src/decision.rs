@@ -55,29 +55,44 @@ pub fn credential_header(config: &Config) -> &str {
 
 /// Who asks, as far as the headers tell.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Caller {
-    /// A bearer token, still to be looked up at the identity provider.
-    Token(String),
+pub enum Caller<'h> {
+    /// A bearer token, still to be looked up at the identity provider: borrowed from
+    /// the headers until the request must wait for it.
+    Token(Cow<'h, str>),
     /// Tenants read from claims Envoy already verified.
     Tenants(Tenants),
 }
 
 /// A request whose headers passed: its plan, its caller, and what its body will be read
-/// as.
+/// as. It borrows from the headers; [`Admitted::into_owned`] keeps it past them, for a
+/// request that waits for its identity.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Admitted {
+pub struct Admitted<'h> {
     pub plan: Plan,
-    pub caller: Caller,
-    pub content_type: Option<Vec<u8>>,
+    pub caller: Caller<'h>,
+    pub content_type: Option<Cow<'h, [u8]>>,
     /// The headers did not end the stream: a body follows, to be judged (or, for a
     /// write, streamed through unread).
     pub body_follows: bool,
 }
 
-impl Admitted {
+impl Admitted<'_> {
     /// A write: decided at the headers, its body never read nor bounded.
     pub fn streams_body(&self) -> bool {
         self.plan.action == Action::Write
+    }
+
+    /// The same, owning what it borrowed from the headers.
+    pub fn into_owned(self) -> Admitted<'static> {
+        Admitted {
+            plan: self.plan,
+            caller: match self.caller {
+                Caller::Token(token) => Caller::Token(Cow::Owned(token.into_owned())),
+                Caller::Tenants(tenants) => Caller::Tenants(tenants),
+            },
+            content_type: self.content_type.map(|t| Cow::Owned(t.into_owned())),
+            body_follows: self.body_follows,
+        }
     }
 }
 
@@ -86,7 +101,7 @@ impl Admitted {
 ///
 /// A write's body is the client's to shape (snappy, gzip, any type, any length): the
 /// filter never reads it, so it checks none of its headers either.
-pub fn on_headers(head: &RequestHead<'_>, config: &Config) -> Result<Admitted, Refusal> {
+pub fn on_headers<'h>(head: &RequestHead<'h>, config: &Config) -> Result<Admitted<'h>, Refusal> {
     let plan = api::plan_request(head.method, head.path, config.backend, config.writes)?;
     let write = plan.action == Action::Write;
     if !head.end_of_stream && !write {
@@ -103,7 +118,7 @@ pub fn on_headers(head: &RequestHead<'_>, config: &Config) -> Result<Admitted, R
     }
     let caller = match &config.identity.source {
         IdentitySource::Userinfo(_) => match identity::bearer_token(head.credential) {
-            Ok(token) => Caller::Token(token.to_string()),
+            Ok(token) => Caller::Token(Cow::Borrowed(token)),
             Err(identity) => return Err(refusal(identity)),
         },
         IdentitySource::JwtPayloadHeader { .. } => {
@@ -118,7 +133,7 @@ pub fn on_headers(head: &RequestHead<'_>, config: &Config) -> Result<Admitted, R
     Ok(Admitted {
         plan,
         caller,
-        content_type: head.content_type.map(<[u8]>::to_vec),
+        content_type: head.content_type.map(Cow::Borrowed),
         body_follows: !head.end_of_stream,
     })
 }
@@ -180,7 +195,7 @@ pub struct BodyRule {
 }
 
 /// The identity half: answer, refuse, or rewrite the URL.
-pub fn on_identity(admitted: &Admitted, identity: Identity, config: &Config) -> Verdict {
+pub fn on_identity(admitted: &Admitted<'_>, identity: Identity, config: &Config) -> Verdict {
     let tenants = match admitted.caller {
         Caller::Tenants(ref tenants) => tenants.clone(),
         Caller::Token(_) => match tenants_of(identity) {
@@ -244,7 +259,7 @@ pub fn on_identity(admitted: &Admitted, identity: Identity, config: &Config) -> 
             body: Some(BodyRule {
                 plan: plan.into_owned(),
                 url,
-                content_type: admitted.content_type.clone(),
+                content_type: admitted.content_type.as_deref().map(<[u8]>::to_vec),
                 tenants,
             }),
             response,

@@ -132,7 +132,10 @@ enum State {
     /// Before the request headers.
     Start,
     /// Headers held while the identity is looked up.
-    Identifying { admitted: Admitted, body: Body },
+    Identifying {
+        admitted: Admitted<'static>,
+        body: Body,
+    },
     /// Identity and `:path` settled at the headers, headers held: a turn of the event
     /// loop shows whether Envoy hands the body over while they are. `asked`: false when
     /// the worker knew it would, and no turn was asked for.
@@ -244,7 +247,7 @@ impl Request {
     pub fn awaited_token(&self) -> Option<&str> {
         match &self.state {
             State::Identifying { admitted, .. } => match &admitted.caller {
-                Caller::Token(token) => Some(token),
+                Caller::Token(token) => Some(token.as_ref()),
                 Caller::Tenants(_) => None,
             },
             _ => None,
@@ -282,10 +285,19 @@ impl Request {
             Caller::Tenants(tenants) => Some(Identity::Tenants(tenants.clone())),
             Caller::Token(token) => look_up(token),
         };
-        self.state = State::Identifying { admitted, body };
         let mut step = match known {
-            Some(identity) => self.identified(identity, config, now, true),
-            None => Step::hold(Vec::new()),
+            // Decided here: what it borrowed from the headers is never copied.
+            Some(identity) => {
+                self.state = State::Answered;
+                self.judge_identity(&admitted, body, identity, config, now, true)
+            }
+            None => {
+                self.state = State::Identifying {
+                    admitted: admitted.into_owned(),
+                    body,
+                };
+                Step::hold(Vec::new())
+            }
         };
         step.effects.insert(0, Effect::StripHeaders);
         step
@@ -307,7 +319,21 @@ impl Request {
         let Some((admitted, body)) = self.take_identifying() else {
             return Step::hold(Vec::new());
         };
-        let (path, rule, response) = match decision::on_identity(&admitted, identity, config) {
+        self.judge_identity(&admitted, body, identity, config, now, at_headers)
+    }
+
+    /// The request's verdict once its identity is known; the request is out of
+    /// [`State::Identifying`] (or never entered it).
+    fn judge_identity(
+        &mut self,
+        admitted: &Admitted<'_>,
+        body: Body,
+        identity: Identity,
+        config: &Config,
+        now: u64,
+        at_headers: bool,
+    ) -> Step {
+        let (path, rule, response) = match decision::on_identity(admitted, identity, config) {
             Verdict::Refuse(refusal) => return self.refuse(Vec::new(), refusal),
             Verdict::Answer(answer) => {
                 return Step::hold(vec![
@@ -376,7 +402,7 @@ impl Request {
     }
 
     /// Takes the request out of [`State::Identifying`], if it is there.
-    fn take_identifying(&mut self) -> Option<(Admitted, Body)> {
+    fn take_identifying(&mut self) -> Option<(Admitted<'static>, Body)> {
         if !matches!(self.state, State::Identifying { .. }) {
             return None;
         }
