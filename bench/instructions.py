@@ -122,10 +122,12 @@ def kind_of(path: str) -> str:
 
 
 def measure(workdir: Path, envoy: str, configs: dict[str, dict], ports: dict[str, tuple[int, int]],
-            cases: list[tuple[str, str, str, dict]], token: str, render_params) -> dict:
+            cases: list[tuple], token: str, render_params) -> dict:
     """`configs` by setup (A, C) with their (listen, admin) `ports`; `cases` as (label,
-    method, path, params), `render_params` turning a case's params into the i-th
-    request's. Returns instructions per request by case, setup and object."""
+    method, path, params), or (label, method, path, params, tokens) for requests that
+    take turns among several callers' tokens (`token` otherwise); `render_params`
+    turning a case's params into the i-th request's. Returns instructions per request
+    by case, setup and object."""
     if shutil.which("valgrind") is None:
         raise RuntimeError("valgrind not found: `make bench` installs it")
     envoys = {}
@@ -137,28 +139,31 @@ def measure(workdir: Path, envoy: str, configs: dict[str, dict], ports: dict[str
     for e in envoys.values():
         e.wait_ready()
     result: dict = {"counted": COUNTED, "start_s": round(time.monotonic() - started)}
-    headers = {"Authorization": f"Bearer {token}"}
-    for label, method, path, params in cases:
+    for label, method, path, params, *rest in cases:
+        tokens = rest[0] if rest else [token]
         row = {}
         for kind, e in envoys.items():
             session = requests.Session()
 
+            def request(i: int) -> requests.Response:
+                p = render_params(params, i)
+                return session.request(method, f"{e.url}{path}",
+                                       params=p if method == "GET" else None,
+                                       data=p if method == "POST" else None,
+                                       headers={"Authorization": f"Bearer {tokens[i % len(tokens)]}"},
+                                       timeout=60)
+
             def send(first: int, count: int) -> None:
                 for i in range(first, first + count):
-                    p = render_params(params, i)
-                    r = session.request(method, f"{e.url}{path}",
-                                        params=p if method == "GET" else None,
-                                        data=p if method == "POST" else None,
-                                        headers=headers, timeout=60)
+                    r = request(i)
                     if r.status_code != 200:
                         raise RuntimeError(f"{kind} {label}: {r.status_code} {r.text[:200]}")
 
-            # The first request may wait on the identity provider, under valgrind.
-            wait_until(lambda: session.request(
-                method, f"{e.url}{path}", params=render_params(params, 0) if method == "GET" else None,
-                data=render_params(params, 0) if method == "POST" else None, headers=headers,
-                timeout=60).status_code == 200, f"{kind} {label}: a first 200", timeout_s=180,
-                proc=e.proc)
+            # The first request of each caller may wait on the identity provider, under
+            # valgrind.
+            for first in range(len(tokens)):
+                wait_until(lambda: request(first).status_code == 200,
+                           f"{kind} {label}: a first 200", timeout_s=180, proc=e.proc)
             send(0, WARM_UP)
             counts = e.counted(lambda: send(WARM_UP, COUNTED))
             row[kind] = {k: v / COUNTED for k, v in counts.items()}
@@ -173,14 +178,14 @@ def report(result: dict | None) -> list[str]:
         return []
     out = [f"Instructions per request inside Envoy (valgrind callgrind, one worker; {result['counted']}"
            f" requests counted per case after a warm-up; deterministic: no timing involved):",
-           f"  {'case':10} {'A envoy':>9} {'A jit':>9} {'A total':>9}  {'C envoy':>9} {'C jit':>9}"
+           f"  {'case':12} {'A envoy':>9} {'A jit':>9} {'A total':>9}  {'C envoy':>9} {'C jit':>9}"
            f" {'C total':>9}  {'A - C':>8} {'A / C':>6}"]
     for label, row in result.items():
         if not isinstance(row, dict):
             continue
         a, c = row["A"], row["C"]
         ta, tc = sum(a.values()), sum(c.values())
-        out.append(f"  {label:10} {a.get('envoy', 0):9,.0f} {a.get('jit', 0):9,.0f} {ta:9,.0f}"
+        out.append(f"  {label:12} {a.get('envoy', 0):9,.0f} {a.get('jit', 0):9,.0f} {ta:9,.0f}"
                    f"  {c.get('envoy', 0):9,.0f} {c.get('jit', 0):9,.0f} {tc:9,.0f}"
                    f"  {ta - tc:8,.0f} {ta / tc:6.2f}")
     return out + [""]

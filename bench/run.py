@@ -79,6 +79,9 @@ GRAFANA_PARAMS_NEW = {**GRAFANA_PARAMS,
 # (label, method, path, form): the Grafana query both ways, repeated as Grafana repeats
 # it and new every time; and a request the filter authenticates but has no PromQL to
 # rewrite in, which splits its fixed cost from the engine's.
+# Users beside alice, each with a tenant of their own: callers taking turns.
+OTHER_USERS = ["bob", "carol", "dave"]
+
 OVERHEAD_CASES = [
     ("GET", "GET", QUERY_PATH, GRAFANA_PARAMS),
     ("POST", "POST", QUERY_PATH, GRAFANA_PARAMS),
@@ -428,8 +431,12 @@ def measure_instructions(workdir: Path, oidc: OidcProvider, token: str) -> dict:
     plugin["identity"]["timeout_ms"] = 30000
     configs = {"A": envoy_config.with_plugin_config(config_a, plugin),
                "C": with_null_filter(base_config(*ports["C"], oidc.port))}
+    # Behind Grafana a worker serves several users' requests in turn: what the filter
+    # keeps per caller must hold for more than the last one.
+    callers = [token] + [oidc.login(user) for user in OTHER_USERS]
+    cases = OVERHEAD_CASES + [(f"GET {len(callers)} users", "GET", QUERY_PATH, GRAFANA_PARAMS, callers)]
     return instructions.measure(
-        workdir, envoy_binary(), configs, ports, OVERHEAD_CASES, token,
+        workdir, envoy_binary(), configs, ports, cases, token,
         lambda params, i: {k: v.replace(VARY, str(i)) for k, v in params.items()})
 
 
@@ -919,7 +926,9 @@ def main() -> int:
     print(f"bench logs and configs: {workdir}")
     overhead = vm = backend = cold = footprint = engine_vm = peer = counted = None
     try:
-        oidc = OidcProvider(workdir, {"alice": {"client_id": TENANT}})
+        oidc = OidcProvider(workdir, {"alice": {"client_id": TENANT},
+                                      **{user: {"client_id": str(2000 + n)}
+                                         for n, user in enumerate(OTHER_USERS)}})
         if "enginevm" in phases:
             print("engine inside the VM against native, over the corpus ...", flush=True)
             engine_vm = measure_engine_in_vm(workdir, oidc)
