@@ -18,6 +18,7 @@ use crate::mediatype::{self, MediaTypeError};
 use crate::rules::RuleView;
 use serde_json::json;
 use std::borrow::Cow;
+use std::cell::OnceCell;
 use std::rc::Rc;
 
 /// Parameters the client may not set: VictoriaMetrics would apply them as filters, and
@@ -594,6 +595,37 @@ pub struct Tenant<'a> {
     pub values: &'a [String],
     /// The matcher as PromQL, e.g. `client_id="1999"` or `client_id=~"1|2"`.
     pub matcher_text: &'a str,
+    /// Where the caller's [`TenantParam`] is kept once built, if it is kept: it is the
+    /// same for every request of the caller. `None`: built for each request.
+    pub param: Option<&'a OnceCell<TenantParam>>,
+}
+
+/// The parameter that confines a request for VictoriaMetrics on top of its rewritten
+/// selectors: `extra_label` for one tenant value, `extra_filters[]` for several, with
+/// the pair encoded as the query string carries it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantParam {
+    name: &'static str,
+    value: String,
+    /// `name=value`, encoded as [`Params::encode`] encodes a new pair.
+    encoded: String,
+}
+
+impl TenantParam {
+    pub fn new(tenant: &Tenant<'_>) -> TenantParam {
+        let (name, value) = match tenant.values {
+            [one] => ("extra_label", extra_label(tenant.label, one)),
+            _ => ("extra_filters[]", format!("{{{}}}", tenant.matcher_text)),
+        };
+        let mut pair = Params::default();
+        pair.push(name, value.as_str());
+        let encoded = pair.encode();
+        TenantParam {
+            name,
+            value,
+            encoded,
+        }
+    }
 }
 
 /// Rewrite options from the configuration.
@@ -646,6 +678,8 @@ pub fn rewrite_url(
     let bad_query_string =
         |e: FormError| Refusal::bad_request(format!("invalid query string: {e}"));
     let targets = targets(plan.action);
+    // Before `url`, which may borrow it.
+    let built: TenantParam;
     let mut url = Params::parse_deferring(plan.raw_query(), deferred(targets, rewriter))
         .map_err(bad_query_string)?;
     url.remove_all(STRIPPED_PARAMS);
@@ -677,10 +711,14 @@ pub fn rewrite_url(
     if options.victoriametrics_extra_label
         && matches!(plan.action, Action::RewriteQuery | Action::RewriteMatch)
     {
-        match tenant.values {
-            [one] => url.push("extra_label", extra_label(tenant.label, one)),
-            _ => url.push("extra_filters[]", format!("{{{}}}", tenant.matcher_text)),
-        }
+        let param = match tenant.param {
+            Some(kept) => kept.get_or_init(|| TenantParam::new(tenant)),
+            None => {
+                built = TenantParam::new(tenant);
+                &built
+            }
+        };
+        url.push_encoded(param.name, &param.value, &param.encoded);
     }
     check_count("query string", url.go_param_count())?;
     let path = url.is_changed().then(|| url.encode_target(plan.raw_path()));
@@ -944,6 +982,7 @@ mod tests {
             label: "client_id",
             values,
             matcher_text: text,
+            param: None,
         }
     }
 
@@ -1434,6 +1473,48 @@ mod tests {
         assert_eq!(r.path.as_deref(), Some("/api/v1/status/buildinfo"));
         let r = run("GET", "/api/v1/status/buildinfo", None, true).unwrap();
         assert_eq!(r, Rewritten::default());
+    }
+
+    #[test]
+    fn a_kept_tenant_param_forwards_what_a_built_one_does() {
+        let options = RewriteOptions {
+            victoriametrics_extra_label: true,
+        };
+        let one = vec!["a b&=%/\u{e9}+".to_string()];
+        let two = vec!["1".to_string(), "2".to_string()];
+        let cases = [
+            (
+                &one,
+                "client_id=\"a b&=%/\u{e9}+\"",
+                "/api/v1/query?query=up&x=1",
+            ),
+            (&two, "client_id=~\"1|2\"", "/api/v1/series?match[]=up"),
+            (&two, "client_id=~\"1|2\"", "/api/v1/labels"),
+        ];
+        for (values, text, path) in cases {
+            let plan = plan("GET", path).unwrap();
+            let built = rewrite_url(&plan, &tenant(values, text), options, &fake, false).unwrap();
+            // What the backend reads back: the intended parameter, last.
+            let forwarded = built.path.as_deref().unwrap().split_once('?').unwrap().1;
+            let forwarded = Params::parse(forwarded).unwrap();
+            let last = forwarded.pairs().last().unwrap();
+            let want = match values.as_slice() {
+                [one] => ("extra_label", format!("client_id={one}")),
+                _ => ("extra_filters[]", format!("{{{text}}}")),
+            };
+            assert_eq!((last.name(), last.value()), (want.0, want.1.as_str()));
+            // Kept: built on the first request, copied on the next.
+            let cell = OnceCell::new();
+            let kept = Tenant {
+                param: Some(&cell),
+                ..tenant(values, text)
+            };
+            for _ in 0..2 {
+                let again = rewrite_url(&plan, &kept, options, &fake, false).unwrap();
+                assert_eq!(again, built, "{path}");
+            }
+            assert!(cell.get().is_some());
+        }
     }
 
     #[test]

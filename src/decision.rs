@@ -17,16 +17,16 @@
 
 use crate::api::{
     self, Action, Plan, QueryRejection, Refusal, RewriteOptions, RewrittenQuery, Tenant,
-    UrlRewritten,
+    TenantParam, UrlRewritten,
 };
 use crate::config::{Config, IdentitySource};
 use crate::form::FormError;
 use crate::identity::{self, Identity, Tenants};
 use crate::memo::{self, MemoKey, QueryForm};
 use crate::rules::{self, ResponseFilter};
-use crate::{rewrite, writes, RewriteError, TenantMatcher};
+use crate::{rewrite, writes, Dialect, RewriteError, TenantMatcher};
 use std::borrow::Cow;
-use std::cell::RefCell;
+use std::cell::{OnceCell, RefCell};
 use std::rc::Rc;
 
 /// What the filter reads from the request headers. `None` is an absent header.
@@ -197,7 +197,7 @@ pub struct BodyRule {
 /// The identity half: answer, refuse, or rewrite the URL.
 pub fn on_identity(admitted: &Admitted<'_>, identity: Identity, config: &Config) -> Verdict {
     let tenants = match admitted.caller {
-        Caller::Tenants(ref tenants) => tenants.clone(),
+        Caller::Tenants(ref tenants) => Rc::clone(tenants),
         Caller::Token(_) => match tenants_of(identity) {
             Ok(tenants) => tenants,
             Err(refusal) => return Verdict::Refuse(refusal),
@@ -295,56 +295,93 @@ fn options(config: &Config) -> RewriteOptions {
 /// Runs `f` with the caller's tenant and the PromQL rewriter confining to it. First, so
 /// that a caller without a usable tenant gets 403 on every endpoint.
 fn with_tenant<R>(
-    tenants: &[String],
+    tenants: &Tenants,
     config: &Config,
     f: impl FnOnce(&Tenant<'_>, &dyn api::QueryRewriter) -> Result<R, Refusal>,
 ) -> Result<R, Refusal> {
-    let matcher = tenant_matcher(&config.tenant_label, tenants)
+    let tenancy = tenancy(&config.tenant_label, tenants, config.dialect)
         .map_err(|e| Refusal::forbidden(format!("unusable tenant claim: {e}")))?;
     let rewriter = Remembering {
-        matcher: &matcher,
+        matcher: &tenancy.matcher,
         config,
     };
-    let matcher_text = matcher.matcher_text_for(config.dialect);
-    let tenant = Tenant {
-        label: &config.tenant_label,
-        values: matcher.values(),
-        matcher_text: &matcher_text,
-    };
-    f(&tenant, &rewriter)
+    f(&tenancy.tenant(), &rewriter)
 }
 
-/// A tenant matcher with the label and the tenant values it was built from, as given.
-type BuiltMatcher = (String, Vec<String>, Rc<TenantMatcher>);
+/// What a caller's requests need of its tenants, built once: the matcher, its text in
+/// the dialect, and the VictoriaMetrics parameter once a request asks for it.
+#[derive(Debug)]
+struct Tenancy {
+    /// The tenants as the identity gave them (the matcher keeps them deduplicated).
+    tenants: Tenants,
+    dialect: Dialect,
+    matcher: TenantMatcher,
+    matcher_text: String,
+    param: OnceCell<TenantParam>,
+}
+
+impl Tenancy {
+    fn tenant(&self) -> Tenant<'_> {
+        Tenant {
+            label: self.matcher.label(),
+            values: self.matcher.values(),
+            matcher_text: &self.matcher_text,
+            param: Some(&self.param),
+        }
+    }
+
+    fn is_for(&self, label: &str, tenants: &Tenants, dialect: Dialect) -> bool {
+        self.dialect == dialect
+            && self.matcher.label() == label
+            && (Rc::ptr_eq(&self.tenants, tenants) || self.tenants == *tenants)
+    }
+}
+
+/// Callers whose tenancy each thread keeps. Behind Grafana, a worker serves several
+/// users' requests in turn; one kept for the last caller only was rebuilt on nearly
+/// every request as soon as two users took turns.
+const TENANCIES: usize = 16;
 
 thread_local! {
-    /// The last tenant matcher built on this thread: one caller's requests follow each
-    /// other.
-    static LAST_MATCHER: RefCell<Option<BuiltMatcher>> = const { RefCell::new(None) };
+    /// The last [`TENANCIES`] callers' tenancies on this thread, the most recent first.
+    static KEPT: RefCell<Vec<Rc<Tenancy>>> = const { RefCell::new(Vec::new()) };
 }
 
-/// The matcher for `label` and `tenants`: the last one built on this thread when it was
-/// built from exactly the same label and values (compared in full, in order), else a
-/// new one. A refusal is not remembered.
-fn tenant_matcher(
+/// The tenancy for `label`, `tenants` and `dialect`: one kept on this thread when it was
+/// built from exactly the same ones (the tenants compared in full, in order, unless they
+/// are the very list it was built from), else a new one. A refusal is not kept.
+fn tenancy(
     label: &str,
-    tenants: &[String],
-) -> Result<Rc<TenantMatcher>, crate::promql::inject::InvalidTenant> {
-    let last = LAST_MATCHER.with(|last| {
-        let last = last.try_borrow().ok()?;
-        let (last_label, last_tenants, matcher) = last.as_ref()?;
-        (last_label == label && last_tenants.as_slice() == tenants).then(|| Rc::clone(matcher))
+    tenants: &Tenants,
+    dialect: Dialect,
+) -> Result<Rc<Tenancy>, crate::promql::inject::InvalidTenant> {
+    let kept = KEPT.with(|kept| {
+        let mut kept = kept.try_borrow_mut().ok()?;
+        let at = kept
+            .iter()
+            .position(|t| t.is_for(label, tenants, dialect))?;
+        let tenancy = kept.remove(at);
+        kept.insert(0, Rc::clone(&tenancy));
+        Some(tenancy)
     });
-    if let Some(matcher) = last {
-        return Ok(matcher);
+    if let Some(tenancy) = kept {
+        return Ok(tenancy);
     }
-    let matcher = Rc::new(TenantMatcher::new(label, tenants)?);
-    LAST_MATCHER.with(|last| {
-        if let Ok(mut last) = last.try_borrow_mut() {
-            *last = Some((label.to_string(), tenants.to_vec(), Rc::clone(&matcher)));
+    let matcher = TenantMatcher::new(label, tenants)?;
+    let tenancy = Rc::new(Tenancy {
+        tenants: Rc::clone(tenants),
+        dialect,
+        matcher_text: matcher.matcher_text_for(dialect).into_owned(),
+        matcher,
+        param: OnceCell::new(),
+    });
+    KEPT.with(|kept| {
+        if let Ok(mut kept) = kept.try_borrow_mut() {
+            kept.truncate(TENANCIES - 1);
+            kept.insert(0, Rc::clone(&tenancy));
         }
     });
-    Ok(matcher)
+    Ok(tenancy)
 }
 
 /// The engine behind this worker's memo of rewrites.
@@ -503,28 +540,64 @@ mod tests {
     }
 
     #[test]
-    fn the_remembered_tenant_matcher_is_only_reused_for_the_same_label_and_values() {
-        let s = |v: &[&str]| v.iter().map(|v| v.to_string()).collect::<Vec<_>>();
+    fn a_kept_tenancy_is_only_reused_for_the_same_label_values_and_dialect() {
+        let s = |v: &[&str]| -> Tenants { v.iter().map(|v| v.to_string()).collect() };
+        let (promql, metricsql) = (Dialect::Promql, Dialect::Metricsql);
         let callers = [
-            ("client_id", s(&["7"])),
-            ("client_id", s(&["7"])),
-            ("client_id", s(&["8"])),
-            ("tenant", s(&["8"])),
-            ("client_id", s(&["7", "8"])),
-            ("client_id", s(&["8", "7"])),
-            ("client_id", s(&["7", "8"])),
-            ("client_id", s(&["7"])),
+            ("client_id", s(&["7"]), promql),
+            ("client_id", s(&["7"]), promql),
+            ("client_id", s(&["8"]), promql),
+            ("tenant", s(&["8"]), promql),
+            ("client_id", s(&["7", "8"]), promql),
+            ("client_id", s(&["8", "7"]), promql),
+            ("client_id", s(&["7", "8"]), promql),
+            ("client_id", s(&["7"]), promql),
+            ("client.id", s(&["7"]), promql),
+            ("client.id", s(&["7"]), metricsql),
         ];
-        for (label, tenants) in &callers {
-            let got = tenant_matcher(label, tenants).unwrap();
-            assert_eq!(*got, TenantMatcher::new(label, tenants).unwrap());
+        // Twice over, so that the second round is answered from what was kept.
+        for (label, tenants, dialect) in callers.iter().chain(&callers) {
+            let got = tenancy(label, tenants, *dialect).unwrap();
+            let built = TenantMatcher::new(label, tenants).unwrap();
+            assert_eq!(got.matcher, built);
+            assert_eq!(got.matcher_text, built.matcher_text_for(*dialect));
+            assert_eq!(*got.tenants, **tenants);
         }
-        // A refusal is not remembered, and does not disturb what is.
-        assert!(tenant_matcher("client_id", &[]).is_err());
+        // A refusal is not kept, and does not disturb what is.
+        assert!(tenancy("client_id", &s(&[]), promql).is_err());
         assert_eq!(
-            *tenant_matcher("client_id", &s(&["9"])).unwrap(),
+            tenancy("client_id", &s(&["9"]), promql).unwrap().matcher,
             TenantMatcher::new("client_id", &["9"]).unwrap()
         );
+    }
+
+    #[test]
+    fn a_thread_keeps_its_last_callers_tenancies_and_their_parameter() {
+        let callers: Vec<Tenants> = (0..TENANCIES).map(|n| vec![n.to_string()].into()).collect();
+        let first: Vec<_> = callers
+            .iter()
+            .map(|t| tenancy("client_id", t, Dialect::Promql).unwrap())
+            .collect();
+        // Users taking turns: each finds its own, built once, with its parameter.
+        for _ in 0..2 {
+            for (tenants, kept) in callers.iter().zip(&first) {
+                let again = tenancy("client_id", tenants, Dialect::Promql).unwrap();
+                assert!(Rc::ptr_eq(&again, kept));
+                let tenant = again.tenant();
+                let param = tenant
+                    .param
+                    .unwrap()
+                    .get_or_init(|| TenantParam::new(&tenant));
+                assert_eq!(*param, TenantParam::new(&tenant));
+            }
+        }
+        // One more caller pushes out the least recent.
+        let newcomer: Tenants = vec!["new".to_string()].into();
+        tenancy("client_id", &newcomer, Dialect::Promql).unwrap();
+        let oldest = tenancy("client_id", &callers[0], Dialect::Promql).unwrap();
+        assert!(!Rc::ptr_eq(&oldest, &first[0]));
+        let kept = tenancy("client_id", &callers[TENANCIES - 1], Dialect::Promql).unwrap();
+        assert!(Rc::ptr_eq(&kept, &first[TENANCIES - 1]));
     }
 
     #[test]
@@ -586,18 +659,18 @@ mod tests {
             config.backend,
             config.writes,
         )?;
-        let matcher = tenant_matcher(&config.tenant_label, &["7".to_string()]).unwrap();
+        let tenancy = tenancy(
+            &config.tenant_label,
+            &vec!["7".to_string()].into(),
+            config.dialect,
+        )
+        .unwrap();
         let remembering = Remembering {
-            matcher: &matcher,
+            matcher: &tenancy.matcher,
             config,
         };
         let eager = |query: &str| remembering.engine(query);
-        let matcher_text = matcher.matcher_text_for(config.dialect);
-        let tenant = Tenant {
-            label: &config.tenant_label,
-            values: matcher.values(),
-            matcher_text: &matcher_text,
-        };
+        let tenant = tenancy.tenant();
         let content_type = body.map(|_| &b"application/x-www-form-urlencoded"[..]);
         let run = |rewriter: &dyn api::QueryRewriter| {
             let body = body.map(str::as_bytes);

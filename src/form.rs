@@ -305,6 +305,21 @@ impl<'a> Params<'a> {
         self.changed = true;
     }
 
+    /// Appends a new pair whose encoding the caller already has: `encoded` must be what
+    /// [`Params::encode`] writes for `name` and `value` pushed with [`Params::push`],
+    /// and is copied as it is.
+    pub fn push_encoded(&mut self, name: &'a str, value: &'a str, encoded: &'a str) {
+        self.pairs.push(Pair {
+            raw: Some(encoded),
+            name: Cow::Borrowed(name),
+            value: Text::Borrowed(value),
+            encoded_value: None,
+            has_equals: true,
+            pending: None,
+        });
+        self.changed = true;
+    }
+
     /// The encoded form: untouched pairs verbatim, changed ones percent-encoded.
     pub fn encode(&self) -> String {
         let mut out = String::with_capacity(self.encoded_len_hint());
