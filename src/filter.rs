@@ -175,7 +175,11 @@ fn now_s() -> u64 {
 
 /// The identity cache and its flights count in milliseconds.
 fn now_ms() -> u64 {
-    u64::try_from(host_time().as_millis()).unwrap_or(u64::MAX)
+    millis(host_time())
+}
+
+fn millis(time: Duration) -> u64 {
+    u64::try_from(time.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Envoy's shared data, for the flight protocol.
@@ -844,12 +848,13 @@ impl HttpContext for FilterHttp {
                 credential: headers.get(decision::credential_header(config)),
                 end_of_stream,
             };
-            let now = now_s();
-            let step = request.on_headers(&head, config, now, |token| {
+            // One read of the clock for both: each is a call into the host.
+            let time = host_time();
+            let step = request.on_headers(&head, config, time.as_secs(), |token| {
                 let flights = worker.flights.as_ref()?;
                 flights
                     .borrow_mut()
-                    .request(&mut HostShared, context, token, now_ms())
+                    .request(&mut HostShared, context, token, millis(time))
             });
             strip_what_is_there(step, &headers)
         })
