@@ -1727,7 +1727,7 @@ fn refused_writes_are_counted_and_answered_in_prometheus_shape() {
 
 /// Not a test: a driver for profiling the filter's own work per request, natively,
 /// under `valgrind --tool=callgrind` (docs/profiling.md). `PROFILE_KIND` is `get`,
-/// `post` or `none` (setup only, to subtract); `PROFILE_N` requests, warm token.
+/// `getnew` (a new query each time), `post` or `none` (setup only, to subtract); `PROFILE_N` requests, warm token.
 #[test]
 #[ignore]
 fn profile_grafana_requests() {
@@ -1743,6 +1743,14 @@ fn profile_grafana_requests() {
         match kind.as_str() {
             "get" => {
                 let path = format!("/api/v1/query_range?{QUERY}");
+                assert_eq!(vm.get(id, &path, Some("alice")), Action::Continue);
+            }
+            // A new query every request: the engine runs, the memo misses.
+            "getnew" => {
+                let path = format!(
+                    "/api/v1/query_range?{}",
+                    QUERY.replace("%5B5m%5D", &format!("%5B{id}s%5D"))
+                );
                 assert_eq!(vm.get(id, &path, Some("alice")), Action::Continue);
             }
             "post" => {
