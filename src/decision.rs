@@ -195,7 +195,7 @@ pub struct BodyRule {
 }
 
 /// The identity half: answer, refuse, or rewrite the URL.
-pub fn on_identity(admitted: &Admitted<'_>, identity: Identity, config: &Config) -> Verdict {
+pub fn on_identity(admitted: Admitted<'_>, identity: Identity, config: &Config) -> Verdict {
     let tenants = match admitted.caller {
         Caller::Tenants(ref tenants) => Rc::clone(tenants),
         Caller::Token(_) => match tenants_of(identity) {
@@ -218,16 +218,22 @@ pub fn on_identity(admitted: &Admitted<'_>, identity: Identity, config: &Config)
         };
     }
     let form_follows = admitted.body_follows && api::is_form(admitted.content_type.as_deref());
+    let Admitted {
+        plan: client_plan,
+        content_type,
+        body_follows,
+        ..
+    } = admitted;
     let url = with_tenant(&tenants, config, |tenant, rewriter| {
         // Metadata is answered for any caller with a tenant.
-        if let Action::Answer(answer) = admitted.plan.action {
+        if let Action::Answer(answer) = client_plan.action {
             return Ok(Err(answer));
         }
         // Rules and alerts: the engine is asked for the rules, with the caller's own
         // narrowing kept back to be applied to the answer.
-        let (plan, response) = match admitted.plan.action {
+        let (plan, response) = match client_plan.action {
             Action::FilterRules(view) => {
-                let (upstream, selection) = rules::upstream_request(&admitted.plan, view)?;
+                let (upstream, selection) = rules::upstream_request(&client_plan, view)?;
                 let response = ResponseFilter {
                     view,
                     selection,
@@ -238,10 +244,10 @@ pub fn on_identity(admitted: &Admitted<'_>, identity: Identity, config: &Config)
                     dialect: config.backend.dialect(),
                     max_bytes: config.max_response_bytes,
                 };
-                (Cow::Owned(upstream), Some(response))
+                (upstream, Some(response))
             }
-            // Borrowed: only a body still to come keeps the plan (in its `BodyRule`).
-            _ => (Cow::Borrowed(&admitted.plan), None),
+            // Moved, not copied: a body still to come keeps it in its `BodyRule`.
+            _ => (client_plan, None),
         };
         let mut url = api::rewrite_url(&plan, tenant, options(config), rewriter, form_follows)?;
         if response.is_some() && url.path.is_none() {
@@ -254,12 +260,13 @@ pub fn on_identity(admitted: &Admitted<'_>, identity: Identity, config: &Config)
     match url {
         Err(refusal) => Verdict::Refuse(refusal),
         Ok(Err(answer)) => Verdict::Answer(answer),
-        Ok(Ok((plan, url, response))) if admitted.body_follows => Verdict::Forward {
-            path: url.path.clone(),
+        Ok(Ok((plan, mut url, response))) if body_follows => Verdict::Forward {
+            // The body's rule needs the rest of the URL's rewrite, not its path.
+            path: url.path.take(),
             body: Some(BodyRule {
-                plan: plan.into_owned(),
+                plan,
                 url,
-                content_type: admitted.content_type.as_deref().map(<[u8]>::to_vec),
+                content_type: content_type.map(Cow::into_owned),
                 tenants,
             }),
             response,
@@ -469,7 +476,7 @@ pub fn decide(
         Ok(admitted) => admitted,
         Err(refusal) => return Decision::Refuse(refusal),
     };
-    match on_identity(&admitted, looked_up, config) {
+    match on_identity(admitted, looked_up, config) {
         Verdict::Refuse(refusal) => Decision::Refuse(refusal),
         Verdict::Answer(answer) => Decision::Answer(answer),
         Verdict::Forward {

@@ -289,7 +289,7 @@ impl Request {
             // Decided here: what it borrowed from the headers is never copied.
             Some(identity) => {
                 self.state = State::Answered;
-                self.judge_identity(&admitted, body, identity, config, now, true)
+                self.judge_identity(admitted, body, identity, config, now, true)
             }
             None => {
                 self.state = State::Identifying {
@@ -319,20 +319,21 @@ impl Request {
         let Some((admitted, body)) = self.take_identifying() else {
             return Step::hold(Vec::new());
         };
-        self.judge_identity(&admitted, body, identity, config, now, at_headers)
+        self.judge_identity(admitted, body, identity, config, now, at_headers)
     }
 
     /// The request's verdict once its identity is known; the request is out of
     /// [`State::Identifying`] (or never entered it).
     fn judge_identity(
         &mut self,
-        admitted: &Admitted<'_>,
+        admitted: Admitted<'_>,
         body: Body,
         identity: Identity,
         config: &Config,
         now: u64,
         at_headers: bool,
     ) -> Step {
+        let write = admitted.streams_body();
         let (path, rule, response) = match decision::on_identity(admitted, identity, config) {
             Verdict::Refuse(refusal) => return self.refuse(Vec::new(), refusal),
             Verdict::Answer(answer) => {
@@ -360,7 +361,6 @@ impl Request {
             );
         }
         let Some(rule) = rule else {
-            let write = admitted.streams_body();
             if write {
                 effects.extend([Effect::PassBodyUnread, Effect::Count(Counter::WriteAllowed)]);
                 if self.held > 0 {
