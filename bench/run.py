@@ -76,12 +76,12 @@ VARY = "__N__"
 # (src/memo.rs), so this is what a query seen for the first time costs.
 GRAFANA_PARAMS_NEW = {**GRAFANA_PARAMS,
                       "query": GRAFANA_QUERY.replace('job="api"', f'job="api-{VARY}"', 1)}
-# (label, method, path, form): the Grafana query both ways, repeated as Grafana repeats
-# it and new every time; and a request the filter authenticates but has no PromQL to
-# rewrite in, which splits its fixed cost from the engine's.
 # Users beside alice, each with a tenant of their own: callers taking turns.
 OTHER_USERS = ["bob", "carol", "dave"]
 
+# (label, method, path, form): the Grafana query both ways, repeated as Grafana repeats
+# it and new every time; and a request the filter authenticates but has no PromQL to
+# rewrite in, which splits its fixed cost from the engine's.
 OVERHEAD_CASES = [
     ("GET", "GET", QUERY_PATH, GRAFANA_PARAMS),
     ("POST", "POST", QUERY_PATH, GRAFANA_PARAMS),

@@ -117,7 +117,8 @@ impl<'a> From<Cow<'a, str>> for Text<'a> {
 /// wherever decoding changed nothing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pair<'a> {
-    /// The client's own text for the pair, while the pair is untouched.
+    /// The pair's text as forwarded: the client's own while the pair is untouched, or
+    /// the encoding of a pair pushed with [`Params::push_encoded`].
     raw: Option<&'a str>,
     name: Cow<'a, str>,
     value: Text<'a>,
