@@ -141,17 +141,19 @@ def base_config(listen: int, admin: int, oidc_port: int, cache_max_entries: int 
             "response_headers_to_add": [{"header": {"key": "content-type",
                                                     "value": "application/json"}}],
         }]
-    # Without it, B would answer a POST from its headers, before reading the body, and
-    # Envoy then closes the connection: one TCP handshake per POST for B only (seen as
-    # downstream_cx_total = requests). The buffer filter reads the whole body first, in A
-    # and in B alike, so both keep their connections and differ by the wasm filter alone.
-    manager["http_filters"].insert(0, {
-        "name": "envoy.filters.http.buffer",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer",
-            "max_request_bytes": 2 * 1048576,
-        },
-    })
+        # Without it, B would answer a POST from its headers, before reading the body,
+        # and Envoy then closes the connection: one TCP handshake per POST for B only
+        # (seen as downstream_cx_total = requests). The buffer filter reads the whole
+        # body first, in A and in B alike, so both keep their connections and differ by
+        # the wasm filter alone. In front of a real backend nothing answers early, so
+        # there the setups run envoy/envoy.yaml's filters as shipped, without it.
+        manager["http_filters"].insert(0, {
+            "name": "envoy.filters.http.buffer",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer",
+                "max_request_bytes": 2 * 1048576,
+            },
+        })
     if cache_max_entries is not None:
         plugin = envoy_config.plugin_config(config)
         plugin["identity"]["cache_max_entries"] = cache_max_entries
