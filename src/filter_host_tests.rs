@@ -1727,7 +1727,8 @@ fn refused_writes_are_counted_and_answered_in_prometheus_shape() {
 
 /// Not a test: a driver for profiling the filter's own work per request, natively,
 /// under `valgrind --tool=callgrind` (docs/profiling.md). `PROFILE_KIND` is `get`,
-/// `getnew` (a new query each time), `post` or `none` (setup only, to subtract); `PROFILE_N` requests, warm token.
+/// `getnew` (a new query each time), `post`, `nopromql` (a request with no query) or
+/// `none` (setup only, to subtract); `PROFILE_N` requests, warm token.
 #[test]
 #[ignore]
 fn profile_grafana_requests() {
@@ -1752,6 +1753,11 @@ fn profile_grafana_requests() {
                     QUERY.replace("%5B5m%5D", &format!("%5B{id}s%5D"))
                 );
                 assert_eq!(vm.get(id, &path, Some("alice")), Action::Continue);
+            }
+            // What every request costs, with no PromQL to rewrite.
+            "nopromql" => {
+                let path = "/api/v1/status/buildinfo";
+                assert_eq!(vm.get(id, path, Some("alice")), Action::Continue);
             }
             "post" => {
                 vm.post_form(id, "/api/v1/query_range", QUERY.len());
