@@ -746,7 +746,12 @@ impl Vm {
 
     /// Worker 1 knows alice's token.
     fn cache_alice(&self, id: u32) {
-        self.get(id, METADATA, Some("alice"));
+        self.cache_as_alice(id, "alice");
+    }
+
+    /// `token` known to be alice's, as after one `/userinfo` answer.
+    fn cache_as_alice(&self, id: u32, token: &str) {
+        self.get(id, METADATA, Some(token));
         let callouts = self.callouts();
         self.respond(
             callouts[callouts.len() - 1].token,
@@ -1735,16 +1740,34 @@ fn profile_grafana_requests() {
     const QUERY: &str = "query=sum%20by%20(service)%20(rate(http_requests_total%7Bjob%3D%22api%22%2Ccode%3D~%225..%22%7D%5B5m%5D))%20%2F%20sum%20by%20(service)%20(rate(http_requests_total%7Bjob%3D%22api%22%7D%5B5m%5D))&start=1764028800&end=1764032400&step=15";
     let kind = std::env::var("PROFILE_KIND").unwrap_or_else(|_| "get".into());
     let n: u32 = std::env::var("PROFILE_N").map_or(1000, |n| n.parse().unwrap());
+    // `PROFILE_TOKEN_BYTES`: a token of about that length, shaped like a JWT (a real
+    // provider's access token is often a kilobyte), instead of a short opaque one.
+    let token = match std::env::var("PROFILE_TOKEN_BYTES")
+        .ok()
+        .filter(|n| !n.is_empty())
+    {
+        Some(n) => {
+            let n: usize = n.parse().unwrap();
+            let part = |len: usize| "eyJhbGciOiJSUzI1NiJ9".repeat(len / 20 + 1)[..len].to_string();
+            format!(
+                "{}.{}.{}",
+                part(n / 8),
+                part(n / 2),
+                part(n - n / 8 - n / 2 - 2)
+            )
+        }
+        None => "alice".to_string(),
+    };
     let vm = Vm::new();
     vm.configure(1, USERINFO_CONFIG);
-    vm.cache_alice(2);
+    vm.cache_as_alice(2, &token);
     vm.end(2);
     let answer = [("content-type", "application/json"), (":status", "200")];
     for id in 10..10 + n {
         match kind.as_str() {
             "get" => {
                 let path = format!("/api/v1/query_range?{QUERY}");
-                assert_eq!(vm.get(id, &path, Some("alice")), Action::Continue);
+                assert_eq!(vm.get(id, &path, Some(&token)), Action::Continue);
             }
             // A new query every request: the engine runs, the memo misses.
             "getnew" => {
@@ -1752,15 +1775,19 @@ fn profile_grafana_requests() {
                     "/api/v1/query_range?{}",
                     QUERY.replace("%5B5m%5D", &format!("%5B{id}s%5D"))
                 );
-                assert_eq!(vm.get(id, &path, Some("alice")), Action::Continue);
+                assert_eq!(vm.get(id, &path, Some(&token)), Action::Continue);
             }
             // What every request costs, with no PromQL to rewrite.
             "nopromql" => {
                 let path = "/api/v1/status/buildinfo";
-                assert_eq!(vm.get(id, path, Some("alice")), Action::Continue);
+                assert_eq!(vm.get(id, path, Some(&token)), Action::Continue);
             }
             "post" => {
-                vm.post_form(id, "/api/v1/query_range", QUERY.len());
+                let mut headers = form_headers(QUERY.len());
+                headers[0].1 = format!("Bearer {token}");
+                let headers: Vec<(&str, &str)> =
+                    headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+                vm.headers(1, id, "POST", "/api/v1/query_range", &headers, true);
                 assert_eq!(vm.body(id, QUERY, true), Action::Continue);
                 vm.turn();
             }
