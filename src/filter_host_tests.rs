@@ -1732,8 +1732,8 @@ fn refused_writes_are_counted_and_answered_in_prometheus_shape() {
 
 /// Not a test: a driver for profiling the filter's own work per request, natively,
 /// under `valgrind --tool=callgrind` (docs/profiling.md). `PROFILE_KIND` is `get`,
-/// `getnew` (a new query each time), `post`, `nopromql` (a request with no query) or
-/// `none` (setup only, to subtract); `PROFILE_N` requests, warm token.
+/// `getnew` (a new query each time), `post`, `nopromql` (a request with no query),
+/// `getjwt` (identity from a `jwt_authn` payload header) or `none` (setup only, to subtract); `PROFILE_N` requests, warm token.
 #[test]
 #[ignore]
 fn profile_grafana_requests() {
@@ -1759,9 +1759,19 @@ fn profile_grafana_requests() {
         None => "alice".to_string(),
     };
     let vm = Vm::new();
-    vm.configure(1, USERINFO_CONFIG);
-    vm.cache_as_alice(2, &token);
-    vm.end(2);
+    // `getjwt`: the repeated GET with its identity in Envoy's `jwt_authn` payload header,
+    // shaped like an Auth0 access token's claims.
+    let payload = base64::Engine::encode(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+        r#"{"iss":"https://tenant.eu.auth0.com/","sub":"auth0|6543f0c1a2b3c4d5e6f70819","aud":["https://metrics.example.com","https://tenant.eu.auth0.com/userinfo"],"iat":1764028800,"exp":1764115200,"scope":"openid profile email","azp":"Xk3vQ9mZ2bR7tY1uW5pL8nC4dF6gH0jA","client_id":"1999"}"#,
+    );
+    if kind == "getjwt" {
+        vm.configure(1, JWT_CONFIG);
+    } else {
+        vm.configure(1, USERINFO_CONFIG);
+        vm.cache_as_alice(2, &token);
+        vm.end(2);
+    }
     let answer = [("content-type", "application/json"), (":status", "200")];
     for id in 10..10 + n {
         match kind.as_str() {
@@ -1776,6 +1786,14 @@ fn profile_grafana_requests() {
                     QUERY.replace("%5B5m%5D", &format!("%5B{id}s%5D"))
                 );
                 assert_eq!(vm.get(id, &path, Some(&token)), Action::Continue);
+            }
+            "getjwt" => {
+                let path = format!("/api/v1/query_range?{QUERY}");
+                let headers = [("x-jwt-payload", payload.as_str())];
+                assert_eq!(
+                    vm.headers(1, id, "GET", &path, &headers, false),
+                    Action::Continue
+                );
             }
             // What every request costs, with no PromQL to rewrite.
             "nopromql" => {
