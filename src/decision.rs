@@ -24,7 +24,7 @@ use crate::form::FormError;
 use crate::identity::{self, Identity, Tenants};
 use crate::memo::{self, MemoKey, QueryForm};
 use crate::rules::{self, ResponseFilter};
-use crate::{rewrite, writes, Dialect, RewriteError, TenantMatcher};
+use crate::{rewrite, verified, writes, Dialect, RewriteError, TenantMatcher};
 use std::borrow::Cow;
 use std::cell::{OnceCell, RefCell};
 use std::rc::Rc;
@@ -122,10 +122,13 @@ pub fn on_headers<'h>(head: &RequestHead<'h>, config: &Config) -> Result<Admitte
             Err(identity) => return Err(refusal(identity)),
         },
         IdentitySource::JwtPayloadHeader { .. } => {
-            let verified = match identity::claims_from_payload_header(head.credential) {
-                Ok(claims) if write => writes::tenants_from_claims(&claims, &config.identity),
-                Ok(claims) => identity::tenants_from_claims(&claims, &config.identity.claim),
-                Err(identity) => identity,
+            let verified = if write {
+                match identity::claims_from_payload_header(head.credential) {
+                    Ok(claims) => writes::tenants_from_claims(&claims, &config.identity),
+                    Err(identity) => identity,
+                }
+            } else {
+                verified::read_tenants(head.credential, &config.identity.claim)
             };
             Caller::Tenants(tenants_of(verified)?)
         }

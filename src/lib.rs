@@ -24,4 +24,5 @@ pub mod memo;
 pub mod response;
 pub mod rules;
 pub mod timing;
+pub mod verified;
 pub mod writes;
