@@ -122,19 +122,19 @@ def kind_of(path: str) -> str:
 
 
 def measure(workdir: Path, envoy: str, configs: dict[str, dict], ports: dict[str, tuple[int, int]],
-            cases: list[tuple], token: str, render_params) -> dict:
+            cases: list[tuple], token: str, render_params, name: str = "envoy-counted") -> dict:
     """`configs` by setup (A, C) with their (listen, admin) `ports`; `cases` as (label,
     method, path, params), or (label, method, path, params, tokens) for requests that
     take turns among several callers' tokens (`token` otherwise); `render_params`
     turning a case's params into the i-th request's. Returns instructions per request
-    by case, setup and object."""
+    by case, setup and object. `name` names each setup's files in `workdir`."""
     if shutil.which("valgrind") is None:
         raise RuntimeError("valgrind not found: `make bench` installs it")
     envoys = {}
     for kind, config in configs.items():
-        path = workdir / f"envoy-counted-{kind}.json"
+        path = workdir / f"{name}-{kind}.json"
         path.write_text(json.dumps(config, indent=2))
-        envoys[kind] = CountedEnvoy(workdir, f"envoy-counted-{kind}", envoy, path, *ports[kind])
+        envoys[kind] = CountedEnvoy(workdir, f"{name}-{kind}", envoy, path, *ports[kind])
     started = time.monotonic()
     for e in envoys.values():
         e.wait_ready()

@@ -16,7 +16,8 @@ Measures, on 127.0.0.1 only, with the end-to-end harness' process wrappers (test
              POST form. Every setup is first checked to answer tenant 1999's data only.
   backend    for context, A against B in front of a real VictoriaMetrics.
   instructions  A against C counted rather than timed: Envoy under valgrind's callgrind,
-             instructions per request by where they ran (bench/instructions.py).
+             instructions per request by where they ran (bench/instructions.py); the
+             overhead phase's cases, and the repeated GET on envoy/envoy.jwt.yaml.
   cold       new tokens against the real OIDC provider: 50 concurrent requests with one
              new token, 1,000 requests over 100 tokens, and what a cold request adds.
   footprint  the .wasm size; Envoy's memory while 100,000 requests over 10,000 tokens go
@@ -54,6 +55,7 @@ from procs import Proc, free_port, stop_all, wait_until  # noqa: E402
 from services import Envoy, OidcProvider, VictoriaMetrics, envoy_binary  # noqa: E402
 
 import instructions  # noqa: E402
+import jwt_keys  # noqa: E402
 
 WASM = REPO / "target" / "wasm32-wasip1" / "release" / "promql_tenant_filter.wasm"
 # bench/null-filter: a proxy-wasm filter that does nothing, on the same SDK (`make bench`
@@ -124,13 +126,15 @@ def median(values):
 
 
 def base_config(listen: int, admin: int, oidc_port: int, cache_max_entries: int | None = None,
-                backend_port: int | None = None) -> dict:
-    """envoy/envoy.yaml with its backend route answered by Envoy itself (`direct_response`),
-    or routed to a real backend on `backend_port`."""
+                backend_port: int | None = None, template: str = "envoy.yaml",
+                **values: object) -> dict:
+    """envoy/envoy.yaml (or `template`, with its own `values`) with its backend route
+    answered by Envoy itself (`direct_response`), or routed to a real backend on
+    `backend_port`."""
     config = envoy_config.render(
-        envoy_config.ENVOY_DIR / "envoy.yaml",
+        envoy_config.ENVOY_DIR / template,
         LISTEN_PORT=listen, ADMIN_PORT=admin, OIDC_PORT=oidc_port,
-        BACKEND_PORT=backend_port or free_port(), WASM_PATH=WASM,
+        BACKEND_PORT=backend_port or free_port(), WASM_PATH=WASM, **values,
     )
     manager = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
     if backend_port is None:
@@ -437,9 +441,31 @@ def measure_instructions(workdir: Path, oidc: OidcProvider, token: str) -> dict:
     # keeps per caller must hold for more than the last one.
     callers = [token] + [oidc.login(user) for user in OTHER_USERS]
     cases = OVERHEAD_CASES + [(f"GET {len(callers)} users", "GET", QUERY_PATH, GRAFANA_PARAMS, callers)]
-    return instructions.measure(
+    counted = instructions.measure(
         workdir, envoy_binary(), configs, ports, cases, token,
         lambda params, i: {k: v.replace(VARY, str(i)) for k, v in params.items()})
+    counted.update(measure_instructions_jwt(workdir, oidc))
+    return counted
+
+
+def measure_instructions_jwt(workdir: Path, oidc: OidcProvider) -> dict:
+    """The repeated Grafana GET with the identity from Envoy's `jwt_authn`
+    (envoy/envoy.jwt.yaml, `jwt_payload_header`), A and C on that config, counted the
+    same way. The token is signed here, with claims shaped like an Auth0 access token's.
+    `jwt_authn` checks its RS256 signature on every request, in A and in C alike."""
+    key = jwt_keys.SigningKey("bench-key")
+    jwks = workdir / "jwks.json"
+    jwks.write_text(key.jwks())
+    values = {"template": "envoy.jwt.yaml", "JWT_ISSUER": jwt_keys.ISSUER, "JWKS_PATH": jwks}
+    ports = {k: (free_port(), free_port()) for k in "AC"}
+    configs = {"A": base_config(*ports["A"], oidc.port, **values),
+               "C": with_null_filter(base_config(*ports["C"], oidc.port, **values))}
+    token = key.token({"sub": "auth0|6543f0c1a2b3c4d5e6f70819", "scope": "openid profile email",
+                       "azp": "Xk3vQ9mZ2bR7tY1uW5pL8nC4dF6gH0jA", "client_id": TENANT})
+    counted = instructions.measure(workdir, envoy_binary(), configs, ports,
+                                   [("GET jwt", "GET", QUERY_PATH, GRAFANA_PARAMS)], token,
+                                   lambda params, i: params, name="envoy-counted-jwt")
+    return {"GET jwt": counted["GET jwt"]}
 
 
 def measure_real_backend(workdir: Path, oidc: OidcProvider, token: str) -> dict:
