@@ -14,6 +14,9 @@ Measures, on 127.0.0.1 only, with the end-to-end harness' process wrappers (test
              plain Envoy in front of vmauth (EV), all in front of one real VictoriaMetrics
              with the same query and token: saturation and p50/p99 at a fixed rate, GET and
              POST form. Every setup is first checked to answer tenant 1999's data only.
+             Each saturation run also records the CPU (/proc) that the proxy,
+             VictoriaMetrics and wrk spent per request: with all of them on 2 cores, the
+             share the backend takes bounds what any proxy can lead by.
   backend    for context, A against B in front of a real VictoriaMetrics.
   instructions  A against C counted rather than timed: Envoy under valgrind's callgrind,
              instructions per request by where they ran (bench/instructions.py); the
@@ -34,6 +37,7 @@ import json
 import os
 import random
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -292,17 +296,39 @@ def run_oha(oha: str, url: str, method: str, token: str, params: dict, path: str
             "errors": sum(n for code, n in codes.items() if code != "200")}
 
 
-def run_wrk(url: str, script: Path, seconds: float, connections: int, threads: int = 1) -> dict:
-    """Runs wrk; returns requests/s, p50 and p99 in ms, and the non-2xx count."""
+def cpu_seconds(pid: int) -> float:
+    """A process's CPU time so far, user and system, all its threads (/proc/<pid>/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    # After the command's closing parenthesis: utime and stime are the 12th and 13th.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_wrk(url: str, script: Path, seconds: float, connections: int, threads: int = 1,
+            cpu_of: dict[str, list[int]] | None = None) -> dict:
+    """Runs wrk; returns requests/s, p50 and p99 in ms, and the non-2xx count. With
+    `cpu_of` (a name for each group of pids), also the CPU each group and wrk itself
+    spent per request, in µs, and the wall time, so that a run shows where 2 cores went."""
+    before = {name: sum(cpu_seconds(p) for p in pids) for name, pids in (cpu_of or {}).items()}
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    wall = time.monotonic()
     proc = subprocess.run(
         ["wrk", "--latency", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s",
          "--timeout", "5s", "-s", str(script), url],
         capture_output=True, text=True, timeout=seconds + 30,
     )
+    wall = time.monotonic() - wall
     if proc.returncode != 0:
         raise RuntimeError(f"wrk failed ({proc.returncode}): {proc.stderr or proc.stdout}")
     out = proc.stdout
     result = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))}
+    if cpu_of is not None:
+        done = int(re.search(r"(\d+) requests in", out).group(1))
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        spent = {name: sum(cpu_seconds(p) for p in pids) - before[name]
+                 for name, pids in cpu_of.items()}
+        spent["wrk"] = (after.ru_utime - children.ru_utime) + (after.ru_stime - children.ru_stime)
+        result["cpu_us"] = {name: s * 1e6 / max(done, 1) for name, s in spent.items()}
+        result["cpu_busy"] = sum(spent.values()) / wall
     for pct in ("50", "99"):
         m = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
         result[f"p{pct}"] = float(m.group(1)) * _UNITS[m.group(2)]
@@ -334,10 +360,12 @@ def rotations(kinds: str, i: int) -> str:
 
 def race(url: dict, kinds, rounds: int, script: Path, paced: Path, method: str, token: str,
          params: dict, path: str, rate: int,
-         own: dict[str, tuple[Path, Path, dict]] | None = None) -> tuple[dict, dict]:
+         own: dict[str, tuple[Path, Path, dict]] | None = None,
+         cpu_of: dict[str, dict[str, list[int]]] | None = None) -> tuple[dict, dict]:
     """Each setup at saturation (wrk) and at a fixed `rate` (oha, open loop; else wrk
     paced by `paced`), `rounds` times, the order rotating so drifts in load hit all alike.
-    `own`: a setup's own (script, paced, params), where its request differs."""
+    `own`: a setup's own (script, paced, params), where its request differs. `cpu_of`:
+    each setup's processes by name, whose CPU per request the saturation runs record."""
     sat = {k: [] for k in kinds}
     fixed = {k: [] for k in kinds}
     requests_of = {k: (own or {}).get(k, (script, paced, params)) for k in kinds}
@@ -345,7 +373,8 @@ def race(url: dict, kinds, rounds: int, script: Path, paced: Path, method: str, 
     oha = None if varies(params) else oha_binary()
     for i in range(rounds):
         for k in rotations(kinds, i):
-            sat[k].append(run_wrk(url[k], requests_of[k][0], SATURATION_S, WRK_CONNECTIONS))
+            sat[k].append(run_wrk(url[k], requests_of[k][0], SATURATION_S, WRK_CONNECTIONS,
+                                  cpu_of=(cpu_of or {}).get(k)))
         for k in rotations(kinds, i):
             k_script, k_paced, k_params = requests_of[k]
             if oha:
@@ -367,6 +396,10 @@ def summary(kinds, sat: dict, fixed: dict, params: dict | None = None) -> dict:
         row[f"p50_{k}"] = median([r["p50"] for r in fixed[k]])
         row[f"p99_{k}"] = median([r["p99"] for r in fixed[k]])
         row[f"raw_{k}"] = {"saturation": sat[k], "fixed": fixed[k]}
+        if all("cpu_us" in r for r in sat[k]):
+            row[f"cpu_us_{k}"] = {name: median([r["cpu_us"][name] for r in sat[k]])
+                                  for name in sat[k][0]["cpu_us"]}
+            row[f"cpu_busy_{k}"] = median([r["cpu_busy"] for r in sat[k]])
     return row
 
 
@@ -573,6 +606,11 @@ def measure_peer(workdir: Path, oidc: OidcProvider, token: str) -> list[dict]:
     envoys = {k: start_envoy(workdir, f"envoy-peer-{k}", configs[k], *ports[k], 1) for k in configs}
     url = {**{k: e.url for k, e in envoys.items()}, "V": vmauth.url}
     kinds = list(PEER_KINDS)
+    # Where the 2 cores go in each setup: the proxy (both hops for EV), VictoriaMetrics.
+    vm_pid = vm.proc.pid
+    cpu_of = {k: {"proxy": [envoys[k].proc.pid], "vm": [vm_pid]} for k in ("A", "B")}
+    cpu_of["V"] = {"proxy": [vmauth.proc.pid], "vm": [vm_pid]}
+    cpu_of["EV"] = {"proxy": [envoys["EV"].proc.pid, vmauth.proc.pid], "vm": [vm_pid]}
     params = {**GRAFANA_PARAMS, "start": str(end_s - 3600), "end": str(end_s)}
     # Plain Envoy is the ceiling only if VictoriaMetrics does the same work behind it:
     # the tenant's series, through the same `extra_label` the filter adds.
@@ -608,7 +646,7 @@ def measure_peer(workdir: Path, oidc: OidcProvider, token: str) -> list[dict]:
             if r["errors"] or r["socket_errors"]:
                 raise RuntimeError(f"{k} {method}: {r}")
         sat, fixed = race(url, kinds, PEER_ROUNDS, script, paced, method, token, params,
-                          QUERY_PATH, PEER_FIXED_RATE, own)
+                          QUERY_PATH, PEER_FIXED_RATE, own, cpu_of)
         row = {"method": method, "answers": answers, "fixed_rate": PEER_FIXED_RATE,
                **summary(kinds, sat, fixed)}
         row["a_over_v"] = row["rps_A"] / row["rps_V"]
@@ -848,6 +886,21 @@ def measure_footprint(workdir: Path) -> dict:
 # ---------------------------------------------------------------------------- report
 
 
+def peer_bound(row: dict) -> dict:
+    """What target 3 asks of the proxy when the 2 cores, not a proxy, set the rate: the
+    throughput is then the cores over the CPU a request costs in all processes, so A can
+    lead vmauth by 1.25x only if its whole request costs 1/1.25 of vmauth's. VictoriaMetrics'
+    and wrk's shares are taken from the same setup's runs."""
+    v = row["cpu_us_V"]
+    total_v = sum(v.values())
+    rest_a = row["cpu_us_A"]["vm"] + row["cpu_us_A"]["wrk"]
+    return {"zero_proxy": total_v / rest_a,
+            "proxy_for_target": total_v / 1.25 - rest_a,
+            "plain_envoy": row["cpu_us_B"]["proxy"],
+            "filter": row["cpu_us_A"]["proxy"],
+            "v_over_a": v["proxy"] / row["cpu_us_A"]["proxy"]}
+
+
 def report(overhead, vm, backend, cold, footprint, engine_vm=None, peer=None,
            counted=None) -> str:
     out = instructions.report(counted)
@@ -869,6 +922,21 @@ def report(overhead, vm, backend, cold, footprint, engine_vm=None, peer=None,
                        # Plain Envoy forwards untouched; a filter costing nothing could not beat it.
                        f" ceiling for A/V (plain Envoy / vmauth) {1 / r['v_over_b']:.2f}x;"
                        f" non-2xx {r['errors']}")
+        for r in peer:
+            if not all(f"cpu_us_{k}" in r for k in PEER_KINDS):
+                continue
+            out.append(f"  {r['method']}: CPU per request at saturation, µs (proxy + VictoriaMetrics"
+                       f" + wrk = total; cores busy): " + "; ".join(
+                           f"{k} {c['proxy']:.0f} + {c['vm']:.0f} + {c['wrk']:.0f} = {sum(c.values()):.0f}"
+                           f" ({r['cpu_busy_' + k]:.2f})"
+                           for k, c in ((k, r[f"cpu_us_{k}"]) for k in PEER_KINDS)))
+            bound = peer_bound(r)
+            out.append(f"  {r['method']}: with the cores saturated, a proxy costing nothing would reach"
+                       f" {bound['zero_proxy']:.2f}x vmauth; 1.25x needs a proxy at <= {bound['proxy_for_target']:.0f} µs"
+                       f" per request, against plain Envoy's {bound['plain_envoy']:.0f} and A's {bound['filter']:.0f}")
+            out.append(f"  {r['method']}: the proxies alone, CPU per request: vmauth / A {bound['v_over_a']:.2f}x"
+                       f" (what A/V would be where the proxy, not the backend, is the bound);"
+                       f" the filter adds {bound['filter'] - bound['plain_envoy']:.0f} µs to plain Envoy's")
         out.append("")
     if engine_vm:
         e = engine_vm
