@@ -443,6 +443,14 @@ impl Worker {
                 hostcalls::remove_map_value(MapType::HttpRequestHeaders, name)
                     .map_err(not_rewritten)?;
             }
+            Effect::SetContentLength(len) => {
+                hostcalls::set_map_value_bytes(
+                    MapType::HttpRequestHeaders,
+                    "content-length",
+                    Some(len.to_string().as_bytes()),
+                )
+                .map_err(not_rewritten)?;
+            }
             Effect::SetPath(path) => {
                 hostcalls::set_map_value_bytes(
                     MapType::HttpRequestHeaders,

@@ -9,8 +9,10 @@
 //!   over only once the filter lets the headers go.
 //!
 //! So everything that touches the headers happens while they are held: the identity,
-//! the `:path`, the stripped headers, the removed `Content-Length`. The body is then
-//! buffered whole, judged, and replaced; nothing of it goes on before that. When Envoy
+//! the `:path`, the stripped headers, the `Content-Length`. The body is then buffered
+//! whole, judged, and replaced; nothing of it goes on before that. A body judged while
+//! its headers are still held goes on with its exact `Content-Length`; headers that go
+//! on before their body is judged lose theirs, and Envoy sends the body chunked. When Envoy
 //! hands the body over while the headers are held, both go on together once the body is
 //! judged, so a refused body never opens a request to the backend. When it does not,
 //! the headers go on first, and a refused body is answered locally while Envoy resets
@@ -49,6 +51,9 @@ pub enum Effect {
     StripHeaders,
     /// Remove this request header.
     RemoveHeader(&'static str),
+    /// Set `Content-Length` to this: the body that goes on with the headers was
+    /// replaced, and the client had sent one.
+    SetContentLength(usize),
     /// Set `:path`.
     SetPath(String),
     /// Replace the `len` bytes Envoy holds as the body with `body`.
@@ -161,6 +166,9 @@ pub struct Request {
     state: State,
     /// The request is to an ingestion endpoint, allowed or not: counted as a write.
     write: bool,
+    /// The client sent a `Content-Length`. Envoy's codecs hold it to the body they
+    /// deliver, and never pass it on beside `Transfer-Encoding`.
+    has_length: bool,
     /// Bytes of a write's body Envoy handed over while the identity was looked up.
     held: usize,
     /// The filter the backend's answer must pass (rules and alerts), from the moment
@@ -192,6 +200,7 @@ impl Request {
         Request {
             state: State::Start,
             write: false,
+            has_length: false,
             held: 0,
             answer_filter: None,
             answer: None,
@@ -276,6 +285,7 @@ impl Request {
             }
         };
         self.write = admitted.streams_body();
+        self.has_length = head.content_length.is_some();
         let body = if admitted.body_follows {
             Body::Awaited
         } else {
@@ -371,10 +381,8 @@ impl Request {
             effects.push(Effect::Count(Counter::Allowed));
             return Step::release(effects);
         };
-        // The body may change length, and the headers cannot change once they go on.
-        effects.push(Effect::RemoveHeader("content-length"));
         match body {
-            Body::Complete(bytes) => self.judge(effects, &rule, &bytes, config),
+            Body::Complete(bytes) => self.judge(effects, &rule, &bytes, config, true),
             Body::Arriving => {
                 self.state = State::Holding { rule, since: now };
                 Step::hold(effects)
@@ -396,6 +404,7 @@ impl Request {
             }
             Body::Awaited | Body::None => {
                 self.state = State::Streaming { rule, since: now };
+                effects.extend(self.unknown_length());
                 Step::release(effects)
             }
         }
@@ -422,7 +431,14 @@ impl Request {
             rule: rule.clone(),
             since: now,
         };
-        Step::release(Vec::new())
+        Step::release(self.unknown_length().into_iter().collect())
+    }
+
+    /// The headers go on before their body is judged, and the body may change length:
+    /// no `Content-Length` may go with them.
+    fn unknown_length(&self) -> Option<Effect> {
+        self.has_length
+            .then_some(Effect::RemoveHeader("content-length"))
     }
 
     /// Body data: `size` bytes buffered so far in all; `read` gives them all.
@@ -477,13 +493,13 @@ impl Request {
                 self.state = State::Identifying { admitted, body };
                 Step::hold(Vec::new())
             }
-            State::Turning { rule, .. }
-            | State::Holding { rule, .. }
-            | State::Streaming { rule, .. }
-                if bytes.is_some() =>
-            {
+            State::Turning { rule, .. } | State::Holding { rule, .. } if bytes.is_some() => {
                 let bytes = bytes.unwrap_or_default();
-                self.judge(Vec::new(), &rule, &bytes, config)
+                self.judge(Vec::new(), &rule, &bytes, config, true)
+            }
+            State::Streaming { rule, .. } if bytes.is_some() => {
+                let bytes = bytes.unwrap_or_default();
+                self.judge(Vec::new(), &rule, &bytes, config, false)
             }
             State::Turning { rule, .. } | State::Holding { rule, .. } => {
                 self.state = State::Holding { rule, since: now };
@@ -548,16 +564,22 @@ impl Request {
     }
 
     /// Judges a complete body: the request goes on with it replaced, or is refused.
+    /// `headers_held`: the headers go on with it, so their `Content-Length` can follow
+    /// a new body (a body left as it came keeps the client's, which Envoy held to it).
     fn judge(
         &mut self,
         mut effects: Vec<Effect>,
         rule: &BodyRule,
         bytes: &[u8],
         config: &Config,
+        headers_held: bool,
     ) -> Step {
         match decision::on_body(rule, bytes, config) {
             Ok(new_body) => {
                 if let Some(body) = new_body {
+                    if headers_held && self.has_length {
+                        effects.push(Effect::SetContentLength(body.len()));
+                    }
                     effects.push(Effect::ReplaceBody {
                         len: bytes.len(),
                         body,
@@ -594,8 +616,10 @@ impl Request {
 pub struct Trace {
     /// `:path` as set, if it was.
     pub path: Option<String>,
-    /// `Content-Length` was removed.
-    pub length_removed: bool,
+    /// The `Content-Length` header as it stands.
+    pub length: Length,
+    /// The body Envoy holds was replaced.
+    pub replaced: bool,
     /// The body Envoy holds at the filter (or sent on, once `body_gone`).
     pub body: Vec<u8>,
     /// Envoy has handed the filter the end of the body.
@@ -606,6 +630,8 @@ pub struct Trace {
     pub headers_gone: bool,
     /// The body went on to the backend.
     pub body_gone: bool,
+    /// The headers and the whole body went on together.
+    pub together: bool,
     /// The body goes on unread, as it comes (a write).
     pub unread: bool,
     /// What of an unread body went on so far (`body` then holds only what came since).
@@ -616,7 +642,30 @@ pub struct Trace {
     pub counted: Vec<Counter>,
 }
 
+/// A request's `Content-Length` header, for [`Trace`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Length {
+    #[default]
+    Absent,
+    /// The client's, which Envoy holds to the body it delivers.
+    Client,
+    /// Set by the filter.
+    Set(usize),
+}
+
 impl Trace {
+    /// The trace of a request with these headers.
+    pub fn new(head: &RequestHead<'_>) -> Trace {
+        Trace {
+            length: if head.content_length.is_some() {
+                Length::Client
+            } else {
+                Length::Absent
+            },
+            ..Trace::default()
+        }
+    }
+
     /// Envoy hands the filter more of the body.
     pub fn deliver(&mut self, chunk: &[u8], end_of_stream: bool) {
         assert!(!self.body_gone, "body data after the body went on");
@@ -629,7 +678,10 @@ impl Trace {
         for effect in step.effects {
             let touches_headers = matches!(
                 effect,
-                Effect::StripHeaders | Effect::RemoveHeader(_) | Effect::SetPath(_)
+                Effect::StripHeaders
+                    | Effect::RemoveHeader(_)
+                    | Effect::SetPath(_)
+                    | Effect::SetContentLength(_)
             );
             assert!(
                 !(touches_headers && self.headers_gone),
@@ -637,12 +689,23 @@ impl Trace {
             );
             match effect {
                 Effect::StripHeaders => {}
-                Effect::RemoveHeader(name) => self.length_removed |= name == "content-length",
+                Effect::RemoveHeader(name) => {
+                    if name == "content-length" {
+                        self.length = Length::Absent;
+                    }
+                }
+                Effect::SetContentLength(len) => self.length = Length::Set(len),
                 Effect::SetPath(path) => self.path = Some(path),
                 Effect::ReplaceBody { len, body } => {
                     assert!(!self.body_gone, "a body replaced after it went on");
+                    assert!(
+                        !self.headers_gone || self.length == Length::Absent,
+                        "a body replaced after a Content-Length went on: {:?}",
+                        self.length
+                    );
                     assert_eq!(len, self.body.len(), "a replacement of another length");
                     self.body = body;
+                    self.replaced = true;
                 }
                 Effect::Respond(reply) => {
                     assert!(self.reply.is_none(), "two answers");
@@ -670,6 +733,21 @@ impl Trace {
             if !self.body.is_empty() || self.complete {
                 assert!(self.complete, "part of the body went on unjudged");
                 self.body_gone = true;
+                self.together = true;
+            }
+            // What the backend reads as the body's end must be where it ends: a wrong
+            // length makes the rest of the body the next request on the connection.
+            match self.length {
+                Length::Absent => {}
+                Length::Client => assert!(
+                    !self.replaced,
+                    "the client's Content-Length went on with a replaced body"
+                ),
+                Length::Set(len) => assert!(
+                    self.body_gone && len == self.body.len(),
+                    "Content-Length {len} went on with a body of {}",
+                    self.body.len()
+                ),
             }
         }
     }

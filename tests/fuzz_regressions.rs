@@ -340,7 +340,7 @@ fn an_identity_for_a_request_not_waiting_changes_nothing() {
         ..RequestHead::default()
     };
     let mut request = Request::new();
-    let mut trace = Trace::default();
+    let mut trace = Trace::new(&head);
     trace.apply(request.on_headers(&head, &c, 0, |_| None));
     trace.apply(request.on_identity(tenant("1999"), &c, 0));
     let body = b"match[]=up";

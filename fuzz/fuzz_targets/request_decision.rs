@@ -215,7 +215,7 @@ fn live(
 ) -> Decision {
     const NOW: u64 = 1_800_000_000;
     let mut request = Request::knowing(order >= 3);
-    let mut trace = Trace::default();
+    let mut trace = Trace::new(head);
     let at_headers = order == 0 || order >= 3;
     trace.apply(request.on_headers(head, config, NOW, |_| at_headers.then(|| identity.clone())));
     let send_body = |request: &mut Request, trace: &mut Trace| {
