@@ -870,7 +870,7 @@ impl HttpContext for FilterHttp {
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         self.stream(|worker, request| {
-            request.on_body(body_size, end_of_stream, &worker.config, now_s(), || {
+            request.on_body(body_size, end_of_stream, &worker.config, now_s, || {
                 hostcalls::get_buffer(BufferType::HttpRequestBody, 0, body_size)
                     .ok()
                     .map(Option::unwrap_or_default)

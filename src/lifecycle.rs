@@ -441,13 +441,15 @@ impl Request {
             .then_some(Effect::RemoveHeader("content-length"))
     }
 
-    /// Body data: `size` bytes buffered so far in all; `read` gives them all.
+    /// Body data: `size` bytes buffered so far in all; `read` gives them all. `now`
+    /// reads the clock, which only a body still arriving needs (each read is a call
+    /// into the host, and a form POST's body nearly always comes whole).
     pub fn on_body(
         &mut self,
         size: usize,
         end_of_stream: bool,
         config: &Config,
-        now: u64,
+        now: impl FnOnce() -> u64,
         read: impl FnOnce() -> Option<Vec<u8>>,
     ) -> Step {
         if matches!(
@@ -502,11 +504,11 @@ impl Request {
                 self.judge(Vec::new(), &rule, &bytes, config, false)
             }
             State::Turning { rule, .. } | State::Holding { rule, .. } => {
-                self.state = State::Holding { rule, since: now };
+                self.state = State::Holding { rule, since: now() };
                 Step::hold(Vec::new())
             }
             State::Streaming { rule, .. } => {
-                self.state = State::Streaming { rule, since: now };
+                self.state = State::Streaming { rule, since: now() };
                 Step::hold(Vec::new())
             }
             other => {

@@ -207,7 +207,7 @@ impl Arrivals<'_> {
             let end = self.arrived == self.chunks.len() && i == last;
             trace.deliver(&chunk, end);
             let body = trace.body.clone();
-            trace.apply(request.on_body(body.len(), end, config, NOW, || Some(body)));
+            trace.apply(request.on_body(body.len(), end, config, || NOW, || Some(body)));
             self.lessons.extend(request.take_lesson());
             if trace.reply.is_some() || trace.body_gone {
                 break;
@@ -354,7 +354,7 @@ fn with_the_setting_a_body_that_came_with_the_headers_goes_on_with_them() {
     let step = request.on_headers(&head, &c, NOW, |_| Some(alice()));
     assert!(!step.release);
     assert_eq!(step.effects, vec![Effect::StripHeaders, Effect::AwaitTurn]);
-    let step = request.on_body(GRAFANA.len(), true, &c, NOW, || Some(GRAFANA.to_vec()));
+    let step = request.on_body(GRAFANA.len(), true, &c, || NOW, || Some(GRAFANA.to_vec()));
     assert!(step.release, "Continue from the body callback sends both");
     let Effect::ReplaceBody { len, body } = &step.effects[1] else {
         panic!("{step:?}");
@@ -366,10 +366,51 @@ fn with_the_setting_a_body_that_came_with_the_headers_goes_on_with_them() {
 }
 
 #[test]
+fn a_body_that_comes_whole_never_reads_the_clock() {
+    // Only a body still arriving starts the stall timer; each read of the clock is a
+    // call into the host. Whole, in every state a body can meet: held for a turn, held
+    // for the identity, and after the headers went on.
+    let c = config("");
+    let whole = || Some(GRAFANA.to_vec());
+    let no_clock = || -> u64 { panic!("the clock was read for a whole body") };
+    let (_, mut turning) = cached_post("/api/v1/query_range");
+    assert!(
+        turning
+            .on_body(GRAFANA.len(), true, &c, no_clock, whole)
+            .release
+    );
+    let mut identifying = Request::new();
+    identifying.on_headers(&post_with_length("/api/v1/query_range"), &c, NOW, |_| None);
+    identifying.on_body(GRAFANA.len(), true, &c, no_clock, whole);
+    assert!(identifying.on_identity(alice(), &c, NOW).release);
+    let (_, mut streaming) = cached_post("/api/v1/query_range");
+    streaming.on_turn(NOW);
+    assert!(
+        streaming
+            .on_body(GRAFANA.len(), true, &c, no_clock, whole)
+            .release
+    );
+    // Part of a body: the timer starts.
+    let (_, mut arriving) = cached_post("/api/v1/query_range");
+    let mut read = false;
+    arriving.on_body(
+        10,
+        false,
+        &c,
+        || {
+            read = true;
+            NOW
+        },
+        || None,
+    );
+    assert!(read);
+}
+
+#[test]
 fn without_the_setting_the_headers_go_on_after_one_turn() {
     let (c, mut request) = cached_post("/api/v1/query_range");
     assert_eq!(request.on_turn(NOW), Step::release(Vec::new()));
-    let step = request.on_body(GRAFANA.len(), true, &c, NOW, || Some(GRAFANA.to_vec()));
+    let step = request.on_body(GRAFANA.len(), true, &c, || NOW, || Some(GRAFANA.to_vec()));
     assert!(step.release);
     assert!(request.is_forwarded());
     // The client's Content-Length leaves with the turn: the body may change length.
@@ -381,7 +422,7 @@ fn without_the_setting_the_headers_go_on_after_one_turn() {
         request.on_turn(NOW),
         Step::release(vec![Effect::RemoveHeader("content-length")])
     );
-    let step = request.on_body(GRAFANA.len(), true, &c, NOW, || Some(GRAFANA.to_vec()));
+    let step = request.on_body(GRAFANA.len(), true, &c, || NOW, || Some(GRAFANA.to_vec()));
     assert!(!step
         .effects
         .iter()
@@ -472,16 +513,19 @@ fn with_the_setting_a_partial_body_is_never_let_through_with_the_headers() {
     let head = post("/api/v1/query", Some(FORM));
     let mut request = Request::new();
     request.on_headers(&head, &c, NOW, |_| None);
-    assert_eq!(request.on_body(6, false, &c, NOW, || None), Step::default());
+    assert_eq!(
+        request.on_body(6, false, &c, || NOW, || None),
+        Step::default()
+    );
     let step = request.on_identity(alice(), &c, NOW);
     assert!(!step.release, "{step:?}");
     let body = b"query=up".to_vec();
-    let step = request.on_body(body.len(), true, &c, NOW, || Some(body.clone()));
+    let step = request.on_body(body.len(), true, &c, || NOW, || Some(body.clone()));
     assert!(step.release);
     // And a body complete before the identity goes on with the headers, judged.
     let mut request = Request::new();
     request.on_headers(&head, &c, NOW, |_| None);
-    request.on_body(body.len(), true, &c, NOW, || Some(body.clone()));
+    request.on_body(body.len(), true, &c, || NOW, || Some(body.clone()));
     let step = request.on_identity(alice(), &c, NOW);
     assert!(step.release);
     assert!(step
@@ -519,7 +563,7 @@ fn a_body_over_the_limit_is_refused_while_the_identity_is_looked_up() {
     let mut request = Request::new();
     let step = request.on_headers(&head, &c, NOW, |_| None);
     assert!(!step.release);
-    let step = request.on_body(11, false, &c, NOW, || None);
+    let step = request.on_body(11, false, &c, || NOW, || None);
     assert!(
         matches!(&step.effects[..], [.., Effect::Respond(Reply::Refusal(r))] if r.status == 413)
     );
@@ -606,14 +650,14 @@ fn a_selector_endpoint_gets_the_tenant_selector_where_the_backend_reads_it() {
 fn trailers_unreadable_bodies_and_stalls_are_refused() {
     let (c, mut request) = cached_post("/api/v1/query");
     request.on_turn(NOW);
-    request.on_body(8, false, &c, NOW, || None);
+    request.on_body(8, false, &c, || NOW, || None);
     let step = request.on_trailers();
     assert!(
         matches!(&step.effects[..], [.., Effect::Respond(Reply::Refusal(r))] if r.status == 400)
     );
 
     let (c, mut request) = cached_post("/api/v1/query");
-    let step = request.on_body(8, true, &c, NOW, || None);
+    let step = request.on_body(8, true, &c, || NOW, || None);
     assert!(
         matches!(&step.effects[..], [.., Effect::Respond(Reply::Refusal(r))] if r.status == 503)
     );
@@ -623,7 +667,7 @@ fn trailers_unreadable_bodies_and_stalls_are_refused() {
     let (c, mut request) = cached_post("/api/v1/query");
     assert_eq!(request.on_tick(NOW + 1), Step::default());
     assert_eq!(request.on_tick(NOW + 2), Step::release(Vec::new()));
-    request.on_body(4, false, &c, NOW + 3, || None);
+    request.on_body(4, false, &c, || NOW + 3, || None);
     assert_eq!(request.on_tick(NOW + 3 + BODY_STALL_S), Step::default());
     let step = request.on_tick(NOW + 4 + BODY_STALL_S);
     assert!(

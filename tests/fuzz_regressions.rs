@@ -345,7 +345,7 @@ fn an_identity_for_a_request_not_waiting_changes_nothing() {
     trace.apply(request.on_identity(tenant("1999"), &c, 0));
     let body = b"match[]=up";
     trace.deliver(body, true);
-    trace.apply(request.on_body(body.len(), true, &c, 0, || Some(body.to_vec())));
+    trace.apply(request.on_body(body.len(), true, &c, || 0, || Some(body.to_vec())));
     assert!(
         trace.headers_gone && trace.body_gone && trace.reply.is_none(),
         "{trace:?}"

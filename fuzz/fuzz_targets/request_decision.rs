@@ -221,7 +221,7 @@ fn live(
     let send_body = |request: &mut Request, trace: &mut Trace| {
         if let (Some(body), None) = (body, &trace.reply) {
             trace.deliver(body, true);
-            let step = request.on_body(body.len(), true, config, NOW, || Some(body.to_vec()));
+            let step = request.on_body(body.len(), true, config, || NOW, || Some(body.to_vec()));
             trace.apply(step);
         }
     };
